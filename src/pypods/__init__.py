@@ -1,0 +1,41 @@
+"""PyPods: call functions that live in pods (folders with their own environment) from any Python program.
+
+``pypods.load("geo").area(2.0)`` runs ``area`` inside ``pods/geo/`` with that pod's own interpreter
+and dependencies, served by a persistent worker; ``pypods.pods.PodLoader`` keeps the original
+design's ``globals()``-injecting API.
+"""
+
+from __future__ import annotations
+
+from ._errors import (
+    PodBuildError,
+    PodClosedError,
+    PodCrashedError,
+    PodError,
+    PodProtocolError,
+    PodRemoteError,
+    PodSerializationError,
+    PodTimeoutError,
+    PodWorkerError,
+)
+from ._loader import Pod, load
+from .pods import PodListener, PodLoader
+
+__version__ = "0.3.0"
+
+__all__ = [
+    "Pod",
+    "PodBuildError",
+    "PodClosedError",
+    "PodCrashedError",
+    "PodError",
+    "PodListener",
+    "PodLoader",
+    "PodProtocolError",
+    "PodRemoteError",
+    "PodSerializationError",
+    "PodTimeoutError",
+    "PodWorkerError",
+    "__version__",
+    "load",
+]

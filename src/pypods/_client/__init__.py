@@ -1,0 +1,1 @@
+"""The client side of a pod: worker processes, connections to them, and pools of connections."""

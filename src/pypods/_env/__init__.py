@@ -1,0 +1,1 @@
+"""Pod folders and their environments: names, layout, settings, interpreters, builds."""

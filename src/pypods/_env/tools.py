@@ -1,0 +1,65 @@
+"""Locate and run the ``uv`` binary (a dependency of pypods) with a clean, explicit environment."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+# Variables that would point uv, pip or Python at the caller's environment instead of the pod's.
+_LEAKY = ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PIP_REQUIRE_VIRTUALENV")
+
+
+@functools.lru_cache(maxsize=1)
+def uv_binary() -> str | None:
+    """Path of uv: the one installed with pypods, else one on PATH, else None."""
+    explicit = os.environ.get("PYPODS_UV")
+    if explicit:
+        return explicit if os.path.exists(explicit) else None
+    try:
+        from uv import find_uv_bin
+
+        return str(find_uv_bin())
+    except (ImportError, FileNotFoundError):
+        return shutil.which("uv")
+
+
+def clean_environ(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The client's environment minus anything that would leak the client's Python into a pod."""
+    env = {k: v for k, v in os.environ.items() if k not in _LEAKY and not k.startswith("PYPODS_")}
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run_uv(args: Sequence[str], cwd: str) -> subprocess.CompletedProcess[str]:
+    """Run ``uv ARGS`` in *cwd*, capturing its output (never through a shell)."""
+    binary = uv_binary()
+    if binary is None:
+        raise FileNotFoundError("uv")
+    env = clean_environ({"UV_NO_PROGRESS": "1", "NO_COLOR": "1"})
+    return subprocess.run(
+        [binary, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def uv_python_find(request: str) -> str | None:
+    """Ask uv for an interpreter matching *request* (it knows uv-managed Pythons); None if none."""
+    if uv_binary() is None:
+        return None
+    result = run_uv(["python", "find", "--no-project", request], cwd=os.getcwd())
+    path = result.stdout.strip()
+    return path if result.returncode == 0 and path else None
+
+
+def uv_version() -> str | None:
+    if uv_binary() is None:
+        return None
+    result = run_uv(["--version"], cwd=os.getcwd())
+    return result.stdout.strip() or None

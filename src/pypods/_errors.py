@@ -1,0 +1,162 @@
+"""Every error pypods raises, in one hierarchy, so ``except pypods.PodError`` catches them all.
+
+::
+
+    PodError(Exception)
+    ├── PodBuildError                         the environment could not be built
+    ├── PodSerializationError(.., TypeError)  a value cannot cross the boundary
+    ├── PodRemoteError                        the pod function raised (also the builtin type)
+    ├── PodClosedError                        the pod was unloaded or closed
+    └── PodWorkerError                        the worker failed the call; a retry may work
+        ├── PodCrashedError                   the worker died (exit code or signal, last stderr)
+        ├── PodTimeoutError(.., TimeoutError) the call passed its deadline; worker replaced
+        └── PodProtocolError                  a bad frame or protocol version
+"""
+
+from __future__ import annotations
+
+import builtins
+import signal
+from typing import Any
+
+__all__ = [
+    "PodBuildError",
+    "PodClosedError",
+    "PodCrashedError",
+    "PodError",
+    "PodProtocolError",
+    "PodRemoteError",
+    "PodSerializationError",
+    "PodTimeoutError",
+    "PodWorkerError",
+]
+
+
+class PodError(Exception):
+    """Base of every pypods error."""
+
+
+class PodBuildError(PodError):
+    """A pod's environment could not be built: names the pod, the requirement and the installer's output.
+
+    The pod is left not-ready, so every later load raises this again until the cause is fixed.
+    """
+
+    def __init__(self, message: str, *, pod: str = "", output: str = "") -> None:
+        super().__init__(message)
+        self.pod = pod
+        self.output = output
+
+
+class PodSerializationError(PodError, TypeError):
+    """A value cannot be sent to or from a pod; raised before anything is sent.
+
+    The message says where the value sat, e.g. ``args[1]['items'][3]: cannot send Custom``.
+    """
+
+
+class PodRemoteError(PodError):
+    """The pod function raised. Carries the remote type name, message and traceback.
+
+    When the remote exception is (or derives from) a builtin such as ``ValueError``, the raised
+    object is also an instance of that builtin, so ``except ValueError`` works in the client.
+    """
+
+    remote_type: str = ""
+    remote_traceback: str = ""
+    remote_mro: tuple[str, ...] = ()
+
+    def __init__(self, message: str, *, remote_type: str = "", remote_traceback: str = "", mro: Any = ()) -> None:
+        super().__init__(message)
+        self.remote_type = remote_type
+        self.remote_traceback = remote_traceback
+        self.remote_mro = tuple(mro)
+
+    def __str__(self) -> str:
+        text = str(self.args[0]) if self.args else ""
+        if self.remote_traceback:
+            text += "\n\nRemote traceback (most recent call last, in the pod):\n" + self.remote_traceback.rstrip()
+        return text
+
+
+class PodClosedError(PodError):
+    """The pod was unloaded or closed by this process; unlike PodWorkerError, retrying will not help."""
+
+
+class PodWorkerError(PodError):
+    """The worker failed this call for a reason of its own (not the function's); a retry may work."""
+
+
+class PodCrashedError(PodWorkerError):
+    """The worker process died during the call: exit code or signal and its last stderr lines.
+
+    Every call in flight on that worker gets this at once; the next call starts a fresh worker.
+    """
+
+    def __init__(self, message: str, *, returncode: int | None = None, stderr: str = "") -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+class PodTimeoutError(PodWorkerError, TimeoutError):
+    """The call passed its deadline; the stuck worker was killed and will be replaced."""
+
+
+class PodProtocolError(PodWorkerError):
+    """The worker sent something that is not a valid frame, or speaks another protocol version."""
+
+
+def describe_exit(returncode: int | None) -> str:
+    """Say how a process ended: ``exit code 3`` or ``signal SIGKILL``."""
+    if returncode is None:
+        return "no exit status"
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+_REMOTE_TYPES: dict[type, type[PodRemoteError]] = {}
+
+
+def remote_error_type(mro: list[str] | tuple[str, ...]) -> type[PodRemoteError]:
+    """Return a PodRemoteError subclass that also derives from the nearest builtin in *mro*."""
+    for name in mro:
+        module, _, qualname = name.rpartition(".")
+        if module != "builtins":
+            continue
+        builtin = getattr(builtins, qualname, None)
+        if not isinstance(builtin, type) or not issubclass(builtin, Exception):
+            continue  # never make a client-side KeyboardInterrupt or SystemExit out of a pod's
+        if builtin is Exception:
+            return PodRemoteError
+        cached = _REMOTE_TYPES.get(builtin)
+        if cached is None:
+            try:
+                cached = type(
+                    f"PodRemoteError[{qualname}]",
+                    (PodRemoteError, builtin),
+                    {"__module__": "pypods", "__qualname__": f"PodRemoteError[{qualname}]"},
+                )
+            except TypeError:  # a builtin whose layout cannot be mixed in
+                cached = PodRemoteError
+            _REMOTE_TYPES[builtin] = cached
+        return cached
+    return PodRemoteError
+
+
+for _cls in (
+    PodError,
+    PodBuildError,
+    PodSerializationError,
+    PodRemoteError,
+    PodClosedError,
+    PodWorkerError,
+    PodCrashedError,
+    PodTimeoutError,
+    PodProtocolError,
+):
+    _cls.__module__ = "pypods"

@@ -1,0 +1,87 @@
+"""Build client-side stand-ins for pod functions that look like the originals to ``help()`` and ``inspect``.
+
+Each proxy is a real Python function (so ``help()`` renders it as one) whose ``__name__``,
+``__doc__`` and ``__signature__`` come from the pod's own description of the function.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+class _Shown(str):
+    """An annotation or default shown as its source text (``x: int = 3``, not ``x: 'int' = '3'``)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+class Caller(Protocol):
+    name: str
+
+    def call(self, name: str, /, *args: Any, timeout: Any = ..., **kwargs: Any) -> Any: ...
+
+
+def signature_of(info: dict[str, Any]) -> inspect.Signature | None:
+    """Rebuild ``inspect.Signature`` from a description; None if the pod could not say."""
+    params = info.get("params")
+    if params is None:
+        return None
+    built = []
+    for entry in params:
+        default: Any = inspect.Parameter.empty
+        if "value" in entry:
+            default = entry["value"]
+        elif "default" in entry:
+            default = _Shown(entry["default"])
+        annotation: Any = _Shown(entry["annotation"]) if entry.get("annotation") else inspect.Parameter.empty
+        built.append(
+            inspect.Parameter(
+                entry["name"], inspect._ParameterKind(entry["kind"]), default=default, annotation=annotation
+            )
+        )
+    returns = _Shown(info["returns"]) if info.get("returns") else inspect.Signature.empty
+    try:
+        return inspect.Signature(built, return_annotation=returns)
+    except ValueError:
+        return None
+
+
+def make_proxy(pod: Caller, info: dict[str, Any]) -> Callable[..., Any]:
+    """A function that runs ``info['name']`` in the pod, dressed as the pod's function."""
+    name = info["name"]
+
+    def proxy(*args: Any, **kwargs: Any) -> Any:
+        return pod.call(name, *args, **kwargs)
+
+    def with_options(*, timeout: float | None = None) -> Callable[..., Any]:
+        """This function with per-call options (``timeout`` in seconds)."""
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return pod.call(name, *args, timeout=timeout, **kwargs)
+
+        _dress(call, pod, info)
+        return call
+
+    _dress(proxy, pod, info)
+    proxy.with_options = with_options  # type: ignore[attr-defined]
+    return proxy
+
+
+def _dress(function: Any, pod: Caller, info: dict[str, Any]) -> None:
+    name = info["name"]
+    function.__name__ = name
+    function.__qualname__ = info.get("qualname") or name
+    function.__doc__ = info.get("doc")
+    function.__module__ = f"pods.{pod.name}.pod"
+    signature = signature_of(info)
+    if signature is not None:
+        function.__signature__ = signature
+    function.__pod__ = pod.name
+    function.__wrapped_info__ = info

@@ -1,0 +1,78 @@
+"""Frames on a pipe: each frame is one BSON document, which carries its own length.
+
+A BSON document starts with its total size as a little-endian int32, so the document *is* the
+frame: no second header, no copy to add one. The reader keeps unread bytes in its buffer between
+calls, so a frame split across reads, or several frames in one read, both work.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import struct
+from typing import Optional
+
+_SIZE = struct.Struct("<i")
+MAX_FRAME = 2**31 - 1
+CHUNK = 1 << 16
+
+
+class FrameError(ValueError):
+    """The byte stream is not a sequence of frames (a forged or corrupt length)."""
+
+
+class PipeClosed(EOFError):
+    """The other side closed the pipe (it exited, or crashed)."""
+
+
+class FrameReader:
+    """Read whole frames from a file descriptor, one ``os.read`` per call when frames are small."""
+
+    __slots__ = ("_buf", "fd", "max_frame")
+
+    def __init__(self, fd: int, max_frame: int = MAX_FRAME) -> None:
+        self.fd = fd
+        self._buf = bytearray()
+        self.max_frame = max_frame
+
+    def buffered(self) -> bool:
+        """True if a complete frame may already sit in the buffer (no read needed)."""
+        return len(self._buf) >= 4
+
+    def readable(self, timeout: Optional[float]) -> bool:
+        """Wait up to *timeout* seconds for bytes to read (None waits forever)."""
+        if len(self._buf) >= 4:
+            return True
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        return bool(ready)
+
+    def read_frame(self) -> bytes:
+        """Block until one whole frame is in, and return it."""
+        buf = self._buf
+        while len(buf) < 4:
+            self._fill(CHUNK)
+        size = _SIZE.unpack_from(buf, 0)[0]
+        if size < 5 or size > self.max_frame:
+            raise FrameError("frame length %d is out of range" % size)
+        while len(buf) < size:
+            # Read the rest of a large frame in one go rather than in 64 KiB steps.
+            self._fill(max(size - len(buf), CHUNK))
+        frame = bytes(buf[:size]) if len(buf) > size else bytes(buf)
+        del buf[:size]
+        return frame
+
+    def _fill(self, want: int) -> None:
+        data = os.read(self.fd, want)
+        if not data:
+            raise PipeClosed("pipe closed with %d bytes of a frame unread" % len(self._buf))
+        self._buf += data
+
+
+def write_all(fd: int, data: bytes | bytearray) -> None:
+    """Write every byte of *data* to *fd* (a pipe write may be partial for large frames)."""
+    written = os.write(fd, data)
+    if written == len(data):
+        return
+    view = memoryview(data)
+    while written < len(view):
+        written += os.write(fd, view[written:])

@@ -1,0 +1,91 @@
+"""Message shapes of the pod protocol, shared by the worker and the client (stdlib only).
+
+Requests (client -> worker) and replies (worker -> client) are BSON documents; ``id`` is always the
+first field so a reply can be routed even when the rest of a frame cannot be decoded.
+"""
+
+from __future__ import annotations
+
+import inspect
+import struct
+import traceback
+from typing import Any, Callable, Dict, List
+
+PROTOCOL = 1
+_MISSING = object()
+
+
+def peek_id(frame: bytes) -> int:
+    """Read the leading ``id`` field of a frame without decoding the rest (0 if it is not there)."""
+    if frame[4:8] == b"\x10id\x00" and len(frame) >= 12:
+        return int(struct.unpack_from("<i", frame, 8)[0])
+    if frame[4:8] == b"\x12id\x00" and len(frame) >= 16:
+        return int(struct.unpack_from("<q", frame, 8)[0])
+    return 0
+
+
+def _qualified(cls: type) -> str:
+    return "%s.%s" % (cls.__module__, cls.__qualname__)
+
+
+def error_info(exc: BaseException, kind: str) -> Dict[str, Any]:
+    """Describe an exception for the wire: its type and bases, message and formatted traceback."""
+    cls = type(exc)
+    tb = exc.__traceback__
+    # Drop our own frames (the worker loop) so the traceback starts in the pod's code.
+    while tb is not None and tb.tb_frame.f_globals.get("__package__") == __package__:
+        tb = tb.tb_next
+    lines = traceback.format_exception(cls, exc, tb)
+    return {
+        "kind": kind,
+        "type": cls.__name__,
+        "mro": [_qualified(base) for base in cls.__mro__ if issubclass(base, BaseException)],
+        "message": str(exc),
+        "traceback": "".join(lines),
+    }
+
+
+def _annotation(value: Any) -> Any:
+    if value is inspect.Parameter.empty:
+        return None
+    return value if isinstance(value, str) else inspect.formatannotation(value)
+
+
+def describe(name: str, function: Callable[..., Any]) -> Dict[str, Any]:
+    """Describe one pod function: what the client needs to rebuild its name, doc and signature."""
+    info: Dict[str, Any] = {
+        "name": name,
+        "doc": inspect.getdoc(function),
+        "generator": inspect.isgeneratorfunction(function),
+        "async": inspect.iscoroutinefunction(function),
+        "module": getattr(function, "__module__", None),
+        "qualname": getattr(function, "__qualname__", name),
+    }
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        info["params"] = None
+        return info
+    params: List[Dict[str, Any]] = []
+    for param in signature.parameters.values():
+        entry: Dict[str, Any] = {"name": param.name, "kind": int(param.kind)}
+        if param.default is not inspect.Parameter.empty:
+            entry["default"] = repr(param.default)
+            if _plain(param.default):
+                entry["value"] = param.default
+        annotation = _annotation(param.annotation)
+        if annotation is not None:
+            entry["annotation"] = annotation
+        params.append(entry)
+    info["params"] = params
+    info["returns"] = _annotation(signature.return_annotation)
+    return info
+
+
+def _plain(value: Any) -> bool:
+    """True for defaults that the client can rebuild as the same value (not just their repr)."""
+    if value is None or type(value) in (bool, int, float, str, bytes):
+        return True
+    if type(value) in (tuple, list, frozenset):
+        return all(_plain(item) for item in value)
+    return False

@@ -1,0 +1,285 @@
+"""The worker's loop: import the pod, describe it, then answer calls one at a time until the pipe closes.
+
+Runs inside the pod's own interpreter (Python 3.8+, standard library only). Protocol steps are
+numbered where they happen; the message shapes are in ``messages.py`` and ``docs/architecture.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import importlib
+import inspect
+import io
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable, Deque, Dict, List, Optional
+
+from . import messages
+from .codec import DecodeError, Decoder, EncodeError, Encoder
+from .exttypes import MissingLibrary, OutOfBand
+from .framing import FrameError, FrameReader, PipeClosed, write_all
+
+
+def _guard_stdio() -> tuple[int, int]:
+    """Take fds 0 and 1 for the protocol and point them elsewhere, so no print can corrupt a frame.
+
+    After this, fd 0 reads /dev/null and fd 1 is a copy of fd 2 (the log pipe): a C library that
+    writes to fd 1 lands in the pod's log, not in the middle of a reply.
+    """
+    proto_in, proto_out = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(line_buffering=True, errors="backslashreplace")
+    return proto_in, proto_out
+
+
+def _watch_parent() -> None:
+    """Exit if the client dies while a long call keeps us from seeing the pipe close."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(70)
+
+    threading.Thread(target=watch, name="pypods-parent-watch", daemon=True).start()
+
+
+def _no_breakpoint(*args: Any, **kwargs: Any) -> None:
+    print(
+        "pypods: breakpoint() ignored: a pod has no terminal. Debug the function locally, or use a "
+        "socket debugger such as remote-pdb (see the README).",
+        file=sys.stderr,
+    )
+
+
+def own_path(path: Optional[str], pod_dir: str) -> Optional[str]:
+    """The path relative to the pod folder if it is the pod's own code (not its venv), else None."""
+    if not path:
+        return None
+    real = os.path.realpath(path)
+    base = os.path.realpath(pod_dir)
+    if not real.startswith(os.path.join(base, "")):
+        return None
+    if real.startswith(os.path.join(os.path.realpath(sys.prefix), "")):
+        return None
+    return os.path.relpath(real, base)
+
+
+def exported(module: Any, pod_dir: str) -> Dict[str, Callable[..., Any]]:
+    """Pick the functions a pod offers: ``__all__`` if set, else its own public functions."""
+    names = getattr(module, "__all__", None)
+    if names is not None:
+        return {name: getattr(module, name) for name in names if callable(getattr(module, name, None))}
+    chosen: Dict[str, Callable[..., Any]] = {}
+    for name, obj in vars(module).items():
+        if name.startswith("_") or not inspect.isroutine(obj):
+            continue
+        origin = sys.modules.get(getattr(obj, "__module__", None) or "")
+        if own_path(getattr(origin, "__file__", None), pod_dir) is not None:
+            chosen[name] = obj
+    return chosen
+
+
+class Worker:
+    """Serve one pod over two pipes; one call at a time, in the order they arrive."""
+
+    def __init__(self, pod_name: str, pod_dir: str, proto_in: int, proto_out: int) -> None:
+        self.pod_name = pod_name
+        self.pod_dir = pod_dir
+        self.reader = FrameReader(proto_in)
+        self.out = proto_out
+        self.big = OutOfBand()
+        self.decoder = Decoder(self.big)
+        self.functions: Dict[str, Callable[..., Any]] = {}
+        self.queue: Deque[bytes] = collections.deque()  # frames that arrived during a stream
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.import_error: Optional[Dict[str, Any]] = None
+        self.busy = False  # True only while pod code runs: the one time a Ctrl-C may interrupt
+
+    def on_sigint(self, signum: int, frame: Any) -> None:
+        """The client passes Ctrl-C on: interrupt the pod function, never the protocol itself."""
+        if self.busy:
+            raise KeyboardInterrupt
+
+    def send(self, message: Dict[str, Any]) -> None:
+        try:
+            data = Encoder(self.big).document(message)
+        except EncodeError as exc:
+            self.big.discard()
+            where = "result" if "value" in message else "item" if "yield" in message else "reply"
+            exc.path.append(where)
+            message = {"id": message.get("id", 0), "ok": False, "error": messages.error_info(exc, "serialization")}
+            data = Encoder().document(message)
+        write_all(self.out, data)
+        self.big.created = []  # the receiver unlinks what it maps; a crash is swept by pid
+
+    def load(self, module_name: str) -> None:
+        # 1. Import pod.py as a module of the project (never as __main__: the seed's block stays inert).
+        try:
+            module = importlib.import_module(module_name)
+            self.functions = exported(module, self.pod_dir)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            self.import_error = messages.error_info(exc, "import")
+
+    def hello(self) -> None:
+        # 2. Say who we are and what we offer, before reading anything.
+        message: Dict[str, Any] = {
+            "id": 0,
+            "op": "hello",
+            "protocol": messages.PROTOCOL,
+            "pid": os.getpid(),
+            "python": list(sys.version_info[:3]),
+            "executable": sys.executable,
+        }
+        if self.import_error is not None:
+            message["error"] = self.import_error
+        else:
+            message["functions"] = [messages.describe(name, fn) for name, fn in self.functions.items()]
+            message["files"] = self.own_files()
+        self.send(message)
+
+    def own_files(self) -> List[str]:
+        """Source files of the pod's own modules that are loaded (the describe cache hashes them)."""
+        files = set()
+        for module in list(sys.modules.values()):
+            relative = own_path(getattr(module, "__file__", None), self.pod_dir)
+            if relative is not None:
+                files.add(relative)
+        return sorted(files)
+
+    def next_message(self) -> Optional[Dict[str, Any]]:
+        """Return the next request, or None after answering one that could not be decoded."""
+        frame = self.queue.popleft() if self.queue else self.reader.read_frame()
+        try:
+            return self.decoder.document(frame)
+        except (MissingLibrary, DecodeError) as exc:
+            # The frame boundary is intact, so answer this call with the error and go on.
+            self.big.discard()
+            self.send({"id": messages.peek_id(frame), "ok": False, "error": messages.error_info(exc, "decode")})
+            return None
+
+    def serve(self) -> None:
+        # 3. Answer requests until the client closes the pipe or says shutdown.
+        while True:
+            try:
+                request = self.next_message()
+            except (PipeClosed, OSError):
+                return
+            if request is None:
+                continue
+            op = request.get("op")
+            if op == "call":
+                self.call(request)
+            elif op == "describe":
+                self.hello()
+            elif op == "shutdown":
+                return
+            # "more"/"cancel" for a stream that already ended: nothing to do.
+
+    def call(self, request: Dict[str, Any]) -> None:
+        call_id = request.get("id", 0)
+        name = request.get("name")
+        function = self.functions.get(name) if isinstance(name, str) else None
+        try:
+            if self.import_error is not None:
+                self.send({"id": call_id, "ok": False, "error": self.import_error})
+                return
+            if function is None:
+                raise AttributeError("pod %r has no function %r" % (self.pod_name, name))
+            self.busy = True
+            result = function(*request.get("args", ()), **request.get("kwargs", {}))
+            if inspect.iscoroutine(result):
+                if self.loop is None:
+                    self.loop = asyncio.new_event_loop()
+                result = self.loop.run_until_complete(result)
+            self.busy = False
+        except BaseException as exc:  # every failure, even SystemExit, goes back to the caller
+            self.busy = False
+            kind = "interrupted" if isinstance(exc, KeyboardInterrupt) else "remote"
+            self.send({"id": call_id, "ok": False, "error": messages.error_info(exc, kind)})
+            return
+        if inspect.isgenerator(result):
+            self.stream(call_id, result, int(request.get("window", 64)))
+        else:
+            self.send({"id": call_id, "ok": True, "value": result})
+
+    def stream(self, call_id: int, generator: Any, window: int) -> None:
+        """Send a generator's items as they come; at most *window* unacknowledged (step 4)."""
+        self.send({"id": call_id, "ok": True, "stream": True})
+        credits = max(window, 1)
+        try:
+            while True:
+                self.busy = True
+                try:
+                    item = next(generator)
+                except StopIteration:
+                    break
+                finally:
+                    self.busy = False
+                self.send({"id": call_id, "yield": item})
+                credits -= 1
+                # Read what the client sent meanwhile: credit and cancel for us, other calls queue.
+                while credits <= 0 or self.reader.readable(0):
+                    frame = self.reader.read_frame()
+                    control = self._control(frame, call_id)
+                    if control is None:
+                        self.queue.append(frame)
+                    elif control.get("op") == "cancel":
+                        generator.close()
+                        self.send({"id": call_id, "end": True, "cancelled": True})
+                        return
+                    else:
+                        credits += int(control.get("n", window))
+        except (PipeClosed, OSError):
+            raise
+        except BaseException as exc:  # every failure goes back to the caller
+            self.busy = False
+            kind = "interrupted" if isinstance(exc, KeyboardInterrupt) else "remote"
+            self.send({"id": call_id, "ok": False, "error": messages.error_info(exc, kind)})
+            return
+        self.send({"id": call_id, "end": True})
+
+    def _control(self, frame: bytes, call_id: int) -> Optional[Dict[str, Any]]:
+        """The frame as a credit or cancel message for stream *call_id*, else None (a call to queue)."""
+        if messages.peek_id(frame) != call_id:
+            return None
+        try:
+            message = Decoder().document(frame)
+        except (DecodeError, MissingLibrary):
+            return None
+        return message if message.get("op") in ("more", "cancel") else None
+
+
+def main(argv: List[str]) -> int:
+    """Entry point: ``argv`` is ``[pod_name, pod_dir, project_root]``."""
+    pod_name, pod_dir, project_root = argv[:3]
+    proto_in, proto_out = _guard_stdio()
+    sys.breakpointhook = _no_breakpoint
+    sys.path[:] = [project_root] + [p for p in sys.path if p not in ("", project_root)]
+    _watch_parent()
+    worker = Worker(pod_name, pod_dir, proto_in, proto_out)
+    signal.signal(signal.SIGINT, worker.on_sigint)
+    worker.load("pods.%s.pod" % pod_name)
+    try:
+        worker.hello()
+        worker.serve()
+    except (PipeClosed, FrameError, BrokenPipeError):
+        pass
+    finally:
+        worker.big.discard()
+        if isinstance(sys.stdout, io.TextIOBase):
+            sys.stdout.flush()
+    return 0

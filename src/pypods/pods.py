@@ -1,0 +1,114 @@
+"""The original design's API, kept word for word: ``PodLoader`` for clients, ``PodListener`` for pods.
+
+``PodLoader(pod_name, namespace).load_pod()`` creates the pod if missing and puts its functions
+(and the pod itself, under its name) into *namespace*; ``unload_pod()`` takes exactly those names
+back out and stops the worker.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+from ._loader import Injection, Pod
+from ._worker.codec import DecodeError, EncodeError, decode, encode
+
+if TYPE_CHECKING:
+    from collections.abc import MutableMapping
+
+__all__ = ["PodListener", "PodLoader"]
+
+
+class PodLoader:
+    """Load a pod's functions into a namespace (usually the caller's ``globals()``).
+
+    Args:
+        pod_name: the pod's name, a Python identifier (``ValueError`` otherwise, before any file
+            is touched).
+        namespace: where to inject the functions; None to inject nothing and use ``.pod``.
+        **options: ``root``, ``python``, ``workers``, ``timeout``, ``env``, ``start``,
+            ``idle_timeout``, ``codec``, ``log``: see ``pypods.Pod``; they override ``pod.toml``.
+    """
+
+    def __init__(self, pod_name: str, namespace: MutableMapping[str, Any] | None = None, **options: Any) -> None:
+        from ._env.names import check_pod_name
+
+        self.pod_name = check_pod_name(pod_name)
+        self.namespace = namespace
+        self.options = options
+        self.pod: Pod | None = None
+        self._injection: Injection | None = None
+
+    def load_pod(self) -> Pod:
+        """Create the pod if it does not exist, start it, and inject its functions.
+
+        Loading again first unloads what the previous load injected (a reload picks up edits).
+
+        Raises:
+            PodBuildError: the pod's environment could not be built.
+            PodRemoteError: importing ``pod.py`` failed in the pod.
+        """
+        if self.pod is not None:
+            self.unload_pod()
+        pod = Pod(self.pod_name, **self.options)
+        self.pod = pod
+        if self.namespace is not None:
+            injection = Injection(self.namespace)
+            for name, function in pod.functions.items():
+                injection.put(name, function)
+            injection.put(self.pod_name, pod)
+            self._injection = injection
+        return pod
+
+    def unload_pod(self) -> None:
+        """Remove the names ``load_pod`` injected (restoring any they shadowed) and stop the worker."""
+        if self._injection is not None:
+            self._injection.remove()
+            self._injection = None
+        if self.pod is not None:
+            self.pod.close()
+            self.pod = None
+
+    def __enter__(self) -> PodLoader:
+        self.load_pod()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.unload_pod()
+
+
+class PodListener:
+    """The original pod side of the protocol: one BSON message on stdin, one BSON reply on stdout.
+
+    pypods' own workers do not use it (they keep a framed, persistent channel); it stays for code
+    written against the original design.
+    """
+
+    def read_stdin(self) -> dict[str, Any] | None:
+        """Read one BSON document from stdin: ``{"name", "args", "kwargs"}``; None (and an error on
+        stderr) if it is not one."""
+        try:
+            message = decode(sys.stdin.buffer.read())
+            if not {"name", "args", "kwargs"} <= set(message):
+                raise ValueError("Corrupt pod input!")
+        except (DecodeError, ValueError, ModuleNotFoundError) as exc:
+            self.write_stderr(str(exc))
+            return None
+        return message
+
+    def write_stdout(self, data: Any) -> None:
+        """Write ``{"response": data}`` as BSON to stdout."""
+        try:
+            payload = encode({"response": data})
+        except EncodeError as exc:
+            self.write_stderr(str(exc))
+            return
+        sys.stdout.buffer.write(payload)
+        sys.stdout.buffer.flush()
+
+    def write_stderr(self, error: str) -> None:
+        """Write ``{"error": error}`` as BSON to stderr."""
+        if not isinstance(error, str):
+            raise TypeError("Error message should be of type string.")
+        sys.stderr.buffer.write(encode({"error": error}))
+        sys.stderr.flush()
