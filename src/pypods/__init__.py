@@ -7,6 +7,7 @@ design's ``globals()``-injecting API.
 
 from __future__ import annotations
 
+from ._aloader import AsyncPod, aload
 from ._errors import (
     PodBuildError,
     PodClosedError,
@@ -24,6 +25,7 @@ from .pods import PodListener, PodLoader
 __version__ = "0.3.0"
 
 __all__ = [
+    "AsyncPod",
     "Pod",
     "PodBuildError",
     "PodClosedError",
@@ -37,5 +39,6 @@ __all__ = [
     "PodTimeoutError",
     "PodWorkerError",
     "__version__",
+    "aload",
     "load",
 ]

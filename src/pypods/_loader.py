@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._client.connection import ProcessConnection
 from ._client.pool import WorkerPool
@@ -24,6 +24,8 @@ from ._proxy import make_proxy
 if TYPE_CHECKING:
     import os
     from collections.abc import Callable, MutableMapping
+
+    from ._env.pythons import Interpreter
 
 _UNSET: Any = object()
 
@@ -62,14 +64,6 @@ class Pod:
         backend: str | None = None,
         progress: bool | None = None,
     ) -> None:
-        self.layout = PodLayout.at(name, root)
-        self.name = name
-        self._closed = False
-        self._lock = threading.Lock()
-        if not self.layout.exists():
-            if not create:
-                raise FileNotFoundError(f"no pod {name!r}: {self.layout.pod_py} does not exist")
-            self.layout.create()
         overrides = {
             "python": python,
             "workers": workers,
@@ -81,12 +75,11 @@ class Pod:
             "log": log,
             "backend": backend,
         }
-        self.settings = PodSettings.load(self.layout, overrides)
-        if self.settings.backend != "local":
-            raise NotImplementedError(f"backend {self.settings.backend!r} is not available in this version")
-        report = BuildReport(name, progress)
-        self.interpreter = store.ensure_ready(self.layout, self.settings.python, report)
-        self._env_key = store.env_key(self.layout, self.interpreter)
+        ready = prepare(name, root, create, overrides, progress)
+        self.layout, self.settings, self.interpreter, self._env_key = ready
+        self.name = name
+        self._closed = False
+        self._lock = threading.Lock()
         spawn = functools.partial(_spawn, self.layout, self.settings, self._env_key)
         self._pool = WorkerPool(name, spawn, self.settings.workers, self.settings.idle_timeout)
         # Dropping every reference to the pod stops its workers (the pool does not refer back).
@@ -160,12 +153,43 @@ class Pod:
         return f"<Pod {self.name!r} at {self.layout.pod_dir} ({state})>"
 
 
-def _spawn(layout: PodLayout, settings: PodSettings, env_key: str) -> ProcessConnection:
-    """Start one worker for the pod and remember its description for the next load."""
-    worker = WorkerProcess(
+class Prepared(NamedTuple):
+    layout: PodLayout
+    settings: PodSettings
+    interpreter: Interpreter
+    env_key: str
+
+
+def prepare(
+    name: str,
+    root: str | os.PathLike[str] | None,
+    create: bool,
+    overrides: dict[str, Any],
+    progress: bool | None,
+) -> Prepared:
+    """Steps 1-4 of opening a pod: name, folder, settings, a ready environment (shared by Pod and AsyncPod)."""
+    layout = PodLayout.at(name, root)
+    if not layout.exists():
+        if not create:
+            raise FileNotFoundError(f"no pod {name!r}: {layout.pod_py} does not exist")
+        layout.create()
+    settings = PodSettings.load(layout, overrides)
+    if settings.backend != "local":
+        raise NotImplementedError(f"backend {settings.backend!r} is not available in this version")
+    interpreter = store.ensure_ready(layout, settings.python, BuildReport(name, progress))
+    return Prepared(layout, settings, interpreter, store.env_key(layout, interpreter))
+
+
+def new_worker(layout: PodLayout, settings: PodSettings) -> WorkerProcess:
+    """Start a worker process for the pod (its connection is made by the caller)."""
+    return WorkerProcess(
         str(layout.venv_python), layout.name, str(layout.pod_dir), str(layout.root), env=settings.env, log=settings.log
     )
-    conn = ProcessConnection(worker)
+
+
+def _spawn(layout: PodLayout, settings: PodSettings, env_key: str) -> ProcessConnection:
+    """Start one worker for the pod and remember its description for the next load."""
+    conn = ProcessConnection(new_worker(layout, settings))
     cache.store(layout, env_key, list(conn.hello.get("files") or []), conn.description)
     return conn
 

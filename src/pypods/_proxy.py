@@ -85,3 +85,49 @@ def _dress(function: Any, pod: Caller, info: dict[str, Any]) -> None:
         function.__signature__ = signature
     function.__pod__ = pod.name
     function.__wrapped_info__ = info
+
+
+def make_async_proxy(pod: Caller, info: dict[str, Any]) -> Callable[..., Any]:
+    """The async twin of ``make_proxy``: a coroutine function, or for a generator an async iterable."""
+    name = info["name"]
+
+    if info.get("generator"):
+
+        def stream(*args: Any, **kwargs: Any) -> Any:
+            return _LazyStream(pod, name, args, kwargs)
+
+        _dress(stream, pod, info)
+        return stream
+
+    async def proxy(*args: Any, **kwargs: Any) -> Any:
+        return await pod.call(name, *args, **kwargs)
+
+    _dress(proxy, pod, info)
+    return proxy
+
+
+class _LazyStream:
+    """``async for x in pod.gen(3)``: the call is sent on the first ``__anext__`` (or by ``await``)."""
+
+    def __init__(self, pod: Caller, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._pod, self._name, self._args, self._kwargs = pod, name, args, kwargs
+        self._stream: Any = None
+
+    async def _open(self) -> Any:
+        if self._stream is None:
+            self._stream = await self._pod.call(self._name, *self._args, **self._kwargs)
+        return self._stream
+
+    def __await__(self) -> Any:
+        return self._open().__await__()
+
+    def __aiter__(self) -> _LazyStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        stream = await self._open()
+        return await stream.__anext__()
+
+    async def aclose(self) -> None:
+        if self._stream is not None:
+            await self._stream.aclose()

@@ -52,6 +52,7 @@ class ProcessConnection:
         self._wlock = threading.Lock()
         self._cv = threading.Condition(threading.Lock())
         self._reading = False
+        self._closed = False  # close() was called: the last reader releases the output pipe
         self._inbox: dict[int, collections.deque[dict[str, Any]]] = {}
         self._broken: PodError | None = None
         self._ids = itertools.count(1)
@@ -166,6 +167,8 @@ class ProcessConnection:
         finally:
             with cv:
                 self._reading = False
+                if self._closed:
+                    self.worker.release()
                 cv.notify_all()
 
     def _lead(self, call_id: int, deadline: float | None, what: str, timeout: float | None) -> dict[str, Any]:
@@ -233,6 +236,7 @@ class ProcessConnection:
         else:
             self.worker.stop()
         with self._cv:
+            self._closed = True
             if not self._reading:
                 self.worker.release()
 

@@ -61,9 +61,10 @@ class WorkerPool:
             return conn
         if conn is not None:
             self._slots[index] = None
-            if not isinstance(conn.broken, PodClosedError):
-                self._note_crash()
+            crashed = not isinstance(conn.broken, PodClosedError)  # died while idle counts too
             conn.close(kill=True)
+            if crashed:
+                self._note_crash()
         conn = self._spawn()
         self._slots[index] = conn
         if self.description is None:

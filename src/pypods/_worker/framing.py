@@ -61,6 +61,24 @@ class FrameReader:
         del buf[:size]
         return frame
 
+    def feed(self, data: bytes) -> None:
+        """Add bytes read elsewhere (an event loop's reader callback)."""
+        self._buf += data
+
+    def pop(self) -> Optional[bytes]:
+        """Return the next whole frame if the buffer holds one, else None (never reads)."""
+        buf = self._buf
+        if len(buf) < 4:
+            return None
+        size = _SIZE.unpack_from(buf, 0)[0]
+        if size < 5 or size > self.max_frame:
+            raise FrameError("frame length %d is out of range" % size)
+        if len(buf) < size:
+            return None
+        frame = bytes(buf[:size]) if len(buf) > size else bytes(buf)
+        del buf[:size]
+        return frame
+
     def _fill(self, want: int) -> None:
         data = os.read(self.fd, want)
         if not data:
