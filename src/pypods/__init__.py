@@ -20,6 +20,7 @@ from ._errors import (
     PodWorkerError,
 )
 from ._loader import Pod, load
+from ._worker.codec import register
 from .pods import PodListener, PodLoader
 
 __version__ = "0.3.0"
@@ -41,4 +42,5 @@ __all__ = [
     "__version__",
     "aload",
     "load",
+    "register",
 ]

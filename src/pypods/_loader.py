@@ -183,7 +183,13 @@ def prepare(
 def new_worker(layout: PodLayout, settings: PodSettings) -> WorkerProcess:
     """Start a worker process for the pod (its connection is made by the caller)."""
     return WorkerProcess(
-        str(layout.venv_python), layout.name, str(layout.pod_dir), str(layout.root), env=settings.env, log=settings.log
+        str(layout.venv_python),
+        layout.name,
+        str(layout.pod_dir),
+        str(layout.root),
+        env=settings.env,
+        log=settings.log,
+        codec=settings.codec,
     )
 
 

@@ -19,17 +19,16 @@ from .._errors import (
     PodCrashedError,
     PodError,
     PodProtocolError,
-    PodSerializationError,
     PodTimeoutError,
     PodWorkerError,
     describe_exit,
 )
-from .._worker import messages
-from .._worker.codec import DecodeError, Decoder, EncodeError, Encoder
+from .._worker import codec, messages
+from .._worker.codec import DecodeError, Decoder, Encoder
 from .._worker.exttypes import DEFAULT_THRESHOLD, MissingLibrary, OutOfBand, sweep
 from .._worker.framing import FrameError, FrameReader
 from .base import error_from_reply
-from .connection import STREAM_WINDOW
+from .connection import STREAM_WINDOW, encode_call, reply_value
 
 if TYPE_CHECKING:
     from .process import WorkerProcess
@@ -47,6 +46,7 @@ class AsyncConnection:
         self._decoder = Decoder(OutOfBand(threshold))
         self._pending: dict[int, asyncio.Queue[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
+        self._registered = 0
         self._broken: PodError | None = None
         self._out = bytearray()
         self._out_done: asyncio.Future[None] | None = None
@@ -194,15 +194,14 @@ class AsyncConnection:
 
     async def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         """Send one call and await its reply; a generator's items come as an ``AsyncStream``."""
+        if self._registered != codec.registry_version():
+            version = codec.registry_version()
+            classes = sorted(codec.REGISTERED.values())
+            await self._write(Encoder().document({"id": 0, "op": "register", "classes": classes}))
+            self._registered = version
         call_id = next(self._ids)
         big = OutOfBand(self.threshold)
-        try:
-            data = Encoder(big).document(
-                {"id": call_id, "op": "call", "name": name, "args": list(args), "kwargs": kwargs}
-            )
-        except (EncodeError, RecursionError) as exc:
-            big.discard()
-            raise PodSerializationError(f"pod {self.pod!r}, function {name!r}: {exc}") from exc
+        data = encode_call(big, call_id, name, args, kwargs, self.worker.codec, self.pod)
         self._pending[call_id] = asyncio.Queue()
         stream = False
         try:
@@ -216,7 +215,7 @@ class AsyncConnection:
         if stream:
             return AsyncStream(self, call_id, name, timeout)
         if reply.get("ok"):
-            return reply.get("value")
+            return reply_value(reply, "value")
         raise error_from_reply(self.pod, name, reply.get("error"))
 
     async def send_control(self, message: dict[str, Any]) -> None:
@@ -267,7 +266,7 @@ class AsyncStream(AsyncIterator[Any]):
             if self._unacked >= STREAM_WINDOW // 2:
                 await self._conn.send_control({"id": self._id, "op": "more", "n": self._unacked})
                 self._unacked = 0
-            return reply["yield"]
+            return reply_value(reply, "yield")
         self._finish()
         if reply.get("end"):
             raise StopAsyncIteration

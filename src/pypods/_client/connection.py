@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import copy
 import itertools
+import pickle
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ from .._errors import (
     PodTimeoutError,
     PodWorkerError,
 )
-from .._worker import messages
+from .._worker import codec, messages
 from .._worker.codec import DecodeError, Decoder, EncodeError, Encoder
 from .._worker.exttypes import DEFAULT_THRESHOLD, MissingLibrary, OutOfBand, sweep
 from .._worker.framing import FrameError, FrameReader, PipeClosed, write_all
@@ -56,6 +57,7 @@ class ProcessConnection:
         self._inbox: dict[int, collections.deque[dict[str, Any]]] = {}
         self._broken: PodError | None = None
         self._ids = itertools.count(1)
+        self._registered = 0  # the class registry version the worker knows
         self.description: list[dict[str, Any]] = []
         self.hello: dict[str, Any] = {}
         try:
@@ -95,15 +97,11 @@ class ProcessConnection:
 
     def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         """Send one call and wait for its reply (see ``Connection.call``)."""
+        if self._registered != codec.registry_version():
+            self._sync_registry()
         call_id = next(self._ids)
         big = OutOfBand(self.threshold)
-        try:
-            data = Encoder(big).document(
-                {"id": call_id, "op": "call", "name": name, "args": list(args), "kwargs": kwargs}
-            )
-        except (EncodeError, RecursionError) as exc:
-            big.discard()
-            raise PodSerializationError(f"pod {self.pod!r}, function {name!r}: {exc}") from exc
+        data = encode_call(big, call_id, name, args, kwargs, self.worker.codec, self.pod)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
             self._inbox[call_id] = collections.deque()
@@ -122,8 +120,14 @@ class ProcessConnection:
         if stream:
             return ProcessStream(self, call_id, name, timeout)
         if reply.get("ok"):
-            return reply.get("value")
+            return reply_value(reply, "value")
         raise error_from_reply(self.pod, name, reply.get("error"))
+
+    def _sync_registry(self) -> None:
+        """Tell the worker which classes this client registered (before the call that may use them)."""
+        version = codec.registry_version()
+        self._write(Encoder().document({"id": 0, "op": "register", "classes": sorted(codec.REGISTERED.values())}))
+        self._registered = version
 
     def _write(self, data: bytes | bytearray) -> None:
         with self._wlock:
@@ -241,6 +245,30 @@ class ProcessConnection:
                 self.worker.release()
 
 
+def encode_call(
+    big: OutOfBand, call_id: int, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], codec_name: str, pod: str
+) -> bytearray:
+    """Encode a call request, or raise PodSerializationError (nothing has been sent yet)."""
+    message: dict[str, Any] = {"id": call_id, "op": "call", "name": name}
+    try:
+        if codec_name == "pickle":
+            message.update(messages.pack_pickle((args, kwargs)))
+        else:
+            message["args"] = list(args)
+            message["kwargs"] = kwargs
+        return Encoder(big).document(message)
+    except (EncodeError, RecursionError, pickle.PicklingError, TypeError, AttributeError) as exc:
+        big.discard()
+        raise PodSerializationError(f"pod {pod!r}, function {name!r}: {exc}") from exc
+
+
+def reply_value(reply: dict[str, Any], key: str) -> Any:
+    """The value a reply carries, unpickled for pods that use the pickle codec."""
+    if "p" in reply:
+        return messages.unpack_pickle(reply)
+    return reply.get(key)
+
+
 class ProcessStream(Stream):
     """The items of a generator running in a worker, with credit-based flow control."""
 
@@ -266,7 +294,7 @@ class ProcessStream(Stream):
             if self._unacked >= STREAM_WINDOW // 2:
                 self._conn.send_control({"id": self._id, "op": "more", "n": self._unacked})
                 self._unacked = 0
-            return reply["yield"]
+            return reply_value(reply, "yield")
         self._finish()
         if reply.get("end"):
             raise StopIteration

@@ -37,9 +37,11 @@ class WorkerProcess:
         project_root: str,
         env: dict[str, str] | None = None,
         log: str = "stderr",
+        codec: str = "bson",
     ) -> None:
         self.pod_name = pod_name
-        argv = [python, "-I", "-c", BOOTSTRAP, WORKER_DIR, pod_name, pod_dir, project_root]
+        self.codec = codec
+        argv = [python, "-I", "-c", BOOTSTRAP, WORKER_DIR, pod_name, pod_dir, project_root, codec]
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,

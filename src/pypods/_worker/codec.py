@@ -252,6 +252,48 @@ def _dataclass(enc: Encoder, out: bytearray, key: bytes, obj: Any) -> None:
     enc.value(out, key, fields)  # sent as its fields: the receiver may not have the class
 
 
+def _fields(obj: Any) -> Dict[str, Any]:
+    if dataclasses.is_dataclass(obj):
+        return {field.name: getattr(obj, field.name) for field in dataclasses.fields(obj)}
+    return dict(obj._asdict())  # a NamedTuple
+
+
+def _registered(enc: Encoder, out: bytearray, key: bytes, obj: Any) -> None:
+    enc.ext(out, key, "obj", _fields(obj), c=REGISTERED[type(obj)])
+
+
+# Classes both sides agreed to rebuild (dataclasses and NamedTuples): class -> "module:qualname".
+REGISTERED: Dict[type, str] = {}
+_BY_NAME: Dict[str, type] = {}
+
+
+def register(cls: type) -> str:
+    """Let instances of *cls* (a dataclass or NamedTuple) cross as themselves; return its wire name."""
+    if not (dataclasses.is_dataclass(cls) or (issubclass(cls, tuple) and hasattr(cls, "_fields"))):
+        raise TypeError("only dataclasses and NamedTuples can be registered, not %r" % (cls,))
+    name = "%s:%s" % (cls.__module__, cls.__qualname__)
+    if REGISTERED.get(cls) != name:
+        REGISTERED[cls] = name
+        _BY_NAME[name] = cls
+        _VERSION[0] += 1
+    return name
+
+
+_VERSION = [0]
+
+
+def registry_version() -> int:
+    """Bumped by every new registration, so connections know to tell their worker."""
+    return _VERSION[0]
+
+
+def _decode_registered(payload: Any, fields: Dict[str, Any]) -> Any:
+    cls = _BY_NAME.get(fields.get("c", ""))
+    if cls is None or not isinstance(payload, dict):
+        return payload  # not registered here: the receiver gets the fields
+    return cls(**payload)
+
+
 def _sendable(obj: Any) -> bool:
     try:
         Encoder().value(bytearray(), b"x\x00", obj)
@@ -289,6 +331,8 @@ def _encoder_for_subclass(obj: Any) -> Callable[[Encoder, bytearray, bytes, Any]
     special = exttypes.encoder_for(obj)
     if special is not None:
         return special
+    if type(obj) in REGISTERED:
+        return _registered
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return _dataclass
     for base in (bool, int, float, str, bytes, dict, list):
@@ -515,6 +559,7 @@ _DECODERS: Dict[str, Callable[[Any, Dict[str, Any]], Any]] = {
     "enum": _decode_enum,
     "exc": _decode_exception,
     "bytearray": _decode_bytearray,
+    "obj": _decode_registered,
 }
 
 

@@ -163,7 +163,8 @@ def _encode_ndarray(enc: Any, out: bytearray, key: bytes, obj: Any) -> None:
     if not (array.flags.c_contiguous or array.flags.f_contiguous):
         array = np.ascontiguousarray(array)
     descr = np.lib.format.dtype_to_descr(array.dtype)
-    data = memoryview(array.ravel(order="K") if array.ndim else array.reshape(1)).cast("B")
+    flat = array.ravel(order="K") if array.ndim else array.reshape(1)
+    data = memoryview(flat.view(np.uint8))  # raw bytes, whatever the dtype (datetime64 has no buffer format)
     enc.ext(out, key, "ndarray", RawBuffer(data), d=descr, s=list(array.shape), o=order, x=scalar)
 
 

@@ -7,6 +7,7 @@ first field so a reply can be routed even when the rest of a frame cannot be dec
 from __future__ import annotations
 
 import inspect
+import pickle
 import struct
 import traceback
 from typing import Any, Callable, Dict, List
@@ -22,6 +23,21 @@ def peek_id(frame: bytes) -> int:
     if frame[4:8] == b"\x12id\x00" and len(frame) >= 16:
         return int(struct.unpack_from("<q", frame, 8)[0])
     return 0
+
+
+def pack_pickle(value: Any) -> Dict[str, Any]:
+    """The opt-in pickle codec: protocol 5, large buffers out of band (as ``RawBuffer`` payloads)."""
+    from .exttypes import RawBuffer
+
+    buffers: List[Any] = []
+    data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    return {"p": data, "b": [RawBuffer(buffer.raw()) for buffer in buffers]}
+
+
+def unpack_pickle(fields: Dict[str, Any]) -> Any:
+    """Undo ``pack_pickle``. Runs code from the message: only for pods configured with codec="pickle"."""
+    buffers = [b if isinstance(b, (bytearray, memoryview)) else bytearray(b) for b in fields.get("b") or ()]
+    return pickle.loads(fields["p"], buffers=buffers)
 
 
 def _qualified(cls: type) -> str:

@@ -19,8 +19,8 @@ import time
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 from . import messages
-from .codec import DecodeError, Decoder, EncodeError, Encoder
-from .exttypes import MissingLibrary, OutOfBand
+from .codec import DecodeError, Decoder, EncodeError, Encoder, register
+from .exttypes import MissingLibrary, OutOfBand, sweep
 from .framing import FrameError, FrameReader, PipeClosed, write_all
 
 
@@ -42,14 +42,20 @@ def _guard_stdio() -> tuple[int, int]:
     return proto_in, proto_out
 
 
-def _watch_parent() -> None:
+def _orphaned_cleanup(parent: int) -> None:
+    """Our client died: remove shared-memory segments it or we left for a read that never came."""
+    sweep(parent)
+    sweep(os.getpid())
+
+
+def _watch_parent(parent: int) -> None:
     """Exit if the client dies while a long call keeps us from seeing the pipe close."""
-    parent = os.getppid()
 
     def watch() -> None:
         while True:
             time.sleep(0.5)
             if os.getppid() != parent:
+                _orphaned_cleanup(parent)
                 os._exit(70)
 
     threading.Thread(target=watch, name="pypods-parent-watch", daemon=True).start()
@@ -94,8 +100,9 @@ def exported(module: Any, pod_dir: str) -> Dict[str, Callable[..., Any]]:
 class Worker:
     """Serve one pod over two pipes; one call at a time, in the order they arrive."""
 
-    def __init__(self, pod_name: str, pod_dir: str, proto_in: int, proto_out: int) -> None:
+    def __init__(self, pod_name: str, pod_dir: str, proto_in: int, proto_out: int, codec: str = "bson") -> None:
         self.pod_name = pod_name
+        self.pickle = codec == "pickle"  # opt-in: pickle runs code on decode
         self.pod_dir = pod_dir
         self.reader = FrameReader(proto_in)
         self.out = proto_out
@@ -117,8 +124,9 @@ class Worker:
             data = Encoder(self.big).document(message)
         except EncodeError as exc:
             self.big.discard()
-            where = "result" if "value" in message else "item" if "yield" in message else "reply"
-            exc.path.append(where)
+            # The top-level key ("value", "yield") reads better as what it is for the user.
+            if exc.path and exc.path[-1] in ("value", "yield"):
+                exc.path[-1] = "result" if exc.path[-1] == "value" else "item"
             message = {"id": message.get("id", 0), "ok": False, "error": messages.error_info(exc, "serialization")}
             data = Encoder().document(message)
         write_all(self.out, data)
@@ -185,9 +193,37 @@ class Worker:
                 self.call(request)
             elif op == "describe":
                 self.hello()
+            elif op == "register":
+                self.register(request.get("classes") or [])
             elif op == "shutdown":
                 return
             # "more"/"cancel" for a stream that already ended: nothing to do.
+
+    def register(self, names: List[str]) -> None:
+        """Rebuild the client's registered classes here too, where this pod can import them."""
+        for name in names:
+            module_name, _, qualname = str(name).partition(":")
+            try:
+                obj: Any = importlib.import_module(module_name)
+                for part in qualname.split("."):
+                    obj = getattr(obj, part)
+                register(obj)
+            except Exception:
+                continue
+
+    def result(self, call_id: int, value: Any, key: str = "value") -> Dict[str, Any]:
+        """A reply carrying *value*: as a BSON value, or pickled if this pod uses the pickle codec."""
+        reply: Dict[str, Any] = {"id": call_id, "ok": True} if key == "value" else {"id": call_id}
+        if not self.pickle:
+            reply[key] = value
+            return reply
+        try:
+            packed = messages.pack_pickle(value)
+        except Exception as exc:
+            return {"id": call_id, "ok": False, "error": messages.error_info(exc, "serialization")}
+        reply[key] = None
+        reply.update(packed)
+        return reply
 
     def call(self, request: Dict[str, Any]) -> None:
         call_id = request.get("id", 0)
@@ -199,8 +235,13 @@ class Worker:
                 return
             if function is None:
                 raise AttributeError("pod %r has no function %r" % (self.pod_name, name))
+            args, kwargs = request.get("args", ()), request.get("kwargs", {})
+            if "p" in request:
+                if not self.pickle:
+                    raise PermissionError("pod %r does not accept pickled arguments (codec is bson)" % self.pod_name)
+                args, kwargs = messages.unpack_pickle(request)
             self.busy = True
-            result = function(*request.get("args", ()), **request.get("kwargs", {}))
+            result = function(*args, **kwargs)
             if inspect.iscoroutine(result):
                 if self.loop is None:
                     self.loop = asyncio.new_event_loop()
@@ -214,7 +255,7 @@ class Worker:
         if inspect.isgenerator(result):
             self.stream(call_id, result, int(request.get("window", 64)))
         else:
-            self.send({"id": call_id, "ok": True, "value": result})
+            self.send(self.result(call_id, result))
 
     def stream(self, call_id: int, generator: Any, window: int) -> None:
         """Send a generator's items as they come; at most *window* unacknowledged (step 4)."""
@@ -229,7 +270,7 @@ class Worker:
                     break
                 finally:
                     self.busy = False
-                self.send({"id": call_id, "yield": item})
+                self.send(self.result(call_id, item, "yield"))
                 credits -= 1
                 # Read what the client sent meanwhile: credit and cancel for us, other calls queue.
                 while credits <= 0 or self.reader.readable(0):
@@ -264,13 +305,15 @@ class Worker:
 
 
 def main(argv: List[str]) -> int:
-    """Entry point: ``argv`` is ``[pod_name, pod_dir, project_root]``."""
+    """Entry point: ``argv`` is ``[pod_name, pod_dir, project_root, codec]``."""
     pod_name, pod_dir, project_root = argv[:3]
+    codec = argv[3] if len(argv) > 3 else "bson"
+    parent = os.getppid()
     proto_in, proto_out = _guard_stdio()
     sys.breakpointhook = _no_breakpoint
     sys.path[:] = [project_root] + [p for p in sys.path if p not in ("", project_root)]
-    _watch_parent()
-    worker = Worker(pod_name, pod_dir, proto_in, proto_out)
+    _watch_parent(parent)
+    worker = Worker(pod_name, pod_dir, proto_in, proto_out, codec)
     signal.signal(signal.SIGINT, worker.on_sigint)
     worker.load("pods.%s.pod" % pod_name)
     try:
@@ -280,6 +323,8 @@ def main(argv: List[str]) -> int:
         pass
     finally:
         worker.big.discard()
+        if os.getppid() != parent:
+            _orphaned_cleanup(parent)
         if isinstance(sys.stdout, io.TextIOBase):
             sys.stdout.flush()
     return 0

@@ -1,0 +1,82 @@
+"""numpy and pandas values through the codec (in process): dtypes, shapes, orders, out-of-band buffers."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pypods._worker import codec
+from pypods._worker.exttypes import SHM_DIR, OutOfBand
+
+np = pytest.importorskip("numpy")
+
+ARRAYS = [
+    np.arange(12, dtype=np.float64).reshape(3, 4),
+    np.asfortranarray(np.arange(24, dtype=np.int16).reshape(2, 3, 4)),
+    np.array([], dtype=np.uint64),
+    np.array(3.5),
+    np.array([1 + 2j, 3 - 4j], dtype=np.complex128),
+    np.array([True, False]),
+    np.array(["2024-01-02T03:04:05.123456789"], dtype="datetime64[ns]"),
+    np.array([5, -7], dtype="timedelta64[s]"),
+    np.array(["ab", "cde"], dtype="U5"),
+    np.array([b"x", b"yz"], dtype="S3"),
+    np.array([(1, 2.5), (3, 4.5)], dtype=[("a", "<i4"), ("b", "<f8")]),
+    np.arange(6, dtype=">i4"),
+    np.arange(4, dtype=np.float16),
+    np.arange(20, dtype=np.int32)[::3],
+]
+
+
+def roundtrip(value, big=None):
+    return codec.Decoder(big).document(bytes(codec.Encoder(big).document({"v": value})))["v"]
+
+
+@pytest.mark.parametrize("array", ARRAYS, ids=lambda a: f"{a.dtype}-{a.shape}")
+def test_arrays_round_trip_exactly(array) -> None:
+    back = roundtrip(array)
+    assert type(back) is np.ndarray
+    assert back.dtype == array.dtype
+    assert back.shape == array.shape
+    np.testing.assert_array_equal(back, array)
+    assert back.flags.f_contiguous == (array.flags.f_contiguous and not array.flags.c_contiguous) or back.ndim < 2
+    assert back.flags.writeable
+
+
+def test_numpy_scalars_keep_their_type() -> None:
+    for scalar in (np.float32(1.5), np.int64(-5), np.bool_(True), np.complex64(1j)):
+        back = roundtrip(scalar)
+        assert type(back) is type(scalar)
+        assert back == scalar
+
+
+def test_object_arrays_are_refused() -> None:
+    with pytest.raises(codec.EncodeError, match="dtype object"):
+        codec.encode({"v": np.array([object()])})
+
+
+def test_large_arrays_are_mapped_in_place_from_shared_memory() -> None:
+    big = OutOfBand(threshold=1 << 16)
+    array = np.random.default_rng(1).random((512, 256))
+    data = bytes(codec.Encoder(big).document({"v": array}))
+    assert len(data) < 1000  # the payload went out of band
+    assert len(big.created) == 1
+    back = codec.Decoder(OutOfBand()).document(data)["v"]
+    np.testing.assert_array_equal(back, array)
+    back[0, 0] = -1.0  # writable, and private to the receiver
+    assert not os.path.exists(big.created[0])  # the receiver unlinked it
+    big.discard()
+    assert not [n for n in os.listdir(SHM_DIR) if n.startswith(f"pypods-{os.getpid()}-")]
+
+
+def test_pandas_frames_and_series_round_trip() -> None:
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    frame = pd.DataFrame({"a": [1, 2, 3], "b": ["x", "y", None], "c": pd.to_datetime(["2024-01-01"] * 3)})
+    frame.index = pd.Index([10, 20, 30], name="idx")
+    pd.testing.assert_frame_equal(roundtrip(frame), frame)
+    series = pd.Series([1.5, 2.5], name="s")
+    pd.testing.assert_series_equal(roundtrip(series), series)
+    unnamed = pd.Series([1, 2])
+    pd.testing.assert_series_equal(roundtrip(unnamed), unnamed)
