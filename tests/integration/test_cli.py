@@ -112,7 +112,8 @@ def test_sync_reports_failures(make_pod, root: Path) -> None:
     make_pod("good", "def f():\n    return 1\n")
     make_pod("bad", "def f():\n    return 1\n", requirements=("tinypkg==7.7",))
     result = run(root, "sync")
-    assert result.returncode == 1
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
     assert "good: ready" in result.stdout
     assert "bad: failed" in result.stdout
 

@@ -239,3 +239,13 @@ def test_enum_of_a_module_not_imported_is_refused_without_importing() -> None:
     forged = struct.pack("<i", len(out)) + bytes(out[4:])
     with pytest.raises(DecodeError, match="not importable"):
         codec.decode(forged)
+
+
+@settings(max_examples=100)
+@given(st.lists(values, max_size=3), st.dictionaries(st.text(), values, max_size=3), st.integers(0, 2**40))
+def test_fast_request_and_reply_encode_like_the_generic_path(
+    args: list[Any], kwargs: dict[str, Any], call_id: int
+) -> None:
+    generic = codec.encode({"id": call_id, "op": "call", "name": "f", "args": args, "kwargs": kwargs})
+    assert codec.Encoder().request(call_id, "f", tuple(args), kwargs) == generic
+    assert codec.Encoder().reply(call_id, args) == codec.encode({"id": call_id, "ok": True, "value": args})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import copy
 import itertools
+import os
 import pickle
 import threading
 import time
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from .process import WorkerProcess
 
 STREAM_WINDOW = 64
+SPIN = float(os.environ.get("PYPODS_SPIN_US", "100")) / 1e6  # see FrameReader.spin
 
 
 class NotSentError(PodCrashedError):
@@ -178,6 +180,7 @@ class ProcessConnection:
     def _lead(self, call_id: int, deadline: float | None, what: str, timeout: float | None) -> dict[str, Any]:
         reader = self._reader
         while True:
+            reader.spin(SPIN)
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not reader.readable(remaining):
@@ -249,13 +252,11 @@ def encode_call(
     big: OutOfBand, call_id: int, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], codec_name: str, pod: str
 ) -> bytearray:
     """Encode a call request, or raise PodSerializationError (nothing has been sent yet)."""
-    message: dict[str, Any] = {"id": call_id, "op": "call", "name": name}
     try:
-        if codec_name == "pickle":
-            message.update(messages.pack_pickle((args, kwargs)))
-        else:
-            message["args"] = list(args)
-            message["kwargs"] = kwargs
+        if codec_name != "pickle":
+            return Encoder(big).request(call_id, name, args, kwargs)
+        message: dict[str, Any] = {"id": call_id, "op": "call", "name": name}
+        message.update(messages.pack_pickle((args, kwargs)))
         return Encoder(big).document(message)
     except (EncodeError, RecursionError, pickle.PicklingError, TypeError, AttributeError) as exc:
         big.discard()

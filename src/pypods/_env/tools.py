@@ -6,6 +6,7 @@ import functools
 import os
 import shutil
 import subprocess
+import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -15,9 +16,25 @@ if TYPE_CHECKING:
 _LEAKY = ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PIP_REQUIRE_VIRTUALENV")
 
 
-@functools.lru_cache(maxsize=1)
+_find_lock = threading.Lock()
+
+
 def uv_binary() -> str | None:
     """Path of uv: the one installed with pypods, else one on PATH, else None."""
+    # uv's finder reads sysconfig, whose first use is not thread-safe (parallel `pypods sync`).
+    with _find_lock:
+        return _uv_binary()
+
+
+def _clear() -> None:
+    _uv_binary.cache_clear()
+
+
+uv_binary.cache_clear = _clear  # type: ignore[attr-defined]
+
+
+@functools.lru_cache(maxsize=1)
+def _uv_binary() -> str | None:
     explicit = os.environ.get("PYPODS_UV")
     if explicit:
         return explicit if os.path.exists(explicit) else None
@@ -31,7 +48,11 @@ def uv_binary() -> str | None:
 
 def clean_environ(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The client's environment minus anything that would leak the client's Python into a pod."""
-    env = {k: v for k, v in os.environ.items() if k not in _LEAKY and not k.startswith("PYPODS_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _LEAKY and (not k.startswith("PYPODS_") or k == "PYPODS_SPIN_US")
+    }
     if extra:
         env.update(extra)
     return env

@@ -36,6 +36,7 @@ _pack_i32_into = _I32.pack_into
 MAX_DOCUMENT = 2**31 - 1  # BSON sizes are signed 32-bit
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_CALL_HEADS: Dict[str, bytes] = {}
 _INDEX_KEYS = [str(i).encode() + b"\x00" for i in range(1024)]
 TAG = "$t"
 
@@ -84,6 +85,48 @@ class Encoder:
         """Encode a str-keyed dict as a top-level BSON document."""
         out = bytearray()
         self._doc(out, doc, top=True)
+        return out
+
+    def request(self, call_id: int, name: str, args: Any, kwargs: Dict[str, Any]) -> bytearray:
+        """``{"id", "op": "call", "name", "args", "kwargs"}``: the same bytes as ``document``, faster.
+
+        The hot path of every call: the constant part (op and name) is encoded once per name.
+        """
+        head = _CALL_HEADS.get(name)
+        if head is None:
+            data = name.encode("utf-8", "surrogatepass")
+            head = _CALL_HEADS[name] = (
+                b"\x02op\x00\x05\x00\x00\x00call\x00\x02name\x00" + _pack_i32(len(data) + 1) + data + b"\x00"
+            )
+        out = bytearray(b"\x00\x00\x00\x00")
+        self.value(out, b"id\x00", call_id)
+        out += head
+        for key, item in ((b"args\x00", args), (b"kwargs\x00", kwargs)):
+            try:
+                if key == b"args\x00":
+                    out += b"\x04args\x00"
+                    self._array(out, item)
+                else:
+                    self.value(out, key, item)
+            except EncodeError as exc:
+                exc.path.append(key[:-1].decode())
+                raise
+        out += b"\x00"
+        _pack_i32_into(out, 0, len(out))
+        return out
+
+    def reply(self, call_id: int, value: Any) -> bytearray:
+        """``{"id", "ok": true, "value"}``: the same bytes as ``document``, faster."""
+        out = bytearray(b"\x00\x00\x00\x00")
+        self.value(out, b"id\x00", call_id)
+        out += b"\x08ok\x00\x01"
+        try:
+            self.value(out, b"value\x00", value)
+        except EncodeError as exc:
+            exc.path.append("value")
+            raise
+        out += b"\x00"
+        _pack_i32_into(out, 0, len(out))
         return out
 
     def _doc(self, out: bytearray, doc: Dict[Any, Any], top: bool = False) -> None:

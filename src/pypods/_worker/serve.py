@@ -23,6 +23,8 @@ from .codec import DecodeError, Decoder, EncodeError, Encoder, register
 from .exttypes import MissingLibrary, OutOfBand, sweep
 from .framing import FrameError, FrameReader, PipeClosed, write_all
 
+SPIN = float(os.environ.get("PYPODS_SPIN_US", "100")) / 1e6
+
 
 def _guard_stdio() -> tuple[int, int]:
     """Take fds 0 and 1 for the protocol and point them elsewhere, so no print can corrupt a frame.
@@ -119,9 +121,12 @@ class Worker:
         if self.busy:
             raise KeyboardInterrupt
 
-    def send(self, message: Dict[str, Any]) -> None:
+    def send(self, message: Dict[str, Any], fast: bool = False) -> None:
         try:
-            data = Encoder(self.big).document(message)
+            if fast:  # a plain result: {"id", "ok": true, "value"}
+                data = Encoder(self.big).reply(message["id"], message["value"])
+            else:
+                data = Encoder(self.big).document(message)
         except EncodeError as exc:
             self.big.discard()
             # The top-level key ("value", "yield") reads better as what it is for the user.
@@ -170,7 +175,11 @@ class Worker:
 
     def next_message(self) -> Optional[Dict[str, Any]]:
         """Return the next request, or None after answering one that could not be decoded."""
-        frame = self.queue.popleft() if self.queue else self.reader.read_frame()
+        if self.queue:
+            frame = self.queue.popleft()
+        else:
+            self.reader.spin(SPIN)  # a caller in a loop sends the next call within microseconds
+            frame = self.reader.read_frame()
         try:
             return self.decoder.document(frame)
         except (MissingLibrary, DecodeError) as exc:
@@ -254,8 +263,10 @@ class Worker:
             return
         if inspect.isgenerator(result):
             self.stream(call_id, result, int(request.get("window", 64)))
-        else:
+        elif self.pickle:
             self.send(self.result(call_id, result))
+        else:
+            self.send({"id": call_id, "value": result}, fast=True)
 
     def stream(self, call_id: int, generator: Any, window: int) -> None:
         """Send a generator's items as they come; at most *window* unacknowledged (step 4)."""

@@ -1,0 +1,79 @@
+"""Shared helpers for the benchmarks: interleaved timing, medians and p99, machine description, markdown."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def interleaved(contenders: dict[str, Callable[[], object]], rounds: int, batch: int) -> dict[str, list[float]]:
+    """Time each contender's call *batch* times per round, contenders in turn, so noise hits all alike."""
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, call in contenders.items():
+            record = samples[name].append
+            clock = time.perf_counter
+            for _ in range(batch):
+                began = clock()
+                call()
+                record(clock() - began)
+    return samples
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def fmt_time(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} cores, Python {sys.version.split()[0]}"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, title: str, body: str) -> None:
+    """Replace (or append) the section headed *title* in the markdown file at *path*."""
+    text = path.read_text() if path.exists() else "# PyPods performance\n"
+    marker = f"\n## {title}\n"
+    start = text.find(marker)
+    section = f"{marker}\n{body.strip()}\n"
+    if start == -1:
+        text = text.rstrip() + "\n" + section
+    else:
+        end = text.find("\n## ", start + len(marker))
+        text = text[:start] + section + (text[end:] if end != -1 else "")
+    path.write_text(text)
