@@ -31,6 +31,11 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/run.py --write docs/performance.md
+	$(BIN)/python benchmarks/transfer.py --write docs/performance.md
+	$(BIN)/python benchmarks/concurrency.py --write docs/performance.md
+	$(BIN)/python benchmarks/envs.py --write docs/performance.md
+	$(BIN)/python -m pip install --quiet -e '.[ray]'
+	$(BIN)/python benchmarks/ray_backend.py --write docs/performance.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache examples/pods/*/venv examples/pods/*/.pypods

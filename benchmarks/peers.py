@@ -31,13 +31,15 @@ def pipe_echo_child(read_fd: int, write_fd: int, spin: float = 0.0) -> None:
         if len(header) < 4:
             return
         (length,) = struct.unpack("<i", header)
-        data = b""
+        data = bytearray()
         while len(data) < length:
             chunk = os.read(read_fd, length - len(data))
             if not chunk:
                 return
             data += chunk
-        os.write(write_fd, header + data)
+        view = memoryview(header + data)
+        while view:
+            view = view[os.write(write_fd, view) :]
 
 
 def mp_pipe_child(conn) -> None:  # multiprocessing.Pipe with pickle
@@ -65,3 +67,10 @@ def rpyc_server(socket_path: str) -> None:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["pipe"]:
     pipe_echo_child(0, 1, float(sys.argv[2]) if len(sys.argv) > 2 else 0.0)
+
+
+def spin(n):
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total

@@ -58,10 +58,10 @@ class Floor:
             while not self.poll.poll(0) and time.perf_counter() < end:
                 pass
         want = len(payload) + 4
-        data = os.read(self.r, want)
+        data = bytearray(os.read(self.r, want))
         while len(data) < want:
             data += os.read(self.r, want - len(data))
-        return data
+        return bytes(data)
 
     def close(self) -> None:
         assert self.proc.stdin is not None

@@ -55,6 +55,8 @@ class AsyncPod:
     ) -> AsyncPod:
         """Prepare the pod (in a thread), start its workers as configured, and describe it."""
         ready = await asyncio.to_thread(prepare, name, root, create, overrides, progress)
+        if ready.settings.backend != "local":
+            raise NotImplementedError("the asyncio API serves local pods only; use pypods.load() for backend='ray'")
         description = None if ready.settings.start == "eager" else cache.load(ready.layout, ready.env_key)
         pod = cls(ready, description or [])
         if description is None:

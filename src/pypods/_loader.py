@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ._client.connection import ProcessConnection
 from ._client.pool import WorkerPool
 from ._client.process import WorkerProcess
-from ._env import cache, store
+from ._env import cache, pythons, store
 from ._env.layout import PodLayout, PodSettings
 from ._env.progress import BuildReport
 from ._errors import PodClosedError
@@ -80,13 +80,20 @@ class Pod:
         self.name = name
         self._closed = False
         self._lock = threading.Lock()
-        spawn = functools.partial(_spawn, self.layout, self.settings, self._env_key)
-        self._pool = WorkerPool(name, spawn, self.settings.workers, self.settings.idle_timeout)
+        self._pool: Any
+        if self.settings.backend == "ray":
+            from ._client.raypool import RayPool
+
+            self._pool = RayPool(self.layout, self.settings)
+        else:
+            spawn = functools.partial(_spawn, self.layout, self.settings, self._env_key)
+            self._pool = WorkerPool(name, spawn, self.settings.workers, self.settings.idle_timeout)
         # Dropping every reference to the pod stops its workers (the pool does not refer back).
         weakref.finalize(self, self._pool.close)
         # "auto": a valid cached description means no worker is needed until the first call.
         start = self.settings.start
-        description = None if start == "eager" else cache.load(self.layout, self._env_key)
+        cached = start != "eager" and self.settings.backend == "local"
+        description = cache.load(self.layout, self._env_key) if cached else None
         if description is None:
             self._pool.start(1 if start == "lazy" else None)
             description = self._pool.description or []
@@ -132,7 +139,7 @@ class Pod:
 
     def pids(self) -> list[int]:
         """Process ids of the running workers (for tests and diagnostics)."""
-        return self._pool.pids()
+        return list(self._pool.pids())
 
     def close(self) -> None:
         """Stop the pod's workers. Idempotent; calls afterwards raise PodClosedError."""
@@ -174,8 +181,8 @@ def prepare(
             raise FileNotFoundError(f"no pod {name!r}: {layout.pod_py} does not exist")
         layout.create()
     settings = PodSettings.load(layout, overrides)
-    if settings.backend != "local":
-        raise NotImplementedError(f"backend {settings.backend!r} is not available in this version")
+    if settings.backend == "ray":  # the cluster builds the environment (runtime_env), not us
+        return Prepared(layout, settings, pythons.current(), "ray")
     interpreter = store.ensure_ready(layout, settings.python, BuildReport(name, progress))
     return Prepared(layout, settings, interpreter, store.env_key(layout, interpreter))
 

@@ -70,6 +70,8 @@ SETTINGS_TEMPLATE = """\
 # idle_timeout = 300.0   # stop an idle worker after this many seconds
 # codec = "bson"         # "pickle" trades safety (runs code on decode) for any picklable value
 # log = "stderr"         # where the pod's output goes: "stderr" or "logging" (the pypods logger)
+# backend = "local"      # "ray": run the workers as Ray actors (pip install 'pypods[ray]')
+# address = "ray://..."  # the Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)
 #
 # [env]                  # extra environment variables for the worker
 # MY_SETTING = "value"

@@ -1,0 +1,105 @@
+"""How long environments take: a new pod to its first answer (cold and warm cache), a no-change
+reload, a re-sync after a requirements edit, against ``python -m venv`` + ``pip install``.
+
+    python benchmarks/envs.py [--quick] [--write docs/performance.md] [--requirement packaging==24.1]
+
+Uses the real package index (the requirement is downloaded once for the cold runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import fmt_time, machine, median, table, write_section
+
+import pypods
+
+POD = "import importlib.metadata as m\n\ndef version(name):\n    return m.version(name)\n"
+
+
+def new_pod(base: Path, name: str, requirement: str) -> Path:
+    pod = base / "pods" / name
+    pod.mkdir(parents=True)
+    (pod / "pod.py").write_text(POD)
+    (pod / "requirements.txt").write_text(requirement + "\n")
+    return pod
+
+
+def first_answer(base: Path, name: str, package: str) -> float:
+    began = time.perf_counter()
+    with pypods.load(name, root=base, start="eager") as pod:
+        pod.version(package)
+    return time.perf_counter() - began
+
+
+def venv_pip(base: Path, requirement: str, cache: str | None) -> float:
+    target = base / f"venv-{time.perf_counter_ns()}"
+    began = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "venv", str(target)], check=True)
+    args = [str(target / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", requirement]
+    env = {**os.environ, "PIP_CACHE_DIR": cache} if cache else {**os.environ, "PIP_NO_CACHE_DIR": "1"}
+    subprocess.run(args, check=True, env=env)
+    took = time.perf_counter() - began
+    shutil.rmtree(target)
+    return took
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--write", type=Path)
+    parser.add_argument("--requirement", default="packaging==24.1")
+    args = parser.parse_args(argv)
+    repeats = 1 if args.quick else 5
+    package = args.requirement.split("==")[0]
+    base = Path(tempfile.mkdtemp(prefix="pypods-bench-"))
+    rows = []
+    try:
+        cold, warm, reload_, resync, pip_cold, pip_warm = [], [], [], [], [], []
+        pip_cache = str(base / "pip-cache")
+        for i in range(repeats):
+            os.environ["UV_CACHE_DIR"] = str(base / f"uv-cache-{i}")  # empty: cold
+            new_pod(base, f"cold{i}", args.requirement)
+            cold.append(first_answer(base, f"cold{i}", package))
+            new_pod(base, f"warm{i}", args.requirement)  # same cache, now holding the package
+            warm.append(first_answer(base, f"warm{i}", package))
+            began = time.perf_counter()
+            with pypods.load(f"warm{i}", root=base):
+                reload_.append(time.perf_counter() - began)
+            requirements = base / "pods" / f"warm{i}" / "requirements.txt"
+            requirements.write_text(requirements.read_text() + "six\n")
+            resync.append(first_answer(base, f"warm{i}", package))
+            pip_cold.append(venv_pip(base, args.requirement, None))
+            pip_warm.append(venv_pip(base, args.requirement, pip_cache))
+        os.environ.pop("UV_CACHE_DIR", None)
+        for label, values, baseline in (
+            ("new pod, cold cache, to first answer", cold, pip_cold),
+            ("new pod, warm cache, to first answer", warm, pip_warm),
+            ("no-change reload (load only)", reload_, None),
+            ("re-sync after a one-line edit, to first answer", resync, None),
+            ("python -m venv + pip install, no pip cache", pip_cold, None),
+            ("python -m venv + pip install, warm pip cache", pip_warm, None),
+        ):
+            ratio = f"{median(baseline) / median(values):.1f}x faster" if baseline else "-"
+            rows.append([label, fmt_time(median(values)), ratio])
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    body = f"Measured on: {machine()}, {time.strftime('%Y-%m-%d')}; requirement `{args.requirement}`; "
+    body += f"medians of {repeats}.\n\n" + table(["step", "time", "vs venv + pip (same cache state)"], rows)
+    print(body)
+    if args.write:
+        write_section(args.write, "Environments", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

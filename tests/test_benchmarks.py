@@ -1,0 +1,39 @@
+"""Each benchmark runs briefly (--quick) so it cannot rot; no timing is asserted here (see benchmarks/)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "script",
+    [
+        "run.py",
+        "transfer.py",
+        "concurrency.py",
+        pytest.param("envs.py", marks=pytest.mark.network),
+        pytest.param("ray_backend.py", marks=[pytest.mark.network, pytest.mark.ray]),
+    ],
+)
+def test_benchmark_runs(script: str, tmp_path: Path) -> None:
+    if script == "ray_backend.py":
+        pytest.importorskip("ray")
+    out = tmp_path / "performance.md"
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--quick", "--write", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = out.read_text()
+    assert text.startswith("# PyPods performance")
+    assert "| " in text
