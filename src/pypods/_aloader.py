@@ -39,6 +39,7 @@ class AsyncPod:
         self._starting: asyncio.Lock | None = None
         self._crashes: collections.deque[float] = collections.deque(maxlen=CRASH_LIMIT)
         self._closed: str | None = None
+        self._describe = True  # whether new workers must describe the pod (no valid cache)
         self._functions: dict[str, Callable[..., Any]] = {
             info["name"]: make_async_proxy(self, info) for info in description
         }
@@ -57,21 +58,23 @@ class AsyncPod:
         ready = await asyncio.to_thread(prepare, name, root, create, overrides, progress)
         if ready.settings.backend != "local":
             raise NotImplementedError("the asyncio API serves local pods only; use pypods.load() for backend='ray'")
-        description = None if ready.settings.start == "eager" else cache.load(ready.layout, ready.env_key)
+        description = cache.load(ready.layout, ready.env_key)
         pod = cls(ready, description or [])
-        if description is None:
+        pod._describe = description is None
+        if description is None or ready.settings.start == "eager":
             count = 1 if ready.settings.start == "lazy" else ready.settings.workers
             for index in range(count):
                 conn = await pod._ensure(index)
-                if index == 0:
+                if index == 0 and description is None:
                     pod._functions = {info["name"]: make_async_proxy(pod, info) for info in conn.description}
         return pod
 
     async def _spawn(self) -> AsyncConnection:
-        worker = await asyncio.to_thread(new_worker, self.layout, self.settings)
+        worker = await asyncio.to_thread(new_worker, self.layout, self.settings, self._describe)
         conn = AsyncConnection(worker)
         await conn.start()
-        cache.store(self.layout, self._env_key, list(conn.hello.get("files") or []), conn.description)
+        if "functions" in conn.hello:
+            cache.store(self.layout, self._env_key, list(conn.hello.get("files") or []), conn.description)
         return conn
 
     async def _ensure(self, index: int) -> AsyncConnection:

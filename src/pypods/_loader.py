@@ -81,21 +81,22 @@ class Pod:
         self._closed = False
         self._lock = threading.Lock()
         self._pool: Any
+        # A valid cached description means workers need not describe the pod (nor import inspect),
+        # and with start="auto" no worker is needed until the first call.
+        description = cache.load(self.layout, self._env_key) if self.settings.backend == "local" else None
         if self.settings.backend == "ray":
             from ._client.raypool import RayPool
 
             self._pool = RayPool(self.layout, self.settings)
         else:
-            spawn = functools.partial(_spawn, self.layout, self.settings, self._env_key)
+            spawn = functools.partial(_spawn, self.layout, self.settings, self._env_key, description is None)
             self._pool = WorkerPool(name, spawn, self.settings.workers, self.settings.idle_timeout)
         # Dropping every reference to the pod stops its workers (the pool does not refer back).
         weakref.finalize(self, self._pool.close)
-        # "auto": a valid cached description means no worker is needed until the first call.
         start = self.settings.start
-        cached = start != "eager" and self.settings.backend == "local"
-        description = cache.load(self.layout, self._env_key) if cached else None
-        if description is None:
+        if description is None or start == "eager":
             self._pool.start(1 if start == "lazy" else None)
+        if description is None:
             description = self._pool.description or []
         self._functions: dict[str, Callable[..., Any]] = {}
         for info in description:
@@ -187,7 +188,7 @@ def prepare(
     return Prepared(layout, settings, interpreter, store.env_key(layout, interpreter))
 
 
-def new_worker(layout: PodLayout, settings: PodSettings) -> WorkerProcess:
+def new_worker(layout: PodLayout, settings: PodSettings, describe: bool = True) -> WorkerProcess:
     """Start a worker process for the pod (its connection is made by the caller)."""
     return WorkerProcess(
         str(layout.venv_python),
@@ -197,13 +198,15 @@ def new_worker(layout: PodLayout, settings: PodSettings) -> WorkerProcess:
         env=settings.env,
         log=settings.log,
         codec=settings.codec,
+        describe=describe,
     )
 
 
-def _spawn(layout: PodLayout, settings: PodSettings, env_key: str) -> ProcessConnection:
+def _spawn(layout: PodLayout, settings: PodSettings, env_key: str, describe: bool) -> ProcessConnection:
     """Start one worker for the pod and remember its description for the next load."""
-    conn = ProcessConnection(new_worker(layout, settings))
-    cache.store(layout, env_key, list(conn.hello.get("files") or []), conn.description)
+    conn = ProcessConnection(new_worker(layout, settings, describe))
+    if "functions" in conn.hello:
+        cache.store(layout, env_key, list(conn.hello.get("files") or []), conn.description)
     return conn
 
 

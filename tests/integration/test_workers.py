@@ -393,3 +393,27 @@ pod.close()
     assert lines[0] == "interrupted", err
     assert lines[1] == "42"
     assert int(lines[2]) == worker  # the same worker survived the Ctrl-C
+
+
+def test_ctrl_c_on_a_call_not_yet_started_cancels_it(faults: Path) -> None:
+    action = """
+import threading
+threading.Thread(target=pod.sleep, args=(1.5,)).start()  # keeps the worker busy
+time.sleep(0.2)
+print("queued", flush=True)
+try:
+    pod.sleep(30)  # waits in the pipe behind the first call
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+print(pod.add(1, 2), flush=True)
+pod.close()
+"""
+    proc, _worker = _spawn_client(faults, action)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "queued"
+    time.sleep(0.2)
+    began = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert out.split() == ["interrupted", "3"], err
+    assert time.monotonic() - began < 10  # not the 30 s of the cancelled call

@@ -113,7 +113,13 @@ class ProcessConnection:
             reply = self._receive(call_id, deadline, what=name, timeout=timeout)
             stream = bool(reply.get("stream"))
         except KeyboardInterrupt:
-            self.worker.interrupt()  # the pod function gets the Ctrl-C too; the worker lives on
+            # The pod function gets the Ctrl-C too (SIGINT if it runs, cancel if not yet started);
+            # the worker lives on, and the reply, if any, is dropped.
+            try:
+                self.send_control({"id": call_id, "op": "cancel"})
+            except PodError:
+                pass
+            self.worker.interrupt()
             raise
         finally:
             big.discard()

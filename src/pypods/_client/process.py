@@ -38,10 +38,12 @@ class WorkerProcess:
         env: dict[str, str] | None = None,
         log: str = "stderr",
         codec: str = "bson",
+        describe: bool = True,
     ) -> None:
         self.pod_name = pod_name
         self.codec = codec
-        argv = [python, "-I", "-c", BOOTSTRAP, WORKER_DIR, pod_name, pod_dir, project_root, codec]
+        flag = "1" if describe else "0"
+        argv = [python, "-I", "-c", BOOTSTRAP, WORKER_DIR, pod_name, pod_dir, project_root, codec, flag]
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,

@@ -10,7 +10,6 @@ modules.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import decimal
 import enum
@@ -291,12 +290,22 @@ def _exception(enc: Encoder, out: bytearray, key: bytes, obj: BaseException) -> 
 
 
 def _dataclass(enc: Encoder, out: bytearray, key: bytes, obj: Any) -> None:
+    import dataclasses
+
     fields = {field.name: getattr(obj, field.name) for field in dataclasses.fields(obj)}
     enc.value(out, key, fields)  # sent as its fields: the receiver may not have the class
 
 
+def _is_dataclass(obj: Any) -> bool:
+    """``dataclasses.is_dataclass`` without importing dataclasses (and inspect) at worker start."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    return hasattr(cls, "__dataclass_fields__")
+
+
 def _fields(obj: Any) -> Dict[str, Any]:
-    if dataclasses.is_dataclass(obj):
+    if _is_dataclass(obj):
+        import dataclasses
+
         return {field.name: getattr(obj, field.name) for field in dataclasses.fields(obj)}
     return dict(obj._asdict())  # a NamedTuple
 
@@ -312,7 +321,7 @@ _BY_NAME: Dict[str, type] = {}
 
 def register(cls: type) -> str:
     """Let instances of *cls* (a dataclass or NamedTuple) cross as themselves; return its wire name."""
-    if not (dataclasses.is_dataclass(cls) or (issubclass(cls, tuple) and hasattr(cls, "_fields"))):
+    if not (_is_dataclass(cls) or (issubclass(cls, tuple) and hasattr(cls, "_fields"))):
         raise TypeError("only dataclasses and NamedTuples can be registered, not %r" % (cls,))
     name = "%s:%s" % (cls.__module__, cls.__qualname__)
     if REGISTERED.get(cls) != name:
@@ -376,7 +385,7 @@ def _encoder_for_subclass(obj: Any) -> Callable[[Encoder, bytearray, bytes, Any]
         return special
     if type(obj) in REGISTERED:
         return _registered
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+    if _is_dataclass(obj) and not isinstance(obj, type):
         return _dataclass
     for base in (bool, int, float, str, bytes, dict, list):
         if isinstance(obj, base):

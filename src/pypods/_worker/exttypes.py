@@ -11,10 +11,9 @@ import mmap
 import os
 import re
 import sys
-import tempfile
 from typing import Any, Callable, Dict, List, Optional
 
-SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else os.environ.get("TMPDIR", "/tmp")
 _SHM_NAME = re.compile(r"\Apypods-[0-9]+-[0-9]+\Z")
 DEFAULT_THRESHOLD = 1 << 20
 

@@ -6,10 +6,7 @@ first field so a reply can be routed even when the rest of a frame cannot be dec
 
 from __future__ import annotations
 
-import inspect
-import pickle
 import struct
-import traceback
 from typing import Any, Callable, Dict, List
 
 PROTOCOL = 1
@@ -27,6 +24,8 @@ def peek_id(frame: bytes) -> int:
 
 def pack_pickle(value: Any) -> Dict[str, Any]:
     """The opt-in pickle codec: protocol 5, large buffers out of band (as ``RawBuffer`` payloads)."""
+    import pickle
+
     from .exttypes import RawBuffer
 
     buffers: List[Any] = []
@@ -36,6 +35,8 @@ def pack_pickle(value: Any) -> Dict[str, Any]:
 
 def unpack_pickle(fields: Dict[str, Any]) -> Any:
     """Undo ``pack_pickle``. Runs code from the message: only for pods configured with codec="pickle"."""
+    import pickle
+
     buffers = [b if isinstance(b, (bytearray, memoryview)) else bytearray(b) for b in fields.get("b") or ()]
     return pickle.loads(fields["p"], buffers=buffers)
 
@@ -46,6 +47,8 @@ def _qualified(cls: type) -> str:
 
 def error_info(exc: BaseException, kind: str) -> Dict[str, Any]:
     """Describe an exception for the wire: its type and bases, message and formatted traceback."""
+    import traceback
+
     cls = type(exc)
     tb = exc.__traceback__
     # Drop our own frames (the worker loop) so the traceback starts in the pod's code.
@@ -62,6 +65,8 @@ def error_info(exc: BaseException, kind: str) -> Dict[str, Any]:
 
 
 def _annotation(value: Any) -> Any:
+    import inspect
+
     if value is inspect.Parameter.empty:
         return None
     return value if isinstance(value, str) else inspect.formatannotation(value)
@@ -69,6 +74,8 @@ def _annotation(value: Any) -> Any:
 
 def describe(name: str, function: Callable[..., Any]) -> Dict[str, Any]:
     """Describe one pod function: what the client needs to rebuild its name, doc and signature."""
+    import inspect  # only when describing: workers started with a cached description never need it
+
     info: Dict[str, Any] = {
         "name": name,
         "doc": inspect.getdoc(function),

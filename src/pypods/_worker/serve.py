@@ -6,17 +6,16 @@ numbered where they happen; the message shapes are in ``messages.py`` and ``docs
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import importlib
-import inspect
 import io
 import os
 import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional
+import types
+from typing import Any, Callable, Deque, Dict, List, Optional, Set
 
 from . import messages
 from .codec import DecodeError, Decoder, EncodeError, Encoder, register
@@ -40,7 +39,10 @@ def _guard_stdio() -> tuple[int, int]:
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
-            reconfigure(line_buffering=True, errors="backslashreplace")
+            try:
+                reconfigure(line_buffering=True, errors="backslashreplace")
+            except OSError:  # a stream that began on a seekable file (e.g. /dev/null)
+                pass
     return proto_in, proto_out
 
 
@@ -71,6 +73,10 @@ def _no_breakpoint(*args: Any, **kwargs: Any) -> None:
     )
 
 
+# What inspect.isroutine accepts, without importing inspect (~10 ms) at every worker start.
+_ROUTINES = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.MethodWrapperType)
+
+
 def own_path(path: Optional[str], pod_dir: str) -> Optional[str]:
     """The path relative to the pod folder if it is the pod's own code (not its venv), else None."""
     if not path:
@@ -91,7 +97,7 @@ def exported(module: Any, pod_dir: str) -> Dict[str, Callable[..., Any]]:
         return {name: getattr(module, name) for name in names if callable(getattr(module, name, None))}
     chosen: Dict[str, Callable[..., Any]] = {}
     for name, obj in vars(module).items():
-        if name.startswith("_") or not inspect.isroutine(obj):
+        if name.startswith("_") or not isinstance(obj, _ROUTINES):
             continue
         origin = sys.modules.get(getattr(obj, "__module__", None) or "")
         if own_path(getattr(origin, "__file__", None), pod_dir) is not None:
@@ -105,6 +111,7 @@ class Worker:
     def __init__(self, pod_name: str, pod_dir: str, proto_in: int, proto_out: int, codec: str = "bson") -> None:
         self.pod_name = pod_name
         self.pickle = codec == "pickle"  # opt-in: pickle runs code on decode
+        self.describe = True  # False when the client has a cached description: no inspect at start
         self.pod_dir = pod_dir
         self.reader = FrameReader(proto_in)
         self.out = proto_out
@@ -112,9 +119,10 @@ class Worker:
         self.decoder = Decoder(self.big)
         self.functions: Dict[str, Callable[..., Any]] = {}
         self.queue: Deque[bytes] = collections.deque()  # frames that arrived during a stream
-        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.loop: Any = None  # an asyncio loop, made (and asyncio imported) for the first coroutine
         self.import_error: Optional[Dict[str, Any]] = None
         self.busy = False  # True only while pod code runs: the one time a Ctrl-C may interrupt
+        self.cancelled: Set[int] = set()  # ids the client cancelled before we started them
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         """The client passes Ctrl-C on: interrupt the pod function, never the protocol itself."""
@@ -159,7 +167,7 @@ class Worker:
         }
         if self.import_error is not None:
             message["error"] = self.import_error
-        else:
+        elif self.describe:
             message["functions"] = [messages.describe(name, fn) for name, fn in self.functions.items()]
             message["files"] = self.own_files()
         self.send(message)
@@ -180,6 +188,15 @@ class Worker:
         else:
             self.reader.spin(SPIN)  # a caller in a loop sends the next call within microseconds
             frame = self.reader.read_frame()
+        # A Ctrl-C in the client may have cancelled this call before we started it: look at what
+        # has already arrived (without waiting) for a cancel of it.
+        while self.reader.readable(0):
+            after = self.reader.read_frame()
+            control = self._control(after, messages.peek_id(after))
+            if control is not None and control.get("op") == "cancel":
+                self.cancelled.add(control.get("id", 0))
+            else:
+                self.queue.append(after)
         try:
             return self.decoder.document(frame)
         except (MissingLibrary, DecodeError) as exc:
@@ -201,12 +218,13 @@ class Worker:
             if op == "call":
                 self.call(request)
             elif op == "describe":
+                self.describe = True
                 self.hello()
             elif op == "register":
                 self.register(request.get("classes") or [])
             elif op == "shutdown":
                 return
-            # "more"/"cancel" for a stream that already ended: nothing to do.
+            # "more"/"cancel" for a call or stream that already ended: nothing to do.
 
     def register(self, names: List[str]) -> None:
         """Rebuild the client's registered classes here too, where this pod can import them."""
@@ -236,6 +254,10 @@ class Worker:
 
     def call(self, request: Dict[str, Any]) -> None:
         call_id = request.get("id", 0)
+        if call_id in self.cancelled:
+            self.cancelled.discard(call_id)
+            self.send({"id": call_id, "ok": False, "error": {"kind": "interrupted", "message": "cancelled"}})
+            return
         name = request.get("name")
         function = self.functions.get(name) if isinstance(name, str) else None
         try:
@@ -251,8 +273,10 @@ class Worker:
                 args, kwargs = messages.unpack_pickle(request)
             self.busy = True
             result = function(*args, **kwargs)
-            if inspect.iscoroutine(result):
+            if isinstance(result, types.CoroutineType):
                 if self.loop is None:
+                    import asyncio  # ~40 ms to import: only for pods that have async functions
+
                     self.loop = asyncio.new_event_loop()
                 result = self.loop.run_until_complete(result)
             self.busy = False
@@ -261,7 +285,7 @@ class Worker:
             kind = "interrupted" if isinstance(exc, KeyboardInterrupt) else "remote"
             self.send({"id": call_id, "ok": False, "error": messages.error_info(exc, kind)})
             return
-        if inspect.isgenerator(result):
+        if isinstance(result, types.GeneratorType):
             self.stream(call_id, result, int(request.get("window", 64)))
         elif self.pickle:
             self.send(self.result(call_id, result))
@@ -306,7 +330,9 @@ class Worker:
 
     def _control(self, frame: bytes, call_id: int) -> Optional[Dict[str, Any]]:
         """The frame as a credit or cancel message for stream *call_id*, else None (a call to queue)."""
-        if messages.peek_id(frame) != call_id:
+        if messages.peek_id(frame) != call_id or len(frame) > 64:
+            return None  # controls are tiny; never decode a call here (that would consume its shm)
+        if b"\x02op\x00\x07\x00\x00\x00cancel\x00" not in frame and b"\x02op\x00\x05\x00\x00\x00more\x00" not in frame:
             return None
         try:
             message = Decoder().document(frame)
@@ -316,15 +342,17 @@ class Worker:
 
 
 def main(argv: List[str]) -> int:
-    """Entry point: ``argv`` is ``[pod_name, pod_dir, project_root, codec]``."""
+    """Entry point: ``argv`` is ``[pod_name, pod_dir, project_root, codec, describe ("1"/"0")]``."""
     pod_name, pod_dir, project_root = argv[:3]
     codec = argv[3] if len(argv) > 3 else "bson"
+    describe = argv[4] != "0" if len(argv) > 4 else True
     parent = os.getppid()
     proto_in, proto_out = _guard_stdio()
     sys.breakpointhook = _no_breakpoint
     sys.path[:] = [project_root] + [p for p in sys.path if p not in ("", project_root)]
     _watch_parent(parent)
     worker = Worker(pod_name, pod_dir, proto_in, proto_out, codec)
+    worker.describe = describe
     signal.signal(signal.SIGINT, worker.on_sigint)
     worker.load("pods.%s.pod" % pod_name)
     try:
