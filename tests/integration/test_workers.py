@@ -295,6 +295,17 @@ def test_async_pod(faults: Path) -> None:
             assert await pod.add(1, 2) == 3
             results = await asyncio.gather(*(pod.add(i, i) for i in range(2000)))
             assert results == [2 * i for i in range(2000)]
+
+            async def caller(t: int) -> list[str]:  # 8 tasks x 2,000 calls, each answer checked
+                wrong = []
+                for i in range(2000):
+                    got = await pod.add(t * 100_000, i)
+                    if got != t * 100_000 + i:
+                        wrong.append(f"task {t} call {i}: {got}")
+                return wrong
+
+            wrong = await asyncio.gather(*(caller(t) for t in range(8)))
+            assert [line for lines in wrong for line in lines] == []
             assert [x async for x in pod.count(4)] == [0, 1, 2, 3]
             with pytest.raises(TypeError):
                 await pod.call("spin", "x")
@@ -326,7 +337,9 @@ def test_async_pod_crash_timeout_and_cancel(faults: Path) -> None:
 
 
 CLIENT = """
-import os, sys, time, pypods
+import os, signal, sys, time, pypods
+# As in a terminal: a background job may inherit SIGINT ignored, and then Python never raises it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 pod = pypods.load("faults", root={root!r})
 print(pod.pid(), flush=True)
 {action}
