@@ -30,6 +30,25 @@ def interleaved(contenders: dict[str, Callable[[], object]], rounds: int, batch:
     return samples
 
 
+def rate(call: Callable[[], object], threads: int, total: int) -> float:
+    """Calls per second when *threads* threads make *total* calls between them."""
+    import threading
+
+    per_thread = total // threads
+
+    def work() -> None:
+        for _ in range(per_thread):
+            call()
+
+    pool = [threading.Thread(target=work) for _ in range(threads)]
+    began = time.perf_counter()
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return per_thread * threads / (time.perf_counter() - began)
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

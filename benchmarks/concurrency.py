@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import peers
-from common import fmt_time, machine, median, table, write_section
+from common import fmt_time, machine, median, rate, table, write_section
 from run import make_project
 
 import pypods
@@ -40,22 +40,6 @@ def sleep(s):
     time.sleep(s)
 """
 SPIN = 200_000
-
-
-def rate(call, threads: int, total: int) -> float:
-    per_thread = total // threads
-
-    def work() -> None:
-        for _ in range(per_thread):
-            call()
-
-    pool = [threading.Thread(target=work) for _ in range(threads)]
-    began = time.perf_counter()
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    return per_thread * threads / (time.perf_counter() - began)
 
 
 def main(argv: list[str] | None = None) -> int:

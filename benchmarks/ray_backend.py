@@ -10,32 +10,17 @@ import argparse
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import fmt_time, interleaved, machine, median, p99, table, write_section
+from common import fmt_time, interleaved, machine, median, p99, rate, table, write_section
 from run import make_project
 
 import pypods
 
 POD = "def add(a, b):\n    return a + b\n"
-
-
-def throughput(call, threads: int, total: int) -> float:
-    def work() -> None:
-        for _ in range(total // threads):
-            call()
-
-    pool = [threading.Thread(target=work) for _ in range(threads)]
-    began = time.perf_counter()
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    return total / (time.perf_counter() - began)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             rounds, batch = (2, 20) if args.quick else (10, 200)
             samples = interleaved(contenders, rounds, batch)
             total = 100 if args.quick else 4000
-            rates = {name: throughput(call, 4, total) for name, call in contenders.items()}
+            rates = {name: rate(call, 4, total) for name, call in contenders.items()}
         base_median = median(samples["plain Ray actor add(1, 2)"])
         rows = [
             [name, fmt_time(median(v)), fmt_time(p99(v)), f"{median(v) / base_median:.2f}x", f"{rates[name]:,.0f}/s"]

@@ -8,25 +8,21 @@ a build.
 from __future__ import annotations
 
 import asyncio
-import collections
-import time
 from typing import TYPE_CHECKING, Any
 
 from ._client.aconnection import AsyncConnection
+from ._client.pool import CrashBrake
 from ._env import cache
 from ._errors import PodClosedError, PodCrashedError
-from ._loader import _UNSET, Prepared, new_worker, prepare
+from ._loader import _UNSET, FunctionsByName, Prepared, new_worker, prepare
 from ._proxy import make_async_proxy
 
 if TYPE_CHECKING:
     import os
     from collections.abc import Callable
 
-CRASH_LIMIT = 5
-CRASH_WINDOW = 10.0
 
-
-class AsyncPod:
+class AsyncPod(FunctionsByName):
     """A pod used from asyncio: ``await pod.foo(1, 2)``, ``async for x in pod.gen(3)``; ``async with``.
 
     Open it with ``await pypods.aload(name, **options)``; options and errors are those of ``Pod``.
@@ -37,7 +33,7 @@ class AsyncPod:
         self.name = self.layout.name
         self._slots: list[AsyncConnection | None] = [None] * self.settings.workers
         self._starting: asyncio.Lock | None = None
-        self._crashes: collections.deque[float] = collections.deque(maxlen=CRASH_LIMIT)
+        self._brake = CrashBrake(self.name)
         self._closed: str | None = None
         self._describe = True  # whether new workers must describe the pod (no valid cache)
         self._functions: dict[str, Callable[..., Any]] = {
@@ -97,28 +93,10 @@ class AsyncPod:
             return conn
 
     def _note_crash(self) -> None:
-        now = time.monotonic()
-        self._crashes.append(now)
-        if len(self._crashes) == CRASH_LIMIT and now - self._crashes[0] < CRASH_WINDOW:
-            self._closed = (
-                f"pod {self.name!r}: its worker crashed {CRASH_LIMIT} times in {CRASH_WINDOW:.0f}s; "
-                "not restarting it again. Fix the cause, then load the pod again."
-            )
-            raise PodCrashedError(self._closed)
-
-    @property
-    def functions(self) -> dict[str, Callable[..., Any]]:
-        return dict(self._functions)
-
-    def __getattr__(self, attr: str) -> Callable[..., Any]:
-        functions = self.__dict__.get("_functions")
-        if functions is not None and attr in functions:
-            return functions[attr]  # type: ignore[no-any-return]
-        offered = ", ".join(sorted(functions or ())) or "none"
-        raise AttributeError(f"pod {self.__dict__.get('name', '?')!r} has no function {attr!r} (it offers: {offered})")
-
-    def __dir__(self) -> list[str]:
-        return sorted(set(super().__dir__()) | set(self._functions))
+        reason = self._brake.note()
+        if reason is not None:
+            self._closed = reason
+            raise PodCrashedError(reason)
 
     async def call(self, name: str, /, *args: Any, timeout: float | None = _UNSET, **kwargs: Any) -> Any:
         """Await pod function *name*; errors as for ``Pod.call``."""

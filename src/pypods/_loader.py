@@ -30,7 +30,29 @@ if TYPE_CHECKING:
 _UNSET: Any = object()
 
 
-class Pod:
+class FunctionsByName:
+    """A pod's functions as attributes, with an AttributeError that says what the pod offers."""
+
+    name: str
+    _functions: dict[str, Callable[..., Any]]
+
+    @property
+    def functions(self) -> dict[str, Callable[..., Any]]:
+        """The pod's functions by name (proxies that run in the pod)."""
+        return dict(self._functions)
+
+    def __getattr__(self, attr: str) -> Callable[..., Any]:
+        functions = self.__dict__.get("_functions")
+        if functions is not None and attr in functions:
+            return functions[attr]  # type: ignore[no-any-return]
+        offered = ", ".join(sorted(functions or ())) or "none"
+        raise AttributeError(f"pod {self.__dict__.get('name', '?')!r} has no function {attr!r} (it offers: {offered})")
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(self._functions))
+
+
+class Pod(FunctionsByName):
     """A loaded pod: its functions are attributes (``pod.foo(1, 2)``); close it, or use ``with``.
 
     Args:
@@ -105,21 +127,6 @@ class Pod:
     @property
     def interpreter_path(self) -> str:
         return str(self.layout.venv_python)
-
-    @property
-    def functions(self) -> dict[str, Callable[..., Any]]:
-        """The pod's functions by name (proxies that run in the pod)."""
-        return dict(self._functions)
-
-    def __getattr__(self, attr: str) -> Callable[..., Any]:
-        functions = self.__dict__.get("_functions")
-        if functions is not None and attr in functions:
-            return functions[attr]  # type: ignore[no-any-return]
-        offered = ", ".join(sorted(functions or ())) or "none"
-        raise AttributeError(f"pod {self.__dict__.get('name', '?')!r} has no function {attr!r} (it offers: {offered})")
-
-    def __dir__(self) -> list[str]:
-        return sorted(set(super().__dir__()) | set(self._functions))
 
     def call(self, name: str, /, *args: Any, timeout: float | None = _UNSET, **kwargs: Any) -> Any:
         """Run pod function *name* with *args* and *kwargs*; ``timeout`` (seconds) overrides the pod's.

@@ -27,7 +27,7 @@ from .._worker import codec, messages
 from .._worker.codec import DecodeError, Decoder, Encoder
 from .._worker.exttypes import DEFAULT_THRESHOLD, MissingLibrary, OutOfBand, sweep
 from .._worker.framing import FrameError, FrameReader
-from .base import error_from_reply
+from .base import check_hello, error_from_reply
 from .connection import STREAM_WINDOW, encode_call, reply_value
 
 if TYPE_CHECKING:
@@ -65,14 +65,12 @@ class AsyncConnection:
             await self.aclose(kill=True)
             raise
         self._pending.pop(0, None)
-        if hello.get("op") != "hello" or hello.get("protocol") != messages.PROTOCOL:
+        try:
+            self.description = check_hello(self.pod, hello)
+        except PodError:
             await self.aclose(kill=True)
-            raise PodProtocolError(f"pod {self.pod!r}: worker speaks protocol {hello.get('protocol')!r}")
+            raise
         self.hello = hello
-        if "error" in hello:
-            await self.aclose(kill=True)
-            raise error_from_reply(self.pod, None, hello["error"])
-        self.description = list(hello.get("functions") or [])
 
     def in_flight(self) -> int:
         return len(self._pending)

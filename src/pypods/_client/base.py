@@ -52,6 +52,24 @@ class Stream(Iterator[Any]):
             pass
 
 
+def check_hello(pod: str, hello: dict[str, Any]) -> list[dict[str, Any]]:
+    """Validate a worker's hello; return its functions (empty if it did not describe the pod).
+
+    Raises:
+        PodProtocolError: it is not a hello of this protocol version.
+        PodRemoteError: importing the pod's ``pod.py`` failed in the worker.
+    """
+    from .._worker.messages import PROTOCOL
+
+    if hello.get("op") != "hello" or hello.get("protocol") != PROTOCOL:
+        raise PodProtocolError(
+            f"pod {pod!r}: worker speaks protocol {hello.get('protocol')!r}, this pypods speaks {PROTOCOL}"
+        )
+    if "error" in hello:
+        raise error_from_reply(pod, None, hello["error"])
+    return list(hello.get("functions") or [])
+
+
 def error_from_reply(pod: str, function: str | None, error: Any) -> Exception:
     """Turn an error reply into the exception to raise in the client (the one place that maps them)."""
     if not isinstance(error, dict):

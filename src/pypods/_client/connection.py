@@ -30,7 +30,7 @@ from .._worker import codec, messages
 from .._worker.codec import DecodeError, Decoder, EncodeError, Encoder
 from .._worker.exttypes import DEFAULT_THRESHOLD, MissingLibrary, OutOfBand, sweep
 from .._worker.framing import FrameError, FrameReader, PipeClosed, write_all
-from .base import Stream, error_from_reply
+from .base import Stream, check_hello, error_from_reply
 
 if TYPE_CHECKING:
     from .process import WorkerProcess
@@ -78,15 +78,8 @@ class ProcessConnection:
         hello = self._receive(0, deadline, what="(start)", timeout=timeout)
         with self._cv:
             del self._inbox[0]
-        if hello.get("op") != "hello" or hello.get("protocol") != messages.PROTOCOL:
-            raise PodProtocolError(
-                f"pod {self.pod!r}: worker speaks protocol {hello.get('protocol')!r}, "
-                f"this pypods speaks {messages.PROTOCOL}"
-            )
+        self.description = check_hello(self.pod, hello)
         self.hello = hello
-        if "error" in hello:
-            raise error_from_reply(self.pod, None, hello["error"])
-        self.description = list(hello.get("functions") or [])
 
     # -- calls ---------------------------------------------------------------------------------
 
@@ -144,7 +137,6 @@ class ProcessConnection:
             try:
                 write_all(self.worker.write_fd, data)
             except (BrokenPipeError, ValueError, OSError) as exc:
-                _code, _tail = self.worker.exit_report(wait=0.5)
                 raise NotSentError(f"pod {self.pod!r}: worker was gone before the call was sent") from exc
 
     def send_control(self, message: dict[str, Any]) -> None:

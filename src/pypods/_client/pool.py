@@ -17,6 +17,25 @@ CRASH_LIMIT = 5
 CRASH_WINDOW = 10.0
 
 
+class CrashBrake:
+    """Stop restarting a pod whose workers keep dying: CRASH_LIMIT crashes within CRASH_WINDOW seconds."""
+
+    def __init__(self, pod: str) -> None:
+        self.pod = pod
+        self._crashes: collections.deque[float] = collections.deque(maxlen=CRASH_LIMIT)
+
+    def note(self) -> str | None:
+        """Record a crash; return why to stop restarting, or None to go on."""
+        now = time.monotonic()
+        self._crashes.append(now)
+        if len(self._crashes) == CRASH_LIMIT and now - self._crashes[0] < CRASH_WINDOW:
+            return (
+                f"pod {self.pod!r}: its worker crashed {CRASH_LIMIT} times in {CRASH_WINDOW:.0f}s; "
+                "not restarting it again. Fix the cause, then load the pod again."
+            )
+        return None
+
+
 class WorkerPool:
     """Serve one pod with ``size`` worker processes, started lazily and replaced when they die."""
 
@@ -31,7 +50,7 @@ class WorkerPool:
         self._spawn = spawn
         self._slots: list[ProcessConnection | None] = [None] * size
         self._lock = threading.Lock()
-        self._crashes: collections.deque[float] = collections.deque(maxlen=CRASH_LIMIT)
+        self._brake = CrashBrake(pod)
         self._closed: str | None = None
         self._last_used = time.monotonic()
         self.description: list[dict[str, Any]] | None = None
@@ -72,14 +91,10 @@ class WorkerPool:
         return conn
 
     def _note_crash(self) -> None:
-        now = time.monotonic()
-        self._crashes.append(now)
-        if len(self._crashes) == CRASH_LIMIT and now - self._crashes[0] < CRASH_WINDOW:
-            self._closed = (
-                f"pod {self.pod!r}: its worker crashed {CRASH_LIMIT} times in {CRASH_WINDOW:.0f}s; "
-                "not restarting it again. Fix the cause, then load the pod again."
-            )
-            raise PodCrashedError(self._closed)
+        reason = self._brake.note()
+        if reason is not None:
+            self._closed = reason
+            raise PodCrashedError(reason)
 
     def _pick(self) -> ProcessConnection:
         slots = self._slots
