@@ -11,7 +11,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ._loader import Injection, Pod
-from ._worker.codec import DecodeError, EncodeError, decode, encode
+from ._worker.codec import EncodeError, encode
+from ._worker.decoding import DecodeError, decode
 
 if TYPE_CHECKING:
     from collections.abc import MutableMapping

@@ -24,7 +24,8 @@ from .._errors import (
     describe_exit,
 )
 from .._worker import codec, messages
-from .._worker.codec import DecodeError, Decoder, Encoder
+from .._worker.codec import Encoder
+from .._worker.decoding import DecodeError, Decoder
 from .._worker.exttypes import DEFAULT_THRESHOLD, MissingLibrary, OutOfBand, sweep
 from .._worker.framing import FrameError, FrameReader
 from .base import check_hello, error_from_reply

@@ -27,7 +27,8 @@ from .._errors import (
     PodWorkerError,
 )
 from .._worker import codec, messages
-from .._worker.codec import DecodeError, Decoder, EncodeError, Encoder
+from .._worker.codec import EncodeError, Encoder
+from .._worker.decoding import DecodeError, Decoder
 from .._worker.exttypes import DEFAULT_THRESHOLD, MissingLibrary, OutOfBand, sweep
 from .._worker.framing import FrameError, FrameReader, PipeClosed, write_all
 from .base import Stream, check_hello, error_from_reply

@@ -11,7 +11,7 @@ import hashlib
 import os
 from typing import TYPE_CHECKING, Any
 
-from .._worker import codec
+from .._worker import codec, decoding
 
 if TYPE_CHECKING:
     from .layout import PodLayout
@@ -34,7 +34,7 @@ def _digest(layout: PodLayout, env_key: str, files: list[str]) -> str | None:
 def load(layout: PodLayout, env_key: str) -> list[dict[str, Any]] | None:
     """The cached description if still valid, else None."""
     try:
-        cached = codec.decode((layout.state / FILE).read_bytes())
+        cached = decoding.decode((layout.state / FILE).read_bytes())
         files = list(cached["files"])
     except (OSError, ValueError, KeyError, TypeError, ModuleNotFoundError):
         return None

@@ -18,7 +18,8 @@ import types
 from typing import Any, Callable, Deque, Dict, List, Optional, Set
 
 from . import messages
-from .codec import DecodeError, Decoder, EncodeError, Encoder, register
+from .codec import EncodeError, Encoder, register
+from .decoding import DecodeError, Decoder
 from .exttypes import MissingLibrary, OutOfBand, sweep
 from .framing import FrameError, FrameReader, PipeClosed, write_all
 
