@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -82,6 +83,30 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def arguments(
+    doc: str | None, argv: list[str] | None, extra: Callable[[argparse.ArgumentParser], object] | None = None
+) -> argparse.Namespace:
+    """The options every benchmark takes: ``--quick`` (a smoke run) and ``--write FILE``."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few iterations: a smoke test, not a measurement")
+    parser.add_argument("--write", type=Path, help="write the tables into this markdown file")
+    if extra is not None:
+        extra(parser)
+    return parser.parse_args(argv)
+
+
+def measured_on(detail: str = "") -> str:
+    """The line that opens every section: which machine, which day (and *detail*)."""
+    return f"Measured on: {machine()}, {time.strftime('%Y-%m-%d')}{detail}.\n\n"
+
+
+def publish(path: Path | None, title: str, body: str) -> None:
+    """Print a section and, with ``--write``, put it into the markdown file."""
+    print(body)
+    if path is not None:
+        write_section(path, title, body)
 
 
 def write_section(path: Path, title: str, body: str) -> None:

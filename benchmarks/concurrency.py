@@ -5,7 +5,6 @@ python benchmarks/concurrency.py [--quick] [--write docs/performance.md]
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import os
 import shutil
@@ -19,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import peers
-from common import fmt_time, machine, median, rate, table, write_section
+from common import arguments, fmt_time, measured_on, median, publish, rate, table
 from run import make_project
 
 import pypods
@@ -43,10 +42,7 @@ SPIN = 200_000
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--write", type=Path)
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, argv)
     total = 400 if args.quick else 20000
     cpu_total = 4 if args.quick else 40
     base = Path(tempfile.mkdtemp(prefix="pypods-bench-"))
@@ -85,13 +81,10 @@ def main(argv: list[str] | None = None) -> int:
                     delays.append(time.perf_counter() - killed_at[0])
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    body = f"Measured on: {machine()}, {time.strftime('%Y-%m-%d')}.\n\n"
-    body += table(["load", "workers", "pod", "ProcessPoolExecutor", "pod / executor"], rows)
+    body = measured_on() + table(["load", "workers", "pod", "ProcessPoolExecutor", "pod / executor"], rows)
     body += f"\nWorker killed (SIGKILL) mid-call to `PodCrashedError` in the caller: median {fmt_time(median(delays))}"
     body += f", max {fmt_time(max(delays))} ({len(delays)} kills).\n"
-    print(body)
-    if args.write:
-        write_section(args.write, "Concurrency", body)
+    publish(args.write, "Concurrency", body)
     return 0
 
 

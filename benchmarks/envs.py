@@ -8,7 +8,6 @@ Uses the real package index (the requirement is downloaded once for the cold run
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import fmt_time, machine, median, table, write_section
+from common import arguments, fmt_time, measured_on, median, publish, table
 
 import pypods
 
@@ -54,11 +53,7 @@ def venv_pip(base: Path, requirement: str, cache: str | None) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--write", type=Path)
-    parser.add_argument("--requirement", default="packaging==24.1")
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, argv, lambda parser: parser.add_argument("--requirement", default="packaging==24.1"))
     repeats = 1 if args.quick else 5
     package = args.requirement.split("==")[0]
     base = Path(tempfile.mkdtemp(prefix="pypods-bench-"))
@@ -93,11 +88,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append([label, fmt_time(median(values)), ratio])
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    body = f"Measured on: {machine()}, {time.strftime('%Y-%m-%d')}; requirement `{args.requirement}`; "
-    body += f"medians of {repeats}.\n\n" + table(["step", "time", "vs venv + pip (same cache state)"], rows)
-    print(body)
-    if args.write:
-        write_section(args.write, "Environments", body)
+    body = measured_on(f"; requirement `{args.requirement}`; medians of {repeats}")
+    body += table(["step", "time", "vs venv + pip (same cache state)"], rows)
+    publish(args.write, "Environments", body)
     return 0
 
 

@@ -6,7 +6,6 @@ and the time to a new Ray pod's first answer (runtime_env creation) cold and war
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
@@ -15,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import fmt_time, interleaved, machine, median, p99, rate, table, write_section
+from common import arguments, fmt_time, interleaved, measured_on, median, p99, publish, rate, table
 from run import make_project
 
 import pypods
@@ -24,10 +23,7 @@ POD = "def add(a, b):\n    return a + b\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--write", type=Path)
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, argv)
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -72,12 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ray.shutdown()
         shutil.rmtree(base, ignore_errors=True)
-    body = f"Measured on: {machine()}, {time.strftime('%Y-%m-%d')}, a local Ray with 2 CPUs.\n\n"
-    body += table(["contender", "median", "p99", "vs plain Ray actor", "throughput, 4 threads"], rows)
+    body = measured_on(", a local Ray with 2 CPUs") + table(
+        ["contender", "median", "p99", "vs plain Ray actor", "throughput, 4 threads"], rows
+    )
     body += "\n" + table(["Ray pod start", "load to first answer"], starts)
-    print(body)
-    if args.write:
-        write_section(args.write, "Ray backend", body)
+    publish(args.write, "Ray backend", body)
     return 0
 
 

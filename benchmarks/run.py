@@ -9,7 +9,6 @@ Peers that are not installed (``pip install -e .[bench]``) are left out with a n
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import multiprocessing
 import os
@@ -19,17 +18,21 @@ import struct
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from typing import TYPE_CHECKING
+
 import peers
-from common import ROOT, fmt_time, interleaved, machine, median, p99, table, write_section
+from common import ROOT, arguments, fmt_time, interleaved, measured_on, median, p99, publish, table
 
 import pypods
 from pypods._worker import codec
+
+if TYPE_CHECKING:
+    import argparse
 
 POD = "def add(a, b):\n    return a + b\n\ndef size(value):\n    return len(value)\n"
 
@@ -251,20 +254,14 @@ def startup(args: argparse.Namespace, base: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a few iterations: a smoke test, not a measurement")
-    parser.add_argument("--write", type=Path, help="write the tables into this markdown file")
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, argv)
     base = Path(tempfile.mkdtemp(prefix="pypods-bench-"))
     try:
         calls = latency(args, base)
         starts = startup(args, base)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    print(f"Machine: {machine()}\n\n### Call latency\n\n{calls}\n### Worker start\n\n{starts}")
-    if args.write:
-        body = f"Measured on: {machine()}, {time.strftime('%Y-%m-%d')}.\n\n{calls}\n### Worker start\n\n{starts}"
-        write_section(args.write, "Calls", textwrap.dedent(body))
+    publish(args.write, "Calls", f"{measured_on()}{calls}\n### Worker start\n\n{starts}")
     return 0
 
 

@@ -8,7 +8,6 @@ copies of the same data into new buffers (what a round trip must at least do) an
 
 from __future__ import annotations
 
-import argparse
 import math
 import pickle
 import shutil
@@ -19,11 +18,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import fmt_time, machine, median, table, write_section
+from typing import TYPE_CHECKING
+
+from common import arguments, fmt_time, measured_on, median, publish, table
 from run import Floor, make_project
 
 import pypods
 from pypods._worker import codec
+
+if TYPE_CHECKING:
+    import argparse
 
 MiB = 1 << 20
 
@@ -116,20 +120,14 @@ def codec_cost(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--write", type=Path)
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, argv)
     base = Path(tempfile.mkdtemp(prefix="pypods-bench-"))
     try:
         moved = throughput(args, base)
         small = codec_cost(args)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    body = f"Measured on: {machine()}, {time.strftime('%Y-%m-%d')}.\n\n{moved}\n### Codec cost\n\n{small}"
-    print(body)
-    if args.write:
-        write_section(args.write, "Big data", body)
+    publish(args.write, "Big data", f"{measured_on()}{moved}\n### Codec cost\n\n{small}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from pypods._env.layout import PodLayout
 from pypods._env.tools import uv_binary
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
 VERSION_POD = "import tinypkg\n\ndef version():\n    return tinypkg.VERSION\n"
@@ -45,6 +47,18 @@ def uv_log(tmp_path: Path) -> tuple[Path, Path]:
     )
     wrapper.chmod(0o755)
     return wrapper, log
+
+
+@contextlib.contextmanager
+def uv_at(path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Make this process use the uv at *path* (which may not exist) while the block runs."""
+    monkeypatch.setenv("PYPODS_UV", str(path))
+    uv_binary.cache_clear()
+    try:
+        yield
+    finally:
+        monkeypatch.delenv("PYPODS_UV")
+        uv_binary.cache_clear()
 
 
 def _load_in_subprocess(root: Path, name: str, env: dict[str, str]) -> subprocess.Popen[str]:
@@ -96,13 +110,8 @@ def test_unchanged_pod_reload_runs_no_installer(make_pod, root: Path, uv_log, mo
     with pypods.load("steady", root=root) as pod:
         assert pod.version() == "1.0"
     wrapper, log = uv_log
-    monkeypatch.setenv("PYPODS_UV", str(wrapper))
-    uv_binary.cache_clear()
-    try:
-        with pypods.load("steady", root=root) as pod:
-            assert pod.version() == "1.0"
-    finally:
-        uv_binary.cache_clear()
+    with uv_at(wrapper, monkeypatch), pypods.load("steady", root=root) as pod:
+        assert pod.version() == "1.0"
     assert not log.exists()
 
 
@@ -226,13 +235,8 @@ def test_invalid_pod_toml_names_file_and_key(make_pod, root: Path) -> None:
 
 def test_venv_fallback_without_uv(make_pod, root: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     make_pod("plainvenv", VERSION_POD, requirements=("tinypkg==1.0",))
-    monkeypatch.setenv("PYPODS_UV", str(tmp_path / "no-uv-here"))
-    uv_binary.cache_clear()
-    try:
-        with pypods.load("plainvenv", root=root) as pod:
-            assert pod.version() == "1.0"
-    finally:
-        uv_binary.cache_clear()
+    with uv_at(tmp_path / "no-uv-here", monkeypatch), pypods.load("plainvenv", root=root) as pod:
+        assert pod.version() == "1.0"
     lock = (root / "pods" / "plainvenv" / "requirements.lock").read_text()
     assert "tinypkg==1.0" in lock
 
