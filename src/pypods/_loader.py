@@ -124,10 +124,6 @@ class Pod(FunctionsByName):
         for info in description:
             self._functions[info["name"]] = make_proxy(self, info)
 
-    @property
-    def interpreter_path(self) -> str:
-        return str(self.layout.venv_python)
-
     def call(self, name: str, /, *args: Any, timeout: float | None = _UNSET, **kwargs: Any) -> Any:
         """Run pod function *name* with *args* and *kwargs*; ``timeout`` (seconds) overrides the pod's.
 

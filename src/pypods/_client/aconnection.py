@@ -28,8 +28,8 @@ from .._worker.codec import Encoder
 from .._worker.decoding import DecodeError, Decoder
 from .._worker.exttypes import DEFAULT_THRESHOLD, MissingLibrary, OutOfBand, sweep
 from .._worker.framing import FrameError, FrameReader
-from .base import check_hello, error_from_reply
-from .connection import STREAM_WINDOW, encode_call, reply_value
+from .base import StreamCredit, check_hello, error_from_reply
+from .connection import encode_call, reply_value
 
 if TYPE_CHECKING:
     from .process import WorkerProcess
@@ -247,7 +247,7 @@ class AsyncStream(AsyncIterator[Any]):
         self._name = name
         self._timeout = timeout
         self._done = False
-        self._unacked = 0
+        self._credit = StreamCredit()
 
     def __aiter__(self) -> AsyncStream:
         return self
@@ -261,10 +261,9 @@ class AsyncStream(AsyncIterator[Any]):
             self._finish()
             raise
         if "yield" in reply:
-            self._unacked += 1
-            if self._unacked >= STREAM_WINDOW // 2:
-                await self._conn.send_control({"id": self._id, "op": "more", "n": self._unacked})
-                self._unacked = 0
+            grant = self._credit.take(self._id)
+            if grant is not None:
+                await self._conn.send_control(grant)
             return reply_value(reply, "yield")
         self._finish()
         if reply.get("end"):

@@ -52,6 +52,26 @@ class Stream(Iterator[Any]):
             pass
 
 
+STREAM_WINDOW = 64  # stream items the worker may send ahead of the consumer (the "window" of a call)
+
+
+class StreamCredit:
+    """The client's half of stream flow control: after every half window of items taken, grant more."""
+
+    __slots__ = ("unacked",)
+
+    def __init__(self) -> None:
+        self.unacked = 0
+
+    def take(self, call_id: int) -> dict[str, Any] | None:
+        """Count one item taken; return the ``more`` message to send now, if one is due."""
+        self.unacked += 1
+        if self.unacked < STREAM_WINDOW // 2:
+            return None
+        granted, self.unacked = self.unacked, 0
+        return {"id": call_id, "op": "more", "n": granted}
+
+
 def check_hello(pod: str, hello: dict[str, Any]) -> list[dict[str, Any]]:
     """Validate a worker's hello; return its functions (empty if it did not describe the pod).
 

@@ -31,12 +31,11 @@ from .._worker.codec import EncodeError, Encoder
 from .._worker.decoding import DecodeError, Decoder
 from .._worker.exttypes import DEFAULT_THRESHOLD, MissingLibrary, OutOfBand, sweep
 from .._worker.framing import FrameError, FrameReader, PipeClosed, write_all
-from .base import Stream, check_hello, error_from_reply
+from .base import Stream, StreamCredit, check_hello, error_from_reply
 
 if TYPE_CHECKING:
     from .process import WorkerProcess
 
-STREAM_WINDOW = 64
 SPIN = float(os.environ.get("PYPODS_SPIN_US", "100")) / 1e6  # see FrameReader.spin
 
 
@@ -278,7 +277,7 @@ class ProcessStream(Stream):
         self._name = name
         self._timeout = timeout
         self._done = False
-        self._unacked = 0
+        self._credit = StreamCredit()
 
     def __next__(self) -> Any:
         if self._done:
@@ -290,10 +289,9 @@ class ProcessStream(Stream):
             self._finish()
             raise
         if "yield" in reply:
-            self._unacked += 1
-            if self._unacked >= STREAM_WINDOW // 2:
-                self._conn.send_control({"id": self._id, "op": "more", "n": self._unacked})
-                self._unacked = 0
+            grant = self._credit.take(self._id)
+            if grant is not None:
+                self._conn.send_control(grant)
             return reply_value(reply, "yield")
         self._finish()
         if reply.get("end"):

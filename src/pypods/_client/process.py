@@ -14,7 +14,6 @@ import weakref
 from pathlib import Path
 
 from .._env.tools import clean_environ
-from .._errors import describe_exit
 from .._worker import BOOTSTRAP
 
 WORKER_DIR = str(Path(__file__).resolve().parent.parent / "_worker")
@@ -103,13 +102,6 @@ class WorkerProcess:
             code = None
         self._drain.join(timeout=0.5)
         return code, "\n".join(self.tail)
-
-    def describe_end(self) -> str:
-        code, tail = self.exit_report()
-        text = f"worker of pod {self.pod_name!r} (pid {self.pid}) died: {describe_exit(code)}"
-        if tail:
-            text += "\nIts last lines on stderr:\n" + tail
-        return text
 
     def kill(self) -> None:
         """End the worker now (SIGKILL) and reap it."""

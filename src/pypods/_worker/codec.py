@@ -38,7 +38,6 @@ _unpack_i64 = _I64.unpack_from
 _unpack_f64 = _F64.unpack_from
 _pack_i32_into = _I32.pack_into
 
-MAX_DOCUMENT = 2**31 - 1  # BSON sizes are signed 32-bit
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _CALL_HEADS: Dict[str, bytes] = {}

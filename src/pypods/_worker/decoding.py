@@ -37,11 +37,6 @@ def _decode_registered(payload: Any, fields: Dict[str, Any]) -> Any:
     return cls(**payload)
 
 
-def _cstring(data: bytes, pos: int) -> Tuple[str, int]:
-    end = data.index(b"\x00", pos)
-    return data[pos:end].decode("utf-8", "surrogatepass"), end + 1
-
-
 class Decoder:
     """Decode one message; ``big`` maps out-of-band buffers back (see ``exttypes.Shm``)."""
 

@@ -56,10 +56,6 @@ class FrameReader:
             if clock() > end:
                 return
 
-    def buffered(self) -> bool:
-        """True if a complete frame may already sit in the buffer (no read needed)."""
-        return len(self._buf) >= 4
-
     def readable(self, timeout: Optional[float]) -> bool:
         """Wait up to *timeout* seconds for bytes to read (None waits forever)."""
         if len(self._buf) >= 4:
