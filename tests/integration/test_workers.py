@@ -165,18 +165,13 @@ def test_timeout_on_one_worker_leaves_the_other_alone(faults: Path) -> None:
 
 def test_crash_loop_stops_restarting(faults: Path) -> None:
     with pypods.load("faults", root=faults) as pod:
-        crashes = 0
-        for _ in range(8):
-            try:
+        for _ in range(5):
+            with pytest.raises(pypods.PodCrashedError):
                 pod.exit_now(1)
-            except pypods.PodCrashedError:
-                crashes += 1
-            except pypods.PodCrashLoopError as exc:
-                assert "crashed 5 times" in str(exc)
-                assert len(exc.crashes) == 5
-                assert "exit code 1" in exc.crashes[0]
-                break
-        assert crashes == 5
+        with pytest.raises(pypods.PodCrashLoopError, match="crashed 5 times") as info:
+            pod.exit_now(1)
+        assert len(info.value.crashes) == 5
+        assert "exit code 1" in info.value.crashes[0]
         # The brake stays on, with its own type: not PodClosedError (nobody closed the pod).
         with pytest.raises(pypods.PodCrashLoopError):
             pod.add(1, 2)

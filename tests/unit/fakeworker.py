@@ -13,13 +13,15 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pypods._client.connection import ProcessConnection
 from pypods._client.pool import WorkerPool
 from pypods._worker.framing import FrameError, PipeClosed
 from pypods._worker.serve import Worker
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 _pids = itertools.count(1)
 

@@ -144,8 +144,7 @@ def test_crashes_trip_the_brake_with_its_own_error() -> None:
             workers.spawned[-1].worker.crash()  # type: ignore[attr-defined]
             assert wait_for(lambda: not workers.spawned[-1].worker.alive())  # type: ignore[attr-defined]
         with pytest.raises(pypods.PodCrashLoopError) as info:
-            for _ in range(3):
-                workers.call("add", (1, 1), {}, 5)
+            workers.call("add", (1, 1), {}, 5)
         assert len(info.value.crashes) == 5
         assert not isinstance(info.value, pypods.PodClosedError)
         with pytest.raises(pypods.PodCrashLoopError):
@@ -171,7 +170,8 @@ def test_close_gives_waiting_callers_closed_error_without_blocking() -> None:
     workers.close()
     thread.join(5)
     assert time.monotonic() - started < 1.5
-    assert len(errors) == 1 and isinstance(errors[0], pypods.PodClosedError), errors
+    assert len(errors) == 1
+    assert isinstance(errors[0], pypods.PodClosedError), errors
     with pytest.raises(pypods.PodClosedError):
         workers.call("add", (1, 1), {}, 5)
 
@@ -235,7 +235,7 @@ def test_remote_stop_iteration_cannot_end_a_loop_silently() -> None:
     conn = connect()
     try:
         with pytest.raises(RuntimeError, match="StopIteration") as info:
-            list(map(lambda x: conn.call("raise_stop", (), {}, 5), [1, 2]))
+            list(map(conn.call, ["raise_stop"] * 2, [()] * 2, [{}] * 2, [5] * 2))
         assert not isinstance(info.value, StopIteration)
         assert isinstance(info.value, pypods.PodRemoteError)
     finally:
