@@ -14,7 +14,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 
-
 def test_values_cross_both_ways(open_pod: Callable[..., Any]) -> None:
     pod = open_pod()
     assert pod.call("add", 2, 3) == 5

@@ -151,7 +151,7 @@ class CallProtocol:
         if reply.get("stream") is True and reply.get("ok") is True:
             return Outcome(Outcome.STREAM)
         ok = reply.get("ok")
-        if ok is True:
+        if ok is True and ("value" in reply or "p" in reply):
             return Outcome(Outcome.VALUE, self.value_of(reply, "value"))
         if ok is False and "error" in reply:
             raise error_from_reply(self.pod, name, reply["error"])
