@@ -159,7 +159,7 @@ def fail(message):
     raise ValueError(message)
 
 
-def raise_stop():
+def raise_stop(*_):
     raise StopIteration("from the pod")
 
 
