@@ -319,3 +319,57 @@ def test_pickled_reply_on_a_bson_connection_is_refused(tmp_path: Any) -> None:
         assert workers.call("add", (1, 1), {}, 5) == 2
     finally:
         workers.close()
+
+
+def _busy_pool() -> tuple[Any, threading.Thread]:
+    """A one-worker pool whose worker is stuck in a call, so it reads nothing more."""
+    workers = pool()
+    workers.call("add", (1, 1), {}, 5)
+    thread = threading.Thread(target=lambda: _swallow(workers.call, "block", (10.0,), {}, None))
+    thread.start()
+    assert wait_for(lambda: workers.in_flight() == 1)
+    return workers, thread
+
+
+def _swallow(function: Any, *args: Any) -> None:
+    try:
+        function(*args)
+    except pypods.PodError:
+        pass
+
+
+BIG = ["x" * 100] * 100_000  # ~10 MB inline (no single buffer reaches the out-of-band threshold)
+
+
+def test_a_write_that_cannot_finish_times_out_and_the_pod_recovers() -> None:
+    workers, thread = _busy_pool()
+    try:
+        started = time.monotonic()
+        with pytest.raises(pypods.PodTimeoutError):
+            workers.call("add", (BIG, []), {}, 0.3)
+        assert time.monotonic() - started < 2
+        thread.join(5)
+        assert workers.call("add", (2, 2), {}, 5) == 4
+    finally:
+        workers.close()
+
+
+def test_ctrl_c_during_a_large_write_never_leaves_half_a_frame() -> None:
+    import signal
+
+    workers, thread = _busy_pool()
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(KeyboardInterrupt):
+            workers.call("add", (BIG, []), {}, None)
+        thread.join(5)
+        assert workers.call("add", (2, 2), {}, 5) == 4  # a fresh worker: the half-sent frame died with the old
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        workers.close()

@@ -56,6 +56,7 @@ class ProcessConnection:
         self.worker = worker
         self.proto = CallProtocol(self.pod, worker.codec, worker)
         self._reader = FrameReader(worker.read_fd)
+        os.set_blocking(worker.write_fd, False)
         self._pidfd = open_pidfd(worker.pid)
         self._poll = select.poll()
         self._poll.register(worker.read_fd, select.POLLIN)
@@ -158,20 +159,25 @@ class ProcessConnection:
                 raise
 
     def _write_frame(self, view: memoryview, deadline: float | None, name: str, timeout: float | None) -> None:
+        # The write fd is non-blocking: a worker that stops reading cannot hold us past the deadline.
         fd = self.worker.write_fd
         written = 0
         while written < len(view):
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not select.select([], [fd], [], remaining)[1]:
-                    raise self._timed_out(name, timeout)
             try:
-                written += os.write(fd, view[written : written + (1 << 20)])
-            except (BrokenPipeError, ValueError, OSError) as exc:
+                written += os.write(fd, view[written:])
+                continue
+            except BlockingIOError:
+                pass
+            except OSError as exc:
                 if written:
                     raise self._fail(exc) from exc
                 self._fail(exc)
                 raise NotSentError(f"pod {self.pod!r}: worker was gone before the call was sent") from exc
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and (remaining <= 0 or not select.select([], [fd], [], remaining)[1]):
+                raise self._timed_out(name, timeout)
+            if remaining is None:
+                select.select([], [fd], [])
 
     def send_control(self, message: bytearray, deferred: bool = False) -> None:
         """Send a message that expects no reply (credit, cancel); *deferred* from finalizers never blocks."""
@@ -260,6 +266,8 @@ class ProcessConnection:
             if events.get(self.worker.read_fd):
                 try:
                     self._reader.fill()
+                except BlockingIOError:
+                    continue
                 except (PipeClosed, OSError) as exc:
                     raise self._fail(exc) from exc
                 return
