@@ -195,7 +195,11 @@ class Pod(PodBase):
         self._holder: list[Pool] = []
         # Dropping every reference to the pod stops its workers (the pool does not refer back).
         weakref.finalize(self, _close_held, self._holder)
-        description = self._open(describe=False)
+        try:
+            description = self._open(describe=False)
+        except BaseException:
+            _close_held(self._holder)  # a failed start leaves no worker running
+            raise
         self._set_functions(description, make_proxy)
 
     def _open(self, describe: bool) -> list[dict[str, Any]]:

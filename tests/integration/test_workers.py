@@ -485,3 +485,23 @@ def test_async_open_cleans_up_when_a_start_fails(make_pod, root: Path) -> None:
     before = _children()
     asyncio.run(main())
     assert _children() - before == set()
+
+
+def test_sync_load_cleans_up_when_a_start_fails(make_pod, root: Path) -> None:
+    make_pod(
+        "flaky_sync",
+        """
+        import os, pathlib
+        marker = pathlib.Path(__file__).with_name("started")
+        if marker.exists():
+            os._exit(9)
+        marker.write_text("1")
+
+        def f():
+            return 1
+        """,
+    )
+    before = _children()
+    with pytest.raises(pypods.PodCrashedError):
+        pypods.load("flaky_sync", root=root, workers=2, start="eager")
+    assert _children() - before == set()
