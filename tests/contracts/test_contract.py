@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -91,6 +92,18 @@ def test_streams_and_a_call_while_a_stream_is_open(open_pod: Callable[..., Any])
     assert next(rows) == 150
     assert pod.call("add", 5, 5) == 10
     assert [pod.call("add", row, 1) for row in rows] == list(range(150, 1, -1))
+
+
+def test_an_abandoned_stream_is_cancelled(open_pod: Callable[..., Any]) -> None:
+    pod = open_pod()
+    rows = pod.stream("tracked", 1000)
+    assert next(rows) == 0
+    del rows  # left without close(): dropping it must stop the generator in the pod
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while 1000 not in pod.call("closed") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert 1000 in pod.call("closed")
 
 
 def test_concurrent_calls_from_threads(open_pod: Callable[..., Any]) -> None:
