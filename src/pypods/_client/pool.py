@@ -187,7 +187,8 @@ class WorkerPool(Slots[Connection]):
     def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         """Run *name* on the least busy worker; a worker found dead before the send is replaced once."""
         self._check_open()
-        index, conn = self._pick()
+        with self._lock:  # the idle reaper decides under the same lock, after this pick's _last_used
+            index, conn = self._pick()
         if conn is None:
             conn = self._ensure(index)
         try:
