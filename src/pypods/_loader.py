@@ -15,7 +15,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._client.connection import ProcessConnection
+from ._client.connection import DEFAULT_START_TIMEOUT, ProcessConnection
 from ._client.pool import WorkerPool
 from ._client.process import WorkerProcess
 from ._env import cache, pythons, store
@@ -340,6 +340,11 @@ def open_pool(layout: PodLayout, settings: PodSettings, env_key: str, describe: 
     return WorkerPool(layout.name, spawn, settings.workers, settings.idle_timeout)
 
 
+def start_deadline(settings: PodSettings) -> float:
+    """Seconds a worker may take to start: ``start_timeout``, else the default (60 s)."""
+    return settings.start_timeout if settings.start_timeout is not None else DEFAULT_START_TIMEOUT
+
+
 def new_worker(layout: PodLayout, settings: PodSettings, describe: bool = True) -> WorkerProcess:
     """Start a worker process for the pod (its connection is made by the caller)."""
     return WorkerProcess(
@@ -362,7 +367,7 @@ def remember(layout: PodLayout, env_key: str, hello: dict[str, Any], description
 
 def spawn_process(layout: PodLayout, settings: PodSettings, env_key: str, describe: bool) -> ProcessConnection:
     """Start one worker for the pod under the start deadline; a failed start leaves nothing running."""
-    conn = ProcessConnection(new_worker(layout, settings, describe), settings.start_timeout)
+    conn = ProcessConnection(new_worker(layout, settings, describe), start_deadline(settings))
     remember(layout, env_key, conn.hello, conn.description)
     return conn
 
