@@ -209,10 +209,10 @@ def test_least_busy_pick_uses_idle_workers_first() -> None:
 
 
 def test_idle_workers_stop() -> None:
-    workers = pool(idle_timeout=0.1)
+    workers = pool(idle_timeout=0.3)
     try:
         workers.call("add", (1, 2), {}, 5)
-        assert wait_for(lambda: workers.pids() == [], 3)
+        assert wait_for(lambda: workers.pids() == [], 10)
         assert workers.call("add", (1, 2), {}, 5) == 3  # started again on demand
     finally:
         workers.close()

@@ -121,6 +121,7 @@ class Slots(Generic[C]):
         return conn
 
     def _install(self, index: int, conn: C) -> C:
+        self._last_used = time.monotonic()  # a worker just started is not idle yet
         self._slots[index] = conn
         if self.description is None:
             self.description = conn.description
