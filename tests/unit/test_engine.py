@@ -397,8 +397,8 @@ def test_malformed_descriptions_give_plain_proxies() -> None:
 
 
 def test_a_setting_the_backend_would_ignore_is_refused_naming_both() -> None:
-    from pypods._env.layout import PodSettings
     from pypods._backends import BACKEND_OPTIONS, check_backend_options
+    from pypods._env.layout import PodSettings
 
     check_backend_options(PodSettings(workers=3, timeout=2.0, idle_timeout=1.0))
     with pytest.raises(ValueError, match=r"'address'.*'local' backend"):
