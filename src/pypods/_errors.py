@@ -4,6 +4,8 @@
 
     PodError(Exception)
     ├── PodBuildError                         the environment could not be built
+    ├── PodConfigError(.., ValueError)        pod.toml or a setting is invalid
+    ├── PodNotFoundError(.., FileNotFoundError)  no such pod, and it was not to be created
     ├── PodSerializationError(.., TypeError)  a value cannot cross the boundary
     ├── PodRemoteError                        the pod function raised (also the builtin type)
     ├── PodClosedError                        the pod was unloaded or closed
@@ -22,8 +24,10 @@ from typing import Any
 __all__ = [
     "PodBuildError",
     "PodClosedError",
+    "PodConfigError",
     "PodCrashedError",
     "PodError",
+    "PodNotFoundError",
     "PodProtocolError",
     "PodRemoteError",
     "PodSerializationError",
@@ -46,6 +50,20 @@ class PodBuildError(PodError):
         super().__init__(message)
         self.pod = pod
         self.output = output
+
+
+class PodConfigError(PodError, ValueError):
+    """A pod's settings are invalid (``pod.toml`` or an argument): names the file and the key.
+
+    A misspelled key gets a "did you mean"; a ``ValueError`` too, as settings errors always were.
+    """
+
+
+class PodNotFoundError(PodError, FileNotFoundError):
+    """The pod does not exist and was not to be created (``create=False``, or a ``pypods`` command).
+
+    Names the folder searched and the pods that do exist; a ``FileNotFoundError`` too.
+    """
 
 
 class PodSerializationError(PodError, TypeError):
@@ -151,6 +169,8 @@ def remote_error_type(mro: list[str] | tuple[str, ...]) -> type[PodRemoteError]:
 for _cls in (
     PodError,
     PodBuildError,
+    PodConfigError,
+    PodNotFoundError,
     PodSerializationError,
     PodRemoteError,
     PodClosedError,

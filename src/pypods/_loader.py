@@ -16,7 +16,7 @@ from ._client.connection import ProcessConnection
 from ._client.pool import WorkerPool
 from ._client.process import WorkerProcess
 from ._env import cache, pythons, store
-from ._env.layout import PodLayout, PodSettings
+from ._env.layout import PodLayout, PodSettings, open_layout
 from ._env.progress import BuildReport
 from ._errors import PodClosedError
 from ._proxy import make_proxy
@@ -179,11 +179,7 @@ def prepare(
     progress: bool | None,
 ) -> Prepared:
     """Steps 1-4 of opening a pod: name, folder, settings, a ready environment (shared by Pod and AsyncPod)."""
-    layout = PodLayout.at(name, root)
-    if not layout.exists():
-        if not create:
-            raise FileNotFoundError(f"no pod {name!r}: {layout.pod_py} does not exist")
-        layout.create()
+    layout = open_layout(name, root, create)
     settings = PodSettings.load(layout, overrides)
     if settings.backend == "ray":  # the cluster builds the environment (runtime_env), not us
         return Prepared(layout, settings, pythons.current(), "ray")
