@@ -1,4 +1,4 @@
-"""A hostile pod.toml (it lives in the pod's folder) and hostile CLI input: refused clearly, never run, never injected."""
+"""A hostile pod.toml (it lives in the pod's folder) and hostile CLI input: refused clearly, never run or injected."""
 
 from __future__ import annotations
 
