@@ -177,7 +177,7 @@ class UvBuilder:
             # versions only move where they must.
             version = "{}.{}".format(*interpreter.version[:2])
             args = ["pip", "compile", "--no-config", "--universal", "--python-version", version]
-            args += ["--emit-find-links", "--emit-index-url", "--quiet", "--no-header"]
+            args += ["--emit-find-links", "--quiet", "--no-header"]  # index options: only the pod's own
             args += [str(layout.requirements), "-o", str(layout.lock)]
             result = tools.run_uv(args, str(layout.pod_dir), live=report.live)
             if result.returncode != 0:
