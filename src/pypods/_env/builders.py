@@ -102,7 +102,7 @@ def venv_matches(layout: PodLayout, interpreter: Interpreter) -> bool:
 
 _NETWORK = re.compile(
     r"error sending request|tcp connect error|dns error|failed to lookup address|connection (refused|reset)"
-    r"|timed out|network connectivity is disabled|request failed after|certificate|proxy",
+    r"|timed out|network (connectivity )?(is|was) disabled|request failed after|certificate|proxy",
     re.IGNORECASE,
 )
 _UV_DETAIL = re.compile(r"^\s*(error|cause|hint|warning)\b|^\s*[\u00d7\u2570\u2502]")
@@ -120,8 +120,8 @@ def _fail(layout: PodLayout, what: str, output: str) -> PodBuildError:
     said = "\n".join("  " + line for line in lines)
     if _NETWORK.search(output):
         hint = (
-            "hint: the package index could not be reached: check the network (or proxy), or point "
-            "requirements.txt at a reachable index (--index-url, --find-links)"
+            "hint: the package index could not be reached (or uv is offline: UV_OFFLINE): check the network "
+            "(or proxy), or point requirements.txt at a reachable index (--index-url, --find-links)"
         )
     else:
         hint = f"hint: fix {layout.requirements} and load the pod again"
