@@ -106,6 +106,9 @@ def test_call(geo: Path) -> None:
     assert failed.returncode == 1
     assert "ValueError" in failed.stderr
     assert "boom" in failed.stderr
+    assert "hint: run with -v for the pod's traceback" in failed.stderr
+    verbose = run(geo, "call", "geo", "fail", '"boom"', "-v")
+    assert "raise ValueError(message)" in verbose.stderr
     unknown = run(geo, "call", "geo", "nope")
     assert unknown.returncode == 1
     assert "has no function 'nope'" in unknown.stderr

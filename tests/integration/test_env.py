@@ -386,3 +386,29 @@ def test_lock_is_universal_and_unchanged_by_a_build_on_another_python(make_pod, 
         with pypods.load("portable", root=root, python=newer[0]):
             pass
         assert (pod / "requirements.lock").read_text() == lock
+
+
+def test_uv_output_reaches_a_terminal_and_is_still_captured(tmp_path: Path) -> None:
+    import pty
+
+    code = (
+        "from pypods._env import tools\n"
+        "result = tools.run_uv(['pip', 'compile', 'no-such-requirements.txt'], '.', live=True)\n"
+        "print(result.returncode, repr(result.stderr.strip().splitlines()[0]))\n"
+    )
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    out, _ = proc.communicate(timeout=120)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    assert out.startswith("2 'error:"), out  # captured for the PodBuildError...
+    assert b"no-such-requirements.txt" in shown  # ...and shown on the user's terminal as uv drew it

@@ -12,6 +12,7 @@ import sys
 import click
 
 from .. import __version__
+from .._env.layout import check_platform
 from .._errors import PodError
 from .common import CliError, global_options
 
@@ -48,6 +49,7 @@ def _error(message: str, hint: str = "") -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``pypods`` console script; exits with 0, 1 (failure), 2 (usage) or 130 (Ctrl-C)."""
     try:
+        check_platform()
         code = cli.main(args=argv, prog_name="pypods", standalone_mode=False)
     except click.UsageError as exc:
         if exc.ctx is not None:
