@@ -112,6 +112,7 @@ def test_call(geo: Path) -> None:
     unknown = run(geo, "call", "geo", "nope")
     assert unknown.returncode == 1
     assert "has no function 'nope'" in unknown.stderr
+    assert "hint: did you mean 'area'?" in run(geo, "call", "geo", "aera", "1").stderr
 
 
 def test_sync_reports_failures(make_pod, root: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import difflib
 import json
 import math
 import os
@@ -116,7 +117,9 @@ def call(
     with Pod(name, root=layout.root, create=False, start="lazy", progress=False if ctx.quiet else None) as pod:
         if function not in pod.functions:
             offered = ", ".join(sorted(pod.functions)) or "none"
-            raise CliError(f"pod {name!r} has no function {function!r}", hint=f"it offers: {offered}")
+            close = difflib.get_close_matches(function, list(pod.functions), n=1)
+            guess = f"did you mean {close[0]!r}? " if close else ""
+            raise CliError(f"pod {name!r} has no function {function!r}", hint=f"{guess}it offers: {offered}")
         try:
             result = pod.call(function, *positional, timeout=timeout, **keywords)
             if hasattr(result, "__next__"):
