@@ -412,3 +412,11 @@ def test_uv_output_reaches_a_terminal_and_is_still_captured(tmp_path: Path) -> N
     os.close(master)
     assert out.startswith("2 'error:"), out  # captured for the PodBuildError...
     assert b"no-such-requirements.txt" in shown  # ...and shown on the user's terminal as uv drew it
+
+
+def test_windows_is_refused_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pypods._env import layout
+
+    monkeypatch.setattr(layout.os, "name", "nt")
+    with pytest.raises(pypods.PodError, match="use it inside WSL"):
+        layout.check_platform()

@@ -47,7 +47,7 @@ class BuildReport:
     def step(self, text: str) -> Iterator[None]:
         begin = time.perf_counter()
         self.steps += 1
-        log.info("[%s] %s", self.pod, text)
+        log.debug("[%s] %s", self.pod, text)
         self._say(text)
         yield
         log.info("[%s] %s: done in %.2fs", self.pod, text, time.perf_counter() - begin)
