@@ -1,6 +1,6 @@
 # One entry point for humans and CI. Every target creates .venv on first use and says what it does.
 #   make demo    pypods alone (about 70 MB), then examples/client.py         ~10 s on a fresh clone
-#   make test    the dev extra (about 900 MB: pytest, mypy, numpy, pandas, Ray), then the offline suite
+#   make test    the dev extra (about 750 MB: pytest, mypy, numpy, pandas, Ray), then the offline suite (~4 min)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -24,7 +24,7 @@ $(DEMO): pyproject.toml | $(UV)
 	@touch $@
 
 $(DEV): pyproject.toml | $(UV)
-	@echo "make: installing pypods with its dev extra into $(VENV) (about 900 MB; a minute the first time)"
+	@echo "make: installing pypods with its dev extra into $(VENV) (about 750 MB; a minute the first time)"
 	@$(UV) pip install --quiet --python $(BIN)/python -e '.[dev]'
 	@touch $@ $(DEMO)
 
@@ -35,7 +35,7 @@ demo: $(DEMO)
 # Offline: tests that need the package index are marked `network` and run by `make test-network`.
 # Ctrl-C or SIGTERM stops the suite and everything it started (workers, uv, a local Ray).
 test: $(DEV)
-	@echo "make: running the test suite (offline; about 10 minutes on 2 cores); Ctrl-C stops everything it started"
+	@echo "make: running the test suite (offline; about 4 minutes on 2 cores); Ctrl-C stops everything it started"
 	@UV_OFFLINE=1 $(BIN)/python .ci/testrun.py -m "not network" $(PYTEST_ARGS)
 
 test-network: $(DEV)
