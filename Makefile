@@ -33,14 +33,15 @@ demo: $(DEMO)
 	@$(BIN)/python examples/client.py
 
 # Offline: tests that need the package index are marked `network` and run by `make test-network`.
-# Ctrl-C or SIGTERM stops the suite and everything it started (workers, uv, a local Ray).
+# Ctrl-C or SIGTERM stops the suite and everything it started (workers, uv, a local Ray); `exec` makes
+# the runner the process make signals.
 test: $(DEV)
 	@echo "make: running the test suite (offline; about 4 minutes on 2 cores); Ctrl-C stops everything it started"
-	@UV_OFFLINE=1 $(BIN)/python .ci/testrun.py -m "not network" $(PYTEST_ARGS)
+	@exec env UV_OFFLINE=1 $(BIN)/python .ci/testrun.py -m "not network" $(PYTEST_ARGS)
 
 test-network: $(DEV)
 	@echo "make: running the tests that need the package index (PyPI)"
-	@$(BIN)/python .ci/testrun.py -m network $(PYTEST_ARGS)
+	@exec $(BIN)/python .ci/testrun.py -m network $(PYTEST_ARGS)
 
 check: $(DEV)
 	$(BIN)/ruff format --check $(LINTED)
