@@ -420,3 +420,21 @@ def test_windows_is_refused_with_a_clear_message(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(layout.os, "name", "nt")
     with pytest.raises(pypods.PodError, match="use it inside WSL"):
         layout.check_platform()
+
+
+def test_a_pinned_pod_is_ready_for_every_client_and_the_cli(make_pod, root: Path) -> None:
+    other = _other_python()
+    if other is None:
+        pytest.skip("only one Python is installed here")
+    version, _path = other
+    make_pod("pinned", "def f():\n    return 1\n", toml=f'python = "{version}"\n')
+    with pypods.load("pinned", root=root):  # this client runs another Python than the pod's
+        pass
+    env = {**os.environ, "PYPODS_ROOT": str(root)}
+    cli = [sys.executable, "-m", "pypods"]
+    listed = subprocess.run([*cli, "list", "--json"], capture_output=True, text=True, env=env, timeout=120, check=False)
+    record = json.loads(listed.stdout)[0]
+    assert (record["state"], record["python"].rsplit(".", 1)[0]) == ("ready", version)
+    synced = subprocess.run([*cli, "sync", "pinned"], capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert synced.returncode == 0
+    assert "creating venv" not in synced.stderr  # nothing rebuilt for the CLI's own Python
