@@ -308,6 +308,7 @@ def test_add_and_remove_edit_requirements_and_resync(make_pod, root: Path, wheel
     failed = run(root, "add", "deps", "helperpkg==9.9")
     assert failed.returncode == 1
     assert reqs.read_text() == before  # put back, as uv add does
+    assert json.loads(run(root, "list", "--json").stdout)[0]["state"] == "ready"  # and the environment too
     assert run(root, "remove", "deps", "TinyPkg").returncode == 0
     assert "tinypkg" not in reqs.read_text()
     assert "PackageNotFoundError" in run(root, "call", "deps", "v", '"tinypkg"').stderr

@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> None:
         check_platform()
         code = cli.main(args=argv, prog_name="pypods", standalone_mode=False)
     except click.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:  # bare `pypods`: help, as uv does
+            click.echo(exc.ctx.get_help(), err=True)
+            sys.exit(2)
         if exc.ctx is not None:
             click.echo(exc.ctx.get_usage(), err=True)
             click.echo(f"Try '{exc.ctx.command_path} -h' for help.", err=True)

@@ -109,6 +109,10 @@ class _Edit:
             return _build(ctx, self.layout)
         except (PodError, CliError) as exc:
             self.restore()
+            try:  # bring the environment back to what the old files say (from uv's cache: quick)
+                _build(ctx, self.layout)
+            except (PodError, CliError):
+                pass
             raise CliError(str(exc), hint=f"{self.layout.requirements} was left as it was") from exc
 
     def restore(self) -> None:

@@ -231,7 +231,7 @@ def ignored_folders(root: Path) -> dict[str, str]:
             continue  # __pycache__, .git and the like are expected
         if not _valid(folder.name):
             fixed = "".join(c if c.isalnum() or c == "_" else "_" for c in folder.name)
-            ignored[folder.name] = f"not a valid pod name (a Python identifier, e.g. {fixed!r})"
+            ignored[folder.name] = f"not a valid pod name; rename it to a Python identifier such as {fixed!r}"
         elif not (folder / POD_FILE).is_file():
             ignored[folder.name] = f"no {POD_FILE}"
     return ignored

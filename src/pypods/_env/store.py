@@ -121,7 +121,7 @@ def state(layout: PodLayout, request: str | None) -> EnvState:
         return EnvState("missing", "no venv/ yet")
     marker = read_marker(layout)
     if marker is None:
-        return EnvState("broken", "venv/ exists but no build finished (interrupted or failed)")
+        return EnvState("broken", "venv/ exists but no build finished: interrupted or failed")
     built = marker_interpreter(marker)
     if built is None:
         return EnvState("stale", f"its Python {marker.get('python')} changed or is gone")
