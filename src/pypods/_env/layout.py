@@ -70,7 +70,7 @@ SETTINGS_TEMPLATE = """\
 # start = "auto"         # "eager": start workers on load; "lazy": on the first call;
 #                        # "auto": lazy when the cached description is valid, else eager
 # idle_timeout = 300.0   # stop an idle worker after this many seconds
-# start_timeout = 10.0   # seconds a worker may take to start
+# start_timeout = 60.0   # seconds a worker may take to start
 # (codec = "pickle" can only be chosen in the client's code: pypods.load(name, codec="pickle"))
 # log = "stderr"         # where the pod's output goes: "stderr" or "logging" (the pypods logger)
 # backend = "local"      # "ray": run the workers as Ray actors (pip install 'pypods[ray]')
