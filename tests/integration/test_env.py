@@ -262,7 +262,11 @@ def test_root_is_the_nearest_pods_folder_above_the_current_directory(root: Path)
     deep = root / "src" / "pkg"
     deep.mkdir(parents=True)
     code = "from pypods._env.layout import resolve_root; print(resolve_root())"
-    assert _python_in(deep, code).stdout.strip() == str(root)
+    assert _python_in(deep, code).stdout.strip() == str(deep)  # an empty pods/ above does not count...
+    (root / "pods" / "geo").mkdir()
+    (root / "pods" / "geo" / "pod.py").write_text("")
+    assert _python_in(deep, code).stdout.strip() == str(root)  # ...one holding a pod does
+    assert _python_in(root, code).stdout.strip() == str(root)
     assert _python_in(deep, code, {"PYPODS_ROOT": str(deep)}).stdout.strip() == str(deep)
 
 

@@ -174,11 +174,24 @@ def check_platform() -> None:
 
 
 def find_root(start: Path) -> Path | None:
-    """The nearest folder at or above *start* that holds a ``pods/`` folder, as git finds ``.git``."""
-    for folder in (start, *start.parents):
-        if (folder / PODS_DIR).is_dir():
+    """The nearest folder at or above *start* that holds a ``pods/`` folder, as git finds ``.git``.
+
+    Above *start*, a ``pods/`` folder counts only if it holds a pod (a folder with ``pod.py``), so an
+    unrelated ``~/pods/`` (Kubernetes manifests, podcasts) does not capture every project below it.
+    """
+    if (start / PODS_DIR).is_dir():
+        return start
+    for folder in start.parents:
+        if _holds_a_pod(folder / PODS_DIR):
             return folder
     return None
+
+
+def _holds_a_pod(pods: Path) -> bool:
+    try:
+        return any((child / POD_FILE).is_file() for child in pods.iterdir())
+    except OSError:
+        return False
 
 
 def _script_root() -> Path | None:
