@@ -45,7 +45,8 @@ def sync(names: tuple[str, ...], jobs: int, as_json: bool) -> None:
     if not layouts:
         ctx.note(f"no pods in {ctx.root / 'pods'} to sync")
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        results = list(pool.map(lambda layout: _sync_one(ctx, layout, ctx.report(layout.name)), layouts))
+        alone = jobs == 1 or len(layouts) == 1  # uv's progress bars only when one build has the terminal
+        results = list(pool.map(lambda layout: _sync_one(ctx, layout, ctx.report(layout.name, alone)), layouts))
     for result in results:
         if result["error"]:
             click.echo(f"pypods: error: {result['error']}", err=True)

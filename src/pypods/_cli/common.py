@@ -91,8 +91,8 @@ class Context:
         if not self.quiet:
             click.echo(text, err=True)
 
-    def report(self, name: str) -> BuildReport:
-        return BuildReport(name, False if self.quiet else None)
+    def report(self, name: str, alone: bool = True) -> BuildReport:
+        return BuildReport(name, False if self.quiet else None, installer=alone)
 
     def layout(self, name: str, create: bool = False) -> PodLayout:
         """Pod *name* under the root; with *create* a missing pod is made from the template.

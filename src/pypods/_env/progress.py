@@ -25,18 +25,20 @@ class BuildReport:
     Args:
         pod: the pod's name.
         show: None or True print the lines; False only logs them (``progress=False``).
+        installer: let uv draw its own progress on a terminal (not when several builds run at once).
     """
 
-    def __init__(self, pod: str, show: bool | None = None) -> None:
+    def __init__(self, pod: str, show: bool | None = None, installer: bool = True) -> None:
         self.pod = pod
         self.show = show is not False
+        self.installer = installer  # False: never hand the terminal to uv (builds running side by side)
         self.started = time.perf_counter()
         self.steps = 0
 
     @property
     def live(self) -> bool:
         """True if the installer's own progress (downloads) should reach the user's terminal."""
-        return self.show and sys.stderr.isatty()
+        return self.show and self.installer and sys.stderr.isatty()
 
     def _say(self, text: str) -> None:
         if self.show:
