@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -20,9 +18,9 @@ from .common import CliError, Context, emit, global_options, human, json_option,
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
-SHM = Path("/dev/shm")
 
 
 def _checked_requirement(text: str) -> str:
@@ -195,29 +193,14 @@ def rm(name: str, whole: bool, yes: bool) -> None:
     ctx.note(f"removed {target} ({human(size)})")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _garbage(root: Path) -> list[Path]:
-    """Environments of pods whose pod.py is gone, and shared-memory files of dead pypods processes."""
+    """Environments and private state of pods whose ``pod.py`` is gone."""
     found: list[Path] = []
     pods_dir = root / "pods"
     if pods_dir.is_dir():
         for folder in sorted(pods_dir.iterdir()):
             if folder.is_dir() and not (folder / "pod.py").exists():
                 found += [p for p in (folder / "venv", folder / ".pypods") if p.exists()]
-    if SHM.is_dir():
-        for entry in sorted(SHM.iterdir()):
-            parts = entry.name.split("-")
-            if len(parts) == 3 and parts[0] == "pypods" and parts[1].isdigit() and not _pid_alive(int(parts[1])):
-                found.append(entry)
     return found
 
 
@@ -226,7 +209,7 @@ def _garbage(root: Path) -> list[Path]:
 @json_option
 @global_options
 def gc(dry_run: bool, as_json: bool) -> None:
-    """Remove what nothing refers to: environments of deleted pods, stale shared memory, uv's unused cache."""
+    """Remove what nothing refers to: environments of deleted pods and uv's unused cache."""
     ctx = Context()
     removed: list[dict[str, Any]] = []
     for path in _garbage(ctx.root):
@@ -249,7 +232,7 @@ def gc(dry_run: bool, as_json: bool) -> None:
     if uv_said:
         ctx.note(f"uv cache prune: {uv_said}")
     total = f"would free {human(freed)}" if dry_run else f"freed {human(freed)}"
-    ctx.note(f"{total} of pod environments and shared memory" + ("" if removed else " (nothing to remove)"))
+    ctx.note(f"{total} of pod environments" + ("" if removed else " (nothing to remove)"))
 
 
 COMMANDS = [new, add, remove, rm, gc]
