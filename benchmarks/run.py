@@ -121,11 +121,11 @@ def new_interpreter_per_call(base: Path, calls: int) -> list[float]:
 
 def latency(args: argparse.Namespace, base: Path) -> str:
     make_project(base, "bench", POD)
-    make_project(base, "bench_pickle", POD, 'codec = "pickle"\n')
+    make_project(base, "bench_pickle", POD)
     floor = Floor()
     spin_floor = Floor(spin=100e-6)
     pod = pypods.load("bench", root=base)
-    pickled = pypods.load("bench_pickle", root=base)
+    pickled = pypods.load("bench_pickle", root=base, codec="pickle")  # never from pod.toml
     kib, hundred = b"x" * 1024, b"x" * (100 * 1024)
     contenders = {
         "floor: bare os.pipe round trip (16 B)": lambda: floor.call(b"x" * 16),
