@@ -362,9 +362,7 @@ def rm(root: Path, name: str, whole: bool, yes: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @click.pass_obj
 def gc(root: Path, dry_run: bool) -> None:
-    """Remove what nothing refers to: environments of deleted pods, stale shared memory, uv's unused cache."""
-    from ._worker.exttypes import SHM_DIR
-
+    """Remove what nothing refers to: environments of deleted pods and uv's unused cache."""
     freed = 0
     out = Output()
     pods_dir = root / "pods"
@@ -373,10 +371,6 @@ def gc(root: Path, dry_run: bool) -> None:
         for folder in pods_dir.iterdir():
             if folder.is_dir() and not (folder / "pod.py").exists():
                 candidates += [p for p in (folder / "venv", folder / ".pypods") if p.exists()]
-    for name in os.listdir(SHM_DIR):
-        parts = name.split("-")
-        if len(parts) == 3 and parts[0] == "pypods" and parts[1].isdigit() and not _pid_alive(int(parts[1])):
-            candidates.append(Path(SHM_DIR) / name)
     for path in candidates:
         size = _size(path) if path.is_dir() else path.stat().st_size
         freed += size
@@ -386,17 +380,7 @@ def gc(root: Path, dry_run: bool) -> None:
     if not dry_run and tools.uv_binary() is not None:
         result = tools.run_uv(["cache", "prune"], str(root))
         out.say(f"uv cache prune: {(result.stderr or result.stdout).strip().splitlines()[-1:] or ['done']}")
-    out.say(f"freed {_human(freed)} of pod environments and shared memory")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    out.say(f"freed {_human(freed)} of pod environments")
 
 
 @cli.command()

@@ -26,7 +26,7 @@ from .._errors import (
 from .._worker import codec, messages
 from .._worker.codec import Encoder
 from .._worker.decoding import DecodeError, Decoder
-from .._worker.exttypes import DEFAULT_THRESHOLD, MissingLibrary, OutOfBand, sweep
+from .._worker.exttypes import DEFAULT_THRESHOLD, MissingLibrary, OutOfBand
 from .._worker.framing import FrameError, FrameReader
 from .base import StreamCredit, check_hello, error_from_reply
 from .connection import encode_call, reply_value
@@ -44,7 +44,7 @@ class AsyncConnection:
         self.threshold = threshold
         self._loop = asyncio.get_running_loop()
         self._reader = FrameReader(worker.read_fd)
-        self._decoder = Decoder(OutOfBand(threshold))
+        self._decoder = Decoder(OutOfBand(threshold, worker.channel))
         self._pending: dict[int, asyncio.Queue[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
         self._registered = 0
@@ -120,7 +120,6 @@ class AsyncConnection:
 
     async def _crashed(self) -> None:
         code, tail = await self._loop.run_in_executor(None, self.worker.exit_report)
-        sweep(self.worker.pid)
         text = f"pod {self.pod!r}: worker (pid {self.worker.pid}) died: {describe_exit(code)}"
         if tail:
             text += "\nLast lines it wrote to stderr:\n" + tail
@@ -182,7 +181,6 @@ class AsyncConnection:
             self._fail(PodWorkerError(f"pod {self.pod!r}: worker killed after a call timed out ({what!r})"))
             self._loop.remove_reader(self.worker.read_fd)
             self.worker.kill()
-            sweep(self.worker.pid)
             raise PodTimeoutError(
                 f"pod {self.pod!r}, function {what!r}: no answer within {timeout}s; the worker was killed"
             ) from None
@@ -199,7 +197,7 @@ class AsyncConnection:
             await self._write(Encoder().document({"id": 0, "op": "register", "classes": classes}))
             self._registered = version
         call_id = next(self._ids)
-        big = OutOfBand(self.threshold)
+        big = OutOfBand(self.threshold, self.worker.channel)
         data = encode_call(big, call_id, name, args, kwargs, self.worker.codec, self.pod)
         self._pending[call_id] = asyncio.Queue()
         stream = False

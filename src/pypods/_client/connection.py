@@ -29,7 +29,7 @@ from .._errors import (
 from .._worker import codec, messages
 from .._worker.codec import EncodeError, Encoder
 from .._worker.decoding import DecodeError, Decoder
-from .._worker.exttypes import DEFAULT_THRESHOLD, MissingLibrary, OutOfBand, sweep
+from .._worker.exttypes import DEFAULT_THRESHOLD, MissingLibrary, OutOfBand
 from .._worker.framing import FrameError, FrameReader, PipeClosed, write_all
 from .base import Stream, StreamCredit, check_hello, error_from_reply
 
@@ -51,7 +51,7 @@ class ProcessConnection:
         self.worker = worker
         self.threshold = threshold
         self._reader = FrameReader(worker.read_fd)
-        self._decoder = Decoder(OutOfBand(threshold))
+        self._decoder = Decoder(OutOfBand(threshold, worker.channel))
         self._wlock = threading.Lock()
         self._cv = threading.Condition(threading.Lock())
         self._reading = False
@@ -95,7 +95,7 @@ class ProcessConnection:
         if self._registered != codec.registry_version():
             self._sync_registry()
         call_id = next(self._ids)
-        big = OutOfBand(self.threshold)
+        big = OutOfBand(self.threshold, self.worker.channel)
         data = encode_call(big, call_id, name, args, kwargs, self.worker.codec, self.pod)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
@@ -215,7 +215,6 @@ class ProcessConnection:
         else:
             self.worker.kill()
             error = kind(f"pod {self.pod!r}: bad data from the worker: {cause}")
-        sweep(self.worker.pid)  # shared-memory segments a dead worker could not unlink
         self._set_broken(error)
         return copy.copy(error)
 
@@ -224,7 +223,6 @@ class ProcessConnection:
         message = f"pod {self.pod!r}, function {what!r}: no answer within {timeout}s; the worker was killed"
         self._set_broken(PodWorkerError(f"pod {self.pod!r}: worker killed after a call timed out ({what!r})"))
         self.worker.kill()
-        sweep(self.worker.pid)
         return PodTimeoutError(message)
 
     def _set_broken(self, error: PodError) -> None:

@@ -1,4 +1,9 @@
-"""Start a worker in a pod's interpreter with private pipes, forward its output, and end it for sure."""
+"""Start a worker in a pod's interpreter with private pipes, forward its output, and end it for sure.
+
+The worker leads a session and process group of its own, so ending it ends everything it started
+(``os.killpg``). Its stderr is forwarded in lines of at most ``MAX_LINE`` bytes, and the tail kept
+for crash reports holds at most ``TAIL_BYTES``: an endless line cannot grow the client's memory.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,19 @@ import sys
 import threading
 import weakref
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .._env.tools import clean_environ
 from .._worker import BOOTSTRAP
+from .._worker.sharedmem import FdChannel, open_pair
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+MAX_LINE = 64 * 1024  # bytes of one stderr line forwarded; the rest of a longer line is dropped
+TAIL_BYTES = 16 * 1024  # bytes of the last stderr lines kept for a crash report
+TAIL_LINES = 40
+CUT_MARK = " [pypods: line cut at 64 KiB]"
 WORKER_DIR = str(Path(__file__).resolve().parent.parent / "_worker")
 _output_lock = threading.Lock()  # one whole line at a time, whichever worker wrote it
 _live: weakref.WeakSet[WorkerProcess] = weakref.WeakSet()
@@ -25,7 +39,9 @@ class WorkerProcess:
     """One worker OS process: ``python -I -c BOOTSTRAP`` with stdin/stdout as the protocol pipes.
 
     The worker moves the protocol off fds 0 and 1 at once (see ``_worker/serve.py``), so whatever
-    the pod prints arrives on its stderr pipe, which a thread here forwards line by line.
+    the pod prints arrives on its stderr pipe, which a thread here forwards line by line. Big
+    buffers travel as sealed memfds over a private socketpair (``channel``; None where the
+    platform lacks memfds, and then buffers go inline).
     """
 
     def __init__(
@@ -42,25 +58,39 @@ class WorkerProcess:
         self.pod_name = pod_name
         self.codec = codec
         flag = "1" if describe else "0"
-        argv = [python, "-I", "-c", BOOTSTRAP, WORKER_DIR, pod_name, pod_dir, project_root, codec, flag]
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=clean_environ(env),
-            bufsize=0,
-            close_fds=True,
-            # A session of its own: Ctrl-C in the client's terminal must not reach the worker.
-            start_new_session=True,
-        )
+        pair = open_pair()
+        self.channel: FdChannel | None = None if pair is None else pair[0]
+        theirs = -1 if pair is None else pair[1].fileno()
+        argv = [python, "-I", "-c", BOOTSTRAP, WORKER_DIR, pod_name, pod_dir, project_root, codec, flag, str(theirs)]
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=clean_environ(env),
+                bufsize=0,
+                close_fds=True,
+                pass_fds=(theirs,) if theirs >= 0 else (),
+                # A session (and process group) of its own: Ctrl-C in the client's terminal must not
+                # reach the worker, and killing the group ends every process the pod started.
+                start_new_session=True,
+            )
+        except BaseException:
+            if self.channel is not None:
+                self.channel.close()
+            raise
+        finally:
+            if pair is not None:
+                pair[1].close()  # the worker holds it now
         assert self.proc.stdin is not None
         assert self.proc.stdout is not None
         assert self.proc.stderr is not None
         self.pid = self.proc.pid
         self.write_fd = self.proc.stdin.fileno()
         self.read_fd = self.proc.stdout.fileno()
-        self.tail: collections.deque[str] = collections.deque(maxlen=40)
+        self.tail: collections.deque[str] = collections.deque()
+        self._tail_bytes = 0
         self._log_mode = log
         self._logger = logging.getLogger(f"pypods.pod.{pod_name}")
         self._drain = threading.Thread(target=self._forward, name=f"pypods-{pod_name}-log", daemon=True)
@@ -70,9 +100,9 @@ class WorkerProcess:
     def _forward(self) -> None:
         stream = self.proc.stderr
         assert stream is not None
-        for raw in iter(stream.readline, b""):
-            line = raw.decode("utf-8", "backslashreplace").rstrip("\n")
-            self.tail.append(line)
+        for raw in bounded_lines(stream.fileno()):
+            line = raw.decode("utf-8", "backslashreplace")
+            self._keep(line)
             if self._log_mode == "logging":
                 self._logger.info("%s", line)
             else:
@@ -82,6 +112,14 @@ class WorkerProcess:
                         sys.stderr.flush()
                     except (OSError, ValueError):
                         pass
+
+    def _keep(self, line: str) -> None:
+        """Remember *line* for a crash report, within TAIL_LINES lines and about TAIL_BYTES."""
+        line = line[:TAIL_BYTES]
+        self.tail.append(line)
+        self._tail_bytes += len(line)
+        while len(self.tail) > TAIL_LINES or self._tail_bytes > TAIL_BYTES:
+            self._tail_bytes -= len(self.tail.popleft())
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -104,28 +142,38 @@ class WorkerProcess:
         return code, "\n".join(self.tail)
 
     def kill(self) -> None:
-        """End the worker now (SIGKILL) and reap it."""
-        if self.proc.poll() is None:
-            try:
-                self.proc.kill()
-            except OSError:
-                pass
+        """End the worker and every process of its group now (SIGKILL), and reap it."""
+        self._kill_group()
         self._close_pipes()
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:  # pragma: no cover - a kill that did not take
             pass
-        self._end_drain()
-        _live.discard(self)
+        self._kill_group()  # a child forked between the signal and the worker's death
+        self._end()
 
     def stop(self, grace: float = 2.0) -> None:
-        """Ask the worker to finish (close its input), then kill it if it has not within *grace*."""
+        """Ask the worker to finish (close its input), then kill its group; the worker gets *grace* s."""
         self._close_pipes()
         try:
             self.proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            self.kill()
+            pass
+        self.kill()  # the worker, if still there, and whatever it started
+
+    def _kill_group(self) -> None:
+        # The worker is its group's leader (start_new_session), so its pid is the group id. The
+        # kernel does not reuse a pid while a group of that id has members, so this cannot hit
+        # a stranger; once the group is empty it raises ProcessLookupError.
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+    def _end(self) -> None:
         self._end_drain()
+        if self.channel is not None:
+            self.channel.close()
         _live.discard(self)
 
     def _end_drain(self) -> None:
@@ -149,6 +197,39 @@ class WorkerProcess:
                 self.proc.stdout.close()
         except OSError:
             pass
+
+
+def bounded_lines(fd: int, limit: int = MAX_LINE) -> Iterator[bytes]:
+    """Yield the lines read from *fd* (without newline) until EOF, each cut to *limit* bytes.
+
+    A longer line yields its first *limit* bytes plus ``CUT_MARK``, then its rest is skipped up to
+    the next newline, so memory stays bounded even for a line that never ends.
+    """
+    pending = b""
+    skipping = False
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            if pending and not skipping:
+                yield pending
+            return
+        pending += chunk
+        while True:
+            newline = pending.find(b"\n")
+            if newline < 0:
+                break
+            if not skipping:
+                yield pending[:newline] if newline <= limit else pending[:limit] + CUT_MARK.encode()
+            skipping = False
+            pending = pending[newline + 1 :]
+        if len(pending) > limit:
+            if not skipping:
+                yield pending[:limit] + CUT_MARK.encode()
+            skipping = True
+            pending = b""
 
 
 @atexit.register
