@@ -138,6 +138,8 @@ class WorkerProcess:
             code = self.proc.wait(timeout=wait)
         except subprocess.TimeoutExpired:
             code = None
+        if code is not None:
+            self._kill_group()  # the worker died: what it started goes with it (and frees the pipes)
         self._drain.join(timeout=0.5)
         return code, "\n".join(self.tail)
 
