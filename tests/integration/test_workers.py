@@ -165,16 +165,21 @@ def test_timeout_on_one_worker_leaves_the_other_alone(faults: Path) -> None:
 
 def test_crash_loop_stops_restarting(faults: Path) -> None:
     with pypods.load("faults", root=faults) as pod:
-        errors = []
+        crashes = 0
         for _ in range(8):
             try:
                 pod.exit_now(1)
-            except pypods.PodCrashedError as exc:
-                errors.append(str(exc))
-            except pypods.PodClosedError as exc:
-                errors.append(str(exc))
+            except pypods.PodCrashedError:
+                crashes += 1
+            except pypods.PodCrashLoopError as exc:
+                assert "crashed 5 times" in str(exc)
+                assert len(exc.crashes) == 5
+                assert "exit code 1" in exc.crashes[0]
                 break
-        assert any("crashed 5 times" in text for text in errors), errors
+        assert crashes == 5
+        # The brake stays on, with its own type: not PodClosedError (nobody closed the pod).
+        with pytest.raises(pypods.PodCrashLoopError):
+            pod.add(1, 2)
 
 
 def test_flood_of_output_is_forwarded_in_whole_lines(faults: Path, capfd: pytest.CaptureFixture[str]) -> None:
