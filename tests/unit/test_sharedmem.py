@@ -258,3 +258,11 @@ def test_without_a_channel_buffers_go_inline(monkeypatch: pytest.MonkeyPatch) ->
     frame = bytes(codec.Encoder(big).document({"v": data}))
     assert len(frame) > 2 * MiB
     assert decoding.Decoder(OutOfBand()).document(frame)["v"] == data
+
+
+def test_a_long_queue_taken_in_order_never_fills_the_table(pair: tuple[FdChannel, FdChannel]) -> None:
+    left, right = pair
+    tokens = [left.send(bytes([i]) * 4096) for i in range(3 * sharedmem.MAX_PENDING)]
+    for i, token in enumerate(tokens):  # frames come in about the order their fds were sent
+        assert sharedmem.map_sealed(right.take(token), 4096, "bytes") == bytes([i]) * 4096
+        assert len(right._pending) <= 1

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 MAX_LINE = 64 * 1024  # bytes of one stderr line forwarded; the rest of a longer line is dropped
 TAIL_BYTES = 16 * 1024  # bytes of the last stderr lines kept for a crash report
 TAIL_LINES = 40
-CUT_MARK = " [pypods: line cut at 64 KiB]"
+CUT_MARK = " [pypods: line cut]"
 WORKER_DIR = str(Path(__file__).resolve().parent.parent / "_worker")
 _output_lock = threading.Lock()  # one whole line at a time, whichever worker wrote it
 _live: weakref.WeakSet[WorkerProcess] = weakref.WeakSet()
@@ -201,12 +201,13 @@ class WorkerProcess:
             pass
 
 
-def bounded_lines(fd: int, limit: int = MAX_LINE) -> Iterator[bytes]:
+def bounded_lines(fd: int, limit: int | None = None) -> Iterator[bytes]:
     """Yield the lines read from *fd* (without newline) until EOF, each cut to *limit* bytes.
 
     A longer line yields its first *limit* bytes plus ``CUT_MARK``, then its rest is skipped up to
     the next newline, so memory stays bounded even for a line that never ends.
     """
+    limit = MAX_LINE if limit is None else limit
     pending = b""
     skipping = False
     while True:

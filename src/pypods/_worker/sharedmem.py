@@ -39,9 +39,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 DEFAULT_THRESHOLD = 1 << 20
 INLINE = sys.maxsize  # the threshold of an OutOfBand without a channel: nothing goes out of band
-MAX_PENDING = 64  # fds received but not yet claimed by a frame; more is a protocol error
-SEND_TIMEOUT = 30.0  # seconds to wait for room on the socket before giving up on a peer that never reads
-_DRAIN_BATCH = 4 * MAX_PENDING  # messages read per lookup at most, so a flooding peer cannot spin us
+MAX_PENDING = 64  # fds received from a pod but not yet claimed by a frame; more is a protocol error
+WORKER_PENDING = 1024  # the same in the worker, which trusts its client (many threads may send at once)
+SEND_TIMEOUT = 10.0  # seconds to wait for room on the socket before giving up on a peer that never reads
 
 # Linux values, for Pythons whose fcntl module lacks the names (they are stable kernel ABI).
 _F_ADD_SEALS = getattr(fcntl, "F_ADD_SEALS", 1033)
@@ -120,9 +120,9 @@ class FdChannel:
     ``sendmsg``, and the table is drained under a lock.
     """
 
-    def __init__(self, sock: socket.socket, limit: int = MAX_PENDING) -> None:
+    def __init__(self, sock: socket.socket, limit: Optional[int] = None) -> None:
         self.sock = sock
-        self.limit = limit
+        self.limit = MAX_PENDING if limit is None else limit
         self.sends = supported()  # this side can make memfds (receiving needs only the socket)
         self._pending: Dict[int, int] = {}
         self._lock = threading.Lock()
@@ -130,7 +130,7 @@ class FdChannel:
     @classmethod
     def from_fd(cls, fd: int) -> FdChannel:
         """The worker's end, from the descriptor number the client passed in argv."""
-        return cls(socket.socket(fileno=fd))
+        return cls(socket.socket(fileno=fd), WORKER_PENDING)
 
     def send(self, data: Any) -> int:
         """Seal *data* in a memfd, send it, and return its token (the fd is closed here once sent).
@@ -173,17 +173,22 @@ class FdChannel:
     def take(self, token: int) -> int:
         """The fd sent with *token* (the caller closes it), or SharedMemoryError."""
         with self._lock:
+            if token not in self._pending:
+                self._drain(token)
             fd = self._pending.pop(token, None)
-            if fd is None:
-                self._drain()
-                fd = self._pending.pop(token, None)
         if fd is None:
             raise SharedMemoryError("no shared-memory buffer with token %d arrived" % token)
         return fd
 
-    def _drain(self) -> None:
-        """Read every message waiting on the socket (at most _DRAIN_BATCH) into the table."""
-        for _ in range(_DRAIN_BATCH):
+    def _drain(self, wanted: int) -> None:
+        """Read waiting messages into the table until *wanted* arrives (at most 4 x limit messages).
+
+        Stopping at *wanted* keeps the table small: an fd is queued just before its frame, so
+        what waits there is only the buffers of frames still behind the one being decoded.
+        """
+        for _ in range(4 * self.limit):  # bounded, so a flooding peer cannot keep us here
+            if wanted in self._pending:
+                return
             try:
                 data, ancillary, flags, _ = self.sock.recvmsg(_TOKEN.size + 1, _FD_SPACE, _RECV_FLAGS)
             except (BlockingIOError, InterruptedError):
