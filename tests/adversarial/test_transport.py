@@ -489,3 +489,27 @@ def test_numpy_arrays_cross_through_memfds_and_are_mapped_in_place(tmp_path: Pat
         assert back.flags.writeable
     finally:
         connection.close()
+
+
+@pytest.mark.parametrize("ending", ["exit", "SIGKILL"])
+def test_a_pods_children_do_not_outlive_its_client(make_pod, root: Path, ending: str) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    make_pod("hostile", HOSTILE)
+    code = (
+        "import sys, time, pypods\n"
+        f"pod = pypods.load('hostile', root={str(root)!r})\n"
+        "print(pod.spawn_child(), flush=True)\n"
+        "if sys.argv[1] == 'SIGKILL':\n"
+        "    time.sleep(60)\n"
+    )
+    client = subprocess.Popen([sys.executable, "-c", code, ending], stdout=subprocess.PIPE, text=True)
+    assert client.stdout is not None
+    child = int(client.stdout.readline())
+    assert alive(child)
+    if ending == "SIGKILL":
+        client.send_signal(signal.SIGKILL)
+    client.communicate(timeout=DEADLINE)
+    assert wait_gone(child), "the pod's child outlived the client"

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -237,12 +238,14 @@ def bounded_lines(fd: int, limit: int | None = None) -> Iterator[bytes]:
 
 @atexit.register
 def _end_all() -> None:
-    """No pod process outlives the client: close inputs first (fast exits), then kill stragglers."""
+    """No pod process outlives the client: close inputs first (fast exits), then kill every group."""
     workers = list(_live)
     for worker in workers:
         worker._close_pipes()
+    deadline = time.monotonic() + 1.0
     for worker in workers:
         try:
-            worker.proc.wait(timeout=1.0)
+            worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            worker.kill()
+            pass
+        worker.kill()  # the worker if it is still there, and whatever it started

@@ -55,9 +55,19 @@ def _watch_parent(parent: int) -> None:
         while True:
             time.sleep(0.5)
             if os.getppid() != parent:
+                _end_group()
                 os._exit(70)
 
     threading.Thread(target=watch, name="pypods-parent-watch", daemon=True).start()
+
+
+def _end_group() -> None:
+    """Our client is gone: end the processes this pod started (our group), then ourselves."""
+    if os.getpgrp() == os.getpid():  # we lead the group (start_new_session): never kill a foreign one
+        try:
+            os.killpg(os.getpid(), signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def _no_breakpoint(*args: Any, **kwargs: Any) -> None:
@@ -432,4 +442,6 @@ def main(argv: List[str]) -> int:
         worker.big.discard()
         if isinstance(sys.stdout, io.TextIOBase):
             sys.stdout.flush()
+        if os.getppid() != parent:
+            _end_group()
     return 0
