@@ -109,8 +109,9 @@ def write_later(size, report):
             outcome.append("done")
         except OSError as exc:
             outcome.append(type(exc).__name__)
-    with open(report, "w") as handle:
+    with open(report + ".tmp", "w") as handle:
         handle.write(",".join(outcome))
+    os.replace(report + ".tmp", report)  # whole, or not there yet
 
 def wrong_size():
     send_fd(9006, sealed(b"x" * 100))
@@ -499,17 +500,16 @@ def test_a_pods_children_do_not_outlive_its_client(make_pod, root: Path, ending:
 
     make_pod("hostile", HOSTILE)
     code = (
-        "import sys, time, pypods\n"
+        "import sys, pypods\n"
         f"pod = pypods.load('hostile', root={str(root)!r})\n"
         "print(pod.spawn_child(), flush=True)\n"
-        "if sys.argv[1] == 'SIGKILL':\n"
-        "    time.sleep(60)\n"
+        "sys.stdin.readline()\n"
     )
-    client = subprocess.Popen([sys.executable, "-c", code, ending], stdout=subprocess.PIPE, text=True)
+    client = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert client.stdout is not None
     child = int(client.stdout.readline())
     assert alive(child)
     if ending == "SIGKILL":
         client.send_signal(signal.SIGKILL)
-    client.communicate(timeout=DEADLINE)
+    client.communicate("\n", timeout=DEADLINE)
     assert wait_gone(child), "the pod's child outlived the client"

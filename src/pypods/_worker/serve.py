@@ -70,6 +70,27 @@ def _end_group() -> None:
             pass
 
 
+def _end_children() -> None:
+    """We are exiting: end every other process of our group, so none of the pod's outlives us.
+
+    The client ends the group too, but it may have died first (its pipe closes before we are
+    reparented, so we cannot tell). Linux only (``/proc``); elsewhere the client's kill does it.
+    """
+    me = os.getpid()
+    if os.getpgrp() != me or not os.path.isdir("/proc"):
+        return
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open("/proc/%s/stat" % entry, "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+            if int(fields[2]) == me:  # state, ppid, pgrp
+                os.kill(int(entry), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            continue
+
+
 def _no_breakpoint(*args: Any, **kwargs: Any) -> None:
     print(
         "pypods: breakpoint() ignored: a pod has no terminal. Debug the function locally, or use a "
@@ -442,6 +463,5 @@ def main(argv: List[str]) -> int:
         worker.big.discard()
         if isinstance(sys.stdout, io.TextIOBase):
             sys.stdout.flush()
-        if os.getppid() != parent:
-            _end_group()
+        _end_children()
     return 0
