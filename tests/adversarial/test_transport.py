@@ -150,6 +150,9 @@ def long_line_then_die():
     sys.stderr.flush()
     os._exit(3)
 
+def die_with(value):
+    os._exit(5)
+
 def spawn_child():
     return subprocess.Popen(["sleep", "300"]).pid
 
@@ -513,3 +516,21 @@ def test_a_pods_children_do_not_outlive_its_client(make_pod, root: Path, ending:
         client.send_signal(signal.SIGKILL)
     client.communicate("\n", timeout=DEADLINE)
     assert wait_gone(child), "the pod's child outlived the client"
+
+
+def test_a_worker_killed_with_buffers_in_flight_leaves_nothing(make_pod, root: Path) -> None:
+    with hostile_pod(make_pod, root) as pod:
+        with within(), pytest.raises(pypods.PodCrashedError):
+            pod.die_with([os.urandom(2 << 20), os.urandom(3 << 20)])
+        assert pod.echo(b"x" * (2 << 20)) == b"x" * (2 << 20)
+
+
+def test_without_memfds_big_buffers_travel_inline(make_pod, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sharedmem, "supported", lambda: False)
+    sent: list = []
+    monkeypatch.setattr(sharedmem.FdChannel, "send", counting(sharedmem.FdChannel.send, sent))
+    with hostile_pod(make_pod, root) as pod:
+        data = os.urandom(3 << 20)
+        assert pod.echo(data) == data
+        assert pod.echo(bytearray(data)) == bytearray(data)
+    assert sent == []
