@@ -12,9 +12,10 @@ Protocol (one ``socketpair(AF_UNIX, SOCK_SEQPACKET)`` per worker, made by the cl
    Tokens come from one 64-bit counter per process, so frames and fds need no common lock.
 2. The frame carries ``{"$t": "shm", "v": [token, size], "k": kind}`` instead of the bytes. The fd
    message is queued before the frame is written, so it has arrived when the frame is read.
-3. The receiver drains the socket without blocking into a table of at most ``MAX_PENDING`` fds,
-   takes the fd by token, checks it (regular file, all four seals, the declared size, pages really
-   allocated) and maps it privately (``raw``: arrays read in place) or copies it out.
+3. The receiver reads the socket without blocking until the frame's token arrives, keeping the
+   fds of later frames in a table of at most ``MAX_PENDING``. It checks the fd (regular file, all
+   four seals, the declared size, pages really allocated), then maps it privately (``raw``:
+   arrays read in place) or copies it out, and closes it.
 4. A message of a token with no fd means "forget it": the sender's frame was never sent.
 
 Where memfds or SCM_RIGHTS are missing (macOS, old kernels), ``OutOfBand`` has no channel and its
@@ -24,7 +25,6 @@ threshold is infinite: every buffer goes inline in the frame.
 from __future__ import annotations
 
 import array
-import fcntl
 import itertools
 import mmap
 import os
@@ -36,6 +36,11 @@ import sys
 import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
+
+try:
+    import fcntl
+except ImportError:  # Windows: no memfds; every buffer goes inline
+    fcntl = None  # type: ignore[assignment]
 
 DEFAULT_THRESHOLD = 1 << 20
 INLINE = sys.maxsize  # the threshold of an OutOfBand without a channel: nothing goes out of band
@@ -80,7 +85,12 @@ def supported() -> bool:
     global _supported
     if _supported is None:
         _supported = False
-        needed = (hasattr(os, "memfd_create"), hasattr(socket, "SCM_RIGHTS"), hasattr(socket, "SOCK_SEQPACKET"))
+        needed = (
+            fcntl is not None,
+            hasattr(os, "memfd_create"),
+            hasattr(socket, "SCM_RIGHTS"),
+            hasattr(socket, "SOCK_SEQPACKET"),
+        )
         if all(needed) and _FD_SPACE:
             try:
                 os.close(_sealed_memfd(b"ok"))
