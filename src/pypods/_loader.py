@@ -15,7 +15,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._client.connection import ProcessConnection
+from ._client.connection import DEFAULT_START_TIMEOUT, ProcessConnection
 from ._client.pool import WorkerPool
 from ._client.process import WorkerProcess
 from ._env import cache, pythons, store
@@ -195,7 +195,11 @@ class Pod(PodBase):
         self._holder: list[Pool] = []
         # Dropping every reference to the pod stops its workers (the pool does not refer back).
         weakref.finalize(self, _close_held, self._holder)
-        description = self._open(describe=False)
+        try:
+            description = self._open(describe=False)
+        except BaseException:
+            _close_held(self._holder)  # a failed start leaves no worker running
+            raise
         self._set_functions(description, make_proxy)
 
     def _open(self, describe: bool) -> list[dict[str, Any]]:
@@ -324,16 +328,21 @@ def open_pool(layout: PodLayout, settings: PodSettings, env_key: str, describe: 
     if settings.backend == "ray":
         from ._client import raypool
 
-        make_spawn = getattr(raypool, "make_spawn", None)
-        if make_spawn is None:  # TODO(#12): the Ray backend moves onto WorkerPool (helper ray)
+        open_ray = getattr(raypool, "open_ray", None)
+        if open_ray is None:  # TODO(#12): the Ray backend moves onto WorkerPool (helper ray)
             return raypool.RayPool(layout, settings)
-        spawn = make_spawn(layout, settings)
+        spawn = open_ray(layout, settings)
     else:
 
         def spawn() -> ProcessConnection:
             return spawn_process(layout, settings, env_key, describe)
 
     return WorkerPool(layout.name, spawn, settings.workers, settings.idle_timeout)
+
+
+def start_deadline(settings: PodSettings) -> float:
+    """Seconds a worker may take to start: ``start_timeout``, else the default (60 s)."""
+    return settings.start_timeout if settings.start_timeout is not None else DEFAULT_START_TIMEOUT
 
 
 def new_worker(layout: PodLayout, settings: PodSettings, describe: bool = True) -> WorkerProcess:
@@ -358,7 +367,7 @@ def remember(layout: PodLayout, env_key: str, hello: dict[str, Any], description
 
 def spawn_process(layout: PodLayout, settings: PodSettings, env_key: str, describe: bool) -> ProcessConnection:
     """Start one worker for the pod under the start deadline; a failed start leaves nothing running."""
-    conn = ProcessConnection(new_worker(layout, settings, describe), settings.start_timeout)
+    conn = ProcessConnection(new_worker(layout, settings, describe), start_deadline(settings))
     remember(layout, env_key, conn.hello, conn.description)
     return conn
 

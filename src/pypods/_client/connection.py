@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import PodClosedError, PodCrashedError, PodError, PodProtocolError, PodWorkerError
 from .._worker.framing import FrameError, FrameReader, PipeClosed
 from .base import Stream
-from .core import START, CallProtocol, Outcome, StreamCredit, check_hello
+from .core import START, Outcome, StreamCursor, WorkerConnection
 
 if TYPE_CHECKING:
     from .base import WorkerHandle
@@ -48,14 +48,15 @@ def open_pidfd(pid: int) -> int | None:
         return None
 
 
-class ProcessConnection:
+class ProcessConnection(WorkerConnection):
     """Calls to one worker process; any number of threads may use it at once."""
 
+    _calls: dict[int, collections.deque[dict[str, Any]]]  # replies for each call in flight
+
     def __init__(self, worker: WorkerHandle, start_timeout: float | None = DEFAULT_START_TIMEOUT) -> None:
-        self.pod = worker.pod_name
-        self.worker = worker
-        self.proto = CallProtocol(self.pod, worker.codec, worker)
+        super().__init__(worker)
         self._reader = FrameReader(worker.read_fd)
+        os.set_blocking(worker.write_fd, False)
         self._pidfd = open_pidfd(worker.pid)
         self._poll = select.poll()
         self._poll.register(worker.read_fd, select.POLLIN)
@@ -65,11 +66,7 @@ class ProcessConnection:
         self._cv = threading.Condition(threading.Lock())
         self._reading = False
         self._closed = False  # close() was called: the last reader releases the output pipe
-        self._inbox: dict[int, collections.deque[dict[str, Any]]] = {}
-        self._broken: PodError | None = None
         self._deferred: list[bytearray] = []  # controls from finalizers, sent with the next write
-        self.description: list[dict[str, Any]] = []
-        self.hello: dict[str, Any] = {}
         try:
             self._handshake(start_timeout)
         except BaseException:
@@ -79,25 +76,13 @@ class ProcessConnection:
     def _handshake(self, timeout: float | None) -> None:
         # 1. The worker speaks first: protocol version, pid, Python, and its functions (or why not).
         with self._cv:
-            self._inbox[0] = collections.deque()
+            self._calls[0] = collections.deque()
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             hello = self._receive(0, deadline, START, timeout)
         finally:
             self._abandon(0)
-        self.description = check_hello(self.pod, hello)
-        self.hello = hello
-
-    @property
-    def pid(self) -> int:
-        return self.worker.pid
-
-    @property
-    def broken(self) -> PodError | None:
-        return self._broken
-
-    def in_flight(self) -> int:
-        return len(self._inbox)
+        self._started(hello)
 
     # -- calls ---------------------------------------------------------------------------------
 
@@ -109,7 +94,7 @@ class ProcessConnection:
         data, big = proto.encode_call(call_id, name, args, kwargs)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
-            self._inbox[call_id] = collections.deque()
+            self._calls[call_id] = collections.deque()
         stream = False
         try:
             if registry is not None:
@@ -158,20 +143,25 @@ class ProcessConnection:
                 raise
 
     def _write_frame(self, view: memoryview, deadline: float | None, name: str, timeout: float | None) -> None:
+        # The write fd is non-blocking: a worker that stops reading cannot hold us past the deadline.
         fd = self.worker.write_fd
         written = 0
         while written < len(view):
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not select.select([], [fd], [], remaining)[1]:
-                    raise self._timed_out(name, timeout)
             try:
-                written += os.write(fd, view[written : written + (1 << 20)])
-            except (BrokenPipeError, ValueError, OSError) as exc:
+                written += os.write(fd, view[written:])
+                continue
+            except BlockingIOError:
+                pass
+            except OSError as exc:
                 if written:
                     raise self._fail(exc) from exc
                 self._fail(exc)
                 raise NotSentError(f"pod {self.pod!r}: worker was gone before the call was sent") from exc
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and (remaining <= 0 or not select.select([], [fd], [], remaining)[1]):
+                raise self._timed_out(name, timeout)
+            if remaining is None:
+                select.select([], [fd], [])
 
     def send_control(self, message: bytearray, deferred: bool = False) -> None:
         """Send a message that expects no reply (credit, cancel); *deferred* from finalizers never blocks."""
@@ -190,14 +180,14 @@ class ProcessConnection:
 
     def _abandon(self, call_id: int) -> None:
         with self._cv:
-            self._inbox.pop(call_id, None)
+            self._calls.pop(call_id, None)
 
     def _receive(self, call_id: int, deadline: float | None, name: str, timeout: float | None) -> dict[str, Any]:
         """Wait for the next reply to *call_id*, reading the pipe ourselves if nobody else is."""
         cv = self._cv
         with cv:
             while True:
-                box = self._inbox.get(call_id)
+                box = self._calls.get(call_id)
                 if box:
                     return box.popleft()
                 if self._broken is not None:
@@ -240,11 +230,13 @@ class ProcessConnection:
             if reply_id == call_id:
                 return reply
             with self._cv:
-                box = self._inbox.get(reply_id)
+                box = self._calls.get(reply_id)
                 if box is not None:
                     box.append(reply)
                     self._cv.notify_all()
                 # else: a reply to an abandoned call (interrupted, closed stream) or a stray id: dropped.
+            if deadline is not None and time.monotonic() > deadline:
+                raise self._timed_out(name, timeout)  # a flood of other frames cannot stretch it
 
     def _wait_readable(self, deadline: float | None, name: str, timeout: float | None) -> None:
         """Block until bytes arrive and read them once; raise at the deadline or when the worker died."""
@@ -260,6 +252,8 @@ class ProcessConnection:
             if events.get(self.worker.read_fd):
                 try:
                     self._reader.fill()
+                except BlockingIOError:
+                    continue
                 except (PipeClosed, OSError) as exc:
                     raise self._fail(exc) from exc
                 return
@@ -320,41 +314,33 @@ class ProcessStream(Stream):
 
     def __init__(self, conn: ProcessConnection, call_id: int, name: str, timeout: float | None) -> None:
         self._conn = conn
-        self._id = call_id
-        self._name = name
-        self._timeout = timeout
-        self._done = False
-        self._credit = StreamCredit()
+        self._cursor = StreamCursor(call_id, name, timeout)
 
     def __next__(self) -> Any:
-        if self._done:
+        conn, cursor = self._conn, self._cursor
+        if cursor.done:
             raise StopIteration
-        conn = self._conn
-        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        deadline = None if cursor.timeout is None else time.monotonic() + cursor.timeout
         try:
-            reply = conn._receive(self._id, deadline, self._name, self._timeout)
-            outcome = conn._checked(conn.proto.stream_item, self._name, reply)
+            reply = conn._receive(cursor.call_id, deadline, cursor.name, cursor.timeout)
+            more, item, grant = cursor.advance(conn._checked(conn.proto.stream_item, cursor.name, reply))
         except BaseException:
-            self._finish()
+            cursor.done = True
+            conn._abandon(cursor.call_id)
             raise
-        if outcome.kind == Outcome.ITEM:
-            grant = self._credit.take(self._id)
-            if grant is not None:
-                conn.send_control(conn.proto.control(self._id, "more", grant["n"]))
-            return outcome.value
-        self._finish()
+        if grant is not None:
+            conn.send_control(grant)
+        if more:
+            return item
+        conn._abandon(cursor.call_id)
         raise StopIteration
-
-    def _finish(self) -> None:
-        self._done = True
-        self._conn._abandon(self._id)
 
     def close(self, deferred: bool = False) -> None:
         """Stop the generator in the pod (it sees GeneratorExit); items still in transit are dropped."""
-        if self._done:
-            return
-        self._finish()
-        self._conn.send_control(self._conn.proto.control(self._id, "cancel"), deferred=deferred)
+        cancel = self._cursor.cancel()
+        if cancel is not None:
+            self._conn._abandon(self._cursor.call_id)
+            self._conn.send_control(cancel, deferred=deferred)
 
     def __del__(self) -> None:
         # From the garbage collector, possibly while this thread holds the write lock: never block.

@@ -245,6 +245,11 @@ class Worker:
                 except (PipeClosed, OSError):
                     return
                 continue
+            try:
+                while reader.readable(0):  # a cancel for a queued call may have come meanwhile
+                    self._take(reader.read_frame())
+            except (PipeClosed, OSError):
+                return
             frame = self.queue.popleft()
             try:
                 request = self.decoder.document(frame)
