@@ -263,10 +263,9 @@ def map_sealed(fd: int, size: int, kind: Any) -> Any:
             raise SharedMemoryError("shared-memory buffer of %d bytes is sparse" % size)
         if size == 0:
             return b"" if kind == "bytes" else bytearray()
-        mapped = mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
         if kind == "raw":
-            return memoryview(mapped)
-        with mapped:
+            return memoryview(mmap.mmap(fd, size, access=mmap.ACCESS_COPY))
+        with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mapped:  # shared pages: the fastest copy
             return bytearray(mapped) if kind == "bytearray" else mapped[:]
     finally:
         os.close(fd)
