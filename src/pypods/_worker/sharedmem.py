@@ -140,6 +140,7 @@ class FdChannel:
     @classmethod
     def from_fd(cls, fd: int) -> FdChannel:
         """The worker's end, from the descriptor number the client passed in argv."""
+        os.set_inheritable(fd, False)  # programs the pod starts do not get it
         return cls(socket.socket(fileno=fd), WORKER_PENDING)
 
     def send(self, data: Any) -> int:
