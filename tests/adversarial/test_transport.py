@@ -403,10 +403,20 @@ def test_hello_file_lists_are_bounded(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 ECHO = """
-import hashlib
+import hashlib, os
 
 def digest(value):
     return hashlib.sha256(value).hexdigest()
+
+def memfds():
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink("/proc/self/fd/" + fd).startswith("/memfd:"):
+                found.append(fd)
+        except OSError:
+            pass
+    return found
 
 def echo(value):
     return value
@@ -436,6 +446,7 @@ def test_concurrent_big_buffers_each_get_their_own_bytes(
     with pypods.load("big", root=root, workers=workers) as pod, ThreadPoolExecutor(8) as pool:
         for round_ in range(3):
             assert all(pool.map(lambda seed: one(pod, seed), range(round_ * 8, round_ * 8 + 8)))
+        assert [pod.memfds() for _ in range(workers * 3)] == [[]] * (workers * 3)  # no worker keeps one
     assert len(sent) == 48  # every argument went through a memfd (echo and digest) ...
     assert len(taken) == 24  # ... and so did every echoed reply
     assert open_fds() <= fds
