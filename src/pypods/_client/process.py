@@ -135,12 +135,10 @@ class WorkerProcess:
 
     def exit_report(self, wait: float = 1.0) -> tuple[int | None, str]:
         """After the pipe closed: the exit status and the last lines the worker wrote to stderr."""
-        try:
-            code = self.proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            code = None
-        if code is not None:
+        code = None
+        if self._exited(wait):
             self._kill_group()  # the worker died: what it started goes with it (and frees the pipes)
+            code = self.proc.wait()
         self._drain.join(timeout=0.5)
         return code, "\n".join(self.tail)
 
@@ -152,22 +150,41 @@ class WorkerProcess:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:  # pragma: no cover - a kill that did not take
             pass
-        self._kill_group()  # a child forked between the signal and the worker's death
         self._end()
 
     def stop(self, grace: float = 2.0) -> None:
         """Ask the worker to finish (close its input), then kill its group; the worker gets *grace* s."""
         self._close_pipes()
-        try:
-            self.proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
+        self._exited(grace)
         self.kill()  # the worker, if still there, and whatever it started
 
+    def _exited(self, timeout: float) -> bool:
+        """Wait up to *timeout* s for the worker to exit, without reaping it (so its pid stays ours)."""
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while self.proc.returncode is None:
+            try:
+                if os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+                    return True
+            except ChildProcessError:
+                return True  # reaped already
+            except (AttributeError, OSError):  # no waitid here: reaping is the only way to wait
+                try:
+                    self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    return False
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(2 * delay, 0.05)
+        return True
+
     def _kill_group(self) -> None:
-        # The worker is its group's leader (start_new_session), so its pid is the group id. The
-        # kernel does not reuse a pid while a group of that id has members, so this cannot hit
-        # a stranger; once the group is empty it raises ProcessLookupError.
+        # The worker leads its group (start_new_session), so its pid is the group id. We signal
+        # before reaping the worker (a zombie keeps its pid), and afterwards only while the group
+        # has members, whose pgid the kernel does not hand out again: a stranger is never hit.
+        # Every member gets SIGKILL at once, and a fork racing with it fails.
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except OSError:
