@@ -545,3 +545,13 @@ def test_without_memfds_big_buffers_travel_inline(make_pod, root: Path, monkeypa
         assert pod.echo(data) == data
         assert pod.echo(bytearray(data)) == bytearray(data)
     assert sent == []
+
+
+def test_a_pods_package_of_the_project_runs_and_its_failure_is_the_load_error(make_pod, root: Path) -> None:
+    make_pod("withinit", "import pods\n\ndef marker():\n    return pods.MARKER\n")
+    (root / "pods" / "__init__.py").write_text("MARKER = 'project pods package'\n")
+    with pypods.load("withinit", root=root) as pod:
+        assert pod.marker() == "project pods package"
+    (root / "pods" / "__init__.py").write_text("raise LookupError('broken pods package')\n")
+    with pytest.raises(LookupError, match="broken pods package"), pypods.load("withinit", root=root) as pod:
+        pod.marker()

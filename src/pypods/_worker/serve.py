@@ -448,10 +448,11 @@ def main(argv: List[str]) -> int:
     proto_in, proto_out = _guard_stdio()
     sys.breakpointhook = _no_breakpoint
     sys.path[:] = [p for p in sys.path if p not in ("", project_root)]
+    pods_error: Optional[BaseException] = None
     try:
         import_pods_package(project_root)
-    except Exception:
-        pass
+    except Exception as exc:  # reported as the pod's import error below, not as a dead worker
+        pods_error = exc
     _watch_parent(parent)
     worker = Worker(pod_name, pod_dir, proto_in, proto_out, codec)
     if channel_fd >= 0:
@@ -459,6 +460,8 @@ def main(argv: List[str]) -> int:
     worker.describe = describe
     signal.signal(signal.SIGINT, worker.on_sigint)
     worker.load("pods.%s.pod" % pod_name)
+    if pods_error is not None and worker.import_error is not None:
+        worker.import_error = messages.error_info(pods_error, "import")  # the cause, not "no module pods"
     try:
         worker.hello()
         worker.serve()
