@@ -127,3 +127,24 @@ def test_calls_after_close_raise_closed(open_pod: Callable[..., Any]) -> None:
     pod.close()
     with pytest.raises(pypods.PodClosedError):
         pod.call("add", 1, 1)
+
+
+def test_close_fails_waiting_calls_with_closed_at_once(open_pod: Callable[..., Any]) -> None:
+    pod = open_pod()
+    errors: list[BaseException] = []
+
+    def waiting() -> None:
+        try:
+            pod.call("sleep", 30)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=waiting)
+    thread.start()
+    time.sleep(0.5)  # the call is in the worker now
+    started = time.monotonic()
+    pod.close()
+    thread.join(10)
+    assert time.monotonic() - started < 3  # no grace period waited for a busy worker
+    assert len(errors) == 1
+    assert isinstance(errors[0], pypods.PodClosedError), errors
