@@ -174,8 +174,11 @@ def open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
-def shm_names() -> set[str]:
-    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+def shm_names(pids: set[int]) -> set[str]:
+    """Named segments in /dev/shm of these processes (other programs on the machine may make theirs)."""
+    names = os.listdir("/dev/shm") if os.path.isdir("/dev/shm") else []
+    wanted = {str(pid) for pid in pids}
+    return {name for name in names if name.startswith("pypods-") and name.split("-")[1] in wanted}
 
 
 def alive(pid: int) -> bool:
@@ -195,16 +198,18 @@ def wait_gone(pid: int, seconds: float = 5.0) -> bool:
 
 @contextmanager
 def hostile_pod(make_pod, root: Path, name: str = "hostile", **options) -> Iterator[pypods.Pod]:
-    """Load the hostile pod; afterwards, the client holds no new descriptor and /dev/shm is as before."""
+    """Load the hostile pod; afterwards, the client holds no new descriptor and nothing of ours is in /dev/shm."""
     make_pod(name, HOSTILE)
-    fds, shm = open_fds(), shm_names()
+    fds = open_fds()
     pod = pypods.load(name, root=root, **options)
+    pids = {os.getpid()}
     try:
         yield pod
+        pids.update(pod.pids())
     finally:
         pod.close()
     assert open_fds() <= fds, "the client kept descriptors"
-    assert shm_names() <= shm, "something was left in /dev/shm"
+    assert shm_names(pids) == set(), "something was left in /dev/shm"
 
 
 @contextmanager
@@ -408,8 +413,9 @@ import hashlib, os
 def digest(value):
     return hashlib.sha256(value).hexdigest()
 
-def shm_segments():
-    return [name for name in os.listdir("/dev/shm") if name.startswith("pypods")]
+def shm_segments(client):
+    mine = ("pypods-%d-" % client, "pypods-%d-" % os.getpid())
+    return [name for name in os.listdir("/dev/shm") if name.startswith(mine)]
 
 def memfds():
     found = []
@@ -435,7 +441,7 @@ def test_concurrent_big_buffers_each_get_their_own_bytes(
     from concurrent.futures import ThreadPoolExecutor
 
     make_pod("big", ECHO)
-    fds, shm = open_fds(), shm_names()
+    fds = open_fds()
     sent, taken = [], []
     monkeypatch.setattr(sharedmem.FdChannel, "send", counting(sharedmem.FdChannel.send, sent))
     monkeypatch.setattr(sharedmem.FdChannel, "take", counting(sharedmem.FdChannel.take, taken))
@@ -444,7 +450,7 @@ def test_concurrent_big_buffers_each_get_their_own_bytes(
         rng = random.Random(seed)
         data = rng.randbytes(rng.randint(1 << 20, 4 << 20))
         back = pod.echo(data)
-        nothing_named = pod.shm_segments() == []  # while other threads' buffers are in flight
+        nothing_named = pod.shm_segments(os.getpid()) == []  # while other threads' buffers are in flight
         return pod.digest(data) == hashlib.sha256(data).hexdigest() and back == data and nothing_named
 
     with pypods.load("big", root=root, workers=workers) as pod, ThreadPoolExecutor(8) as pool:
@@ -454,7 +460,7 @@ def test_concurrent_big_buffers_each_get_their_own_bytes(
     assert len(sent) == 48  # every argument went through a memfd (echo and digest) ...
     assert len(taken) == 24  # ... and so did every echoed reply
     assert open_fds() <= fds
-    assert shm_names() <= shm
+    assert shm_names({os.getpid()}) == set()
 
 
 def counting(method, calls: list):
