@@ -92,6 +92,7 @@ class WorkerProcess:
         self.read_fd = self.proc.stdout.fileno()
         self.tail: collections.deque[str] = collections.deque()
         self._tail_bytes = 0
+        self._tail_lock = threading.Lock()  # the drain thread appends while a crash report reads
         self._log_mode = log
         self._logger = logging.getLogger(f"pypods.pod.{pod_name}")
         self._drain = threading.Thread(target=self._forward, name=f"pypods-{pod_name}-log", daemon=True)
@@ -117,10 +118,11 @@ class WorkerProcess:
     def _keep(self, line: str) -> None:
         """Remember *line* for a crash report, within TAIL_LINES lines and about TAIL_BYTES."""
         line = line[:TAIL_BYTES]
-        self.tail.append(line)
-        self._tail_bytes += len(line)
-        while len(self.tail) > TAIL_LINES or self._tail_bytes > TAIL_BYTES:
-            self._tail_bytes -= len(self.tail.popleft())
+        with self._tail_lock:
+            self.tail.append(line)
+            self._tail_bytes += len(line)
+            while len(self.tail) > TAIL_LINES or self._tail_bytes > TAIL_BYTES:
+                self._tail_bytes -= len(self.tail.popleft())
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -140,7 +142,8 @@ class WorkerProcess:
             self._kill_group()  # the worker died: what it started goes with it (and frees the pipes)
             code = self.proc.wait()
         self._drain.join(timeout=0.5)
-        return code, "\n".join(self.tail)
+        with self._tail_lock:
+            return code, "\n".join(self.tail)
 
     def kill(self) -> None:
         """End the worker and every process of its group now (SIGKILL), and reap it."""
