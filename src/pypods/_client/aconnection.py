@@ -16,7 +16,7 @@ from .._errors import PodClosedError, PodError, PodProtocolError
 from .._worker.framing import FrameError, FrameReader
 from .base import AsyncStream
 from .connection import DEFAULT_START_TIMEOUT, NotSentError, open_pidfd
-from .core import START, Outcome, StreamCursor, WorkerConnection, after_death
+from .core import START, Outcome, StreamCursor, WorkerConnection
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -134,7 +134,6 @@ class AsyncProcessConnection(WorkerConnection):
 
     async def _crashed(self) -> None:
         code, tail = await asyncio.to_thread(self.worker.exit_report)
-        after_death(self.worker)
         self._fail(self.proto.crash_error(self.worker.pid, code, tail))
 
     def _break(self, error: PodError) -> None:
@@ -145,7 +144,6 @@ class AsyncProcessConnection(WorkerConnection):
 
     async def _kill(self) -> None:
         await asyncio.to_thread(self.worker.kill)
-        after_death(self.worker)
 
     def _fail(self, error: PodError) -> None:
         if self._broken is None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import PodClosedError, PodCrashedError, PodError, PodProtocolError, PodWorkerError
 from .._worker.framing import FrameError, FrameReader, PipeClosed
 from .base import Stream
-from .core import START, Outcome, StreamCursor, WorkerConnection, after_death
+from .core import START, Outcome, StreamCursor, WorkerConnection
 
 if TYPE_CHECKING:
     from .base import WorkerHandle
@@ -265,7 +265,6 @@ class ProcessConnection(WorkerConnection):
         """The worker died: fail every call in flight now, with its exit status and last stderr lines."""
         if self._broken is None:
             code, tail = self.worker.exit_report()
-            after_death(self.worker)
             self._set_broken(self.proto.crash_error(self.worker.pid, code, tail))
         assert self._broken is not None
         return copy.copy(self._broken)
@@ -275,7 +274,6 @@ class ProcessConnection(WorkerConnection):
         self._set_broken(error)
         if kill:
             self.worker.kill()
-            after_death(self.worker)
         assert self._broken is not None
         return copy.copy(self._broken)
 

@@ -35,15 +35,8 @@ STREAM_WINDOW = 64  # stream items the worker may send ahead of the consumer (th
 
 
 def new_out_of_band(worker: WorkerHandle | None, threshold: int = DEFAULT_THRESHOLD) -> OutOfBand:
-    """The one place a client-side ``OutOfBand`` is made (so the transport can hand it its channel)."""
-    return OutOfBand(threshold)
-
-
-def after_death(worker: WorkerHandle) -> None:
-    """Clean up what a dead or killed worker may have left (its shared-memory segments)."""
-    from .._worker.exttypes import sweep
-
-    sweep(worker.pid)
+    """The one place a client-side ``OutOfBand`` is made: it sends and receives through the worker's channel."""
+    return OutOfBand(threshold, getattr(worker, "channel", None))
 
 
 class StreamCredit:
