@@ -3,9 +3,9 @@
 Plain BSON carries what it can say natively (None, bool, 32/64-bit int, float, str, bytes, str-keyed
 documents, lists, UUIDs). Everything else travels as an *extension document* whose first key is
 ``"$t"`` (its tag) followed by ``"v"`` (its payload) and sometimes more fields; the tags are listed
-in ``docs/architecture.md``. Decoding never imports or runs user code: extension tags map to fixed
-constructors, and enums and exceptions resolve only to classes of already-imported or standard-library
-modules.
+in ``docs/architecture.md``. Decoding (``decoding.py``) never imports or runs user code. Encoding
+raises only ``EncodeError`` whatever goes wrong (an unsupported type, nesting too deep for the
+stack, a value whose ``__str__`` raises, memory), so callers need to catch one type.
 """
 
 from __future__ import annotations
@@ -83,7 +83,10 @@ class Encoder:
     def document(self, doc: Dict[str, Any]) -> bytearray:
         """Encode a str-keyed dict as a top-level BSON document."""
         out = bytearray()
-        self._doc(out, doc, top=True)
+        try:
+            self._doc(out, doc, top=True)
+        except Exception as exc:
+            raise _as_encode_error(exc) from exc
         return out
 
     def request(self, call_id: int, name: str, args: Any, kwargs: Dict[str, Any]) -> bytearray:
@@ -91,6 +94,12 @@ class Encoder:
 
         The hot path of every call: the constant part (op and name) is encoded once per name.
         """
+        try:
+            return self._request(call_id, name, args, kwargs)
+        except Exception as exc:
+            raise _as_encode_error(exc) from exc
+
+    def _request(self, call_id: int, name: str, args: Any, kwargs: Dict[str, Any]) -> bytearray:
         head = _CALL_HEADS.get(name)
         if head is None:
             data = name.encode("utf-8", "surrogatepass")
@@ -117,13 +126,14 @@ class Encoder:
     def reply(self, call_id: int, value: Any) -> bytearray:
         """``{"id", "ok": true, "value"}``: the same bytes as ``document``, faster."""
         out = bytearray(b"\x00\x00\x00\x00")
-        self.value(out, b"id\x00", call_id)
-        out += b"\x08ok\x00\x01"
         try:
+            self.value(out, b"id\x00", call_id)
+            out += b"\x08ok\x00\x01"
             self.value(out, b"value\x00", value)
-        except EncodeError as exc:
-            exc.path.append("value")
-            raise
+        except Exception as exc:
+            error = _as_encode_error(exc)
+            error.path.append("value")
+            raise error from exc
         out += b"\x00"
         _pack_i32_into(out, 0, len(out))
         return out
@@ -178,8 +188,8 @@ class Encoder:
                 out += b"\x10" + key + _pack_i32(obj)
             elif _INT64_MIN <= obj <= _INT64_MAX:
                 out += b"\x12" + key + _pack_i64(obj)
-            else:
-                self.ext(out, key, "int", str(obj))
+            else:  # two's complement bytes: exact at any size, linear (no str() digit limit)
+                self.ext(out, key, "int", obj.to_bytes(obj.bit_length() // 8 + 1, "little", signed=True))
         elif kind is float:
             out += b"\x01" + key + _pack_f64(obj)
         elif obj is None:
@@ -243,7 +253,10 @@ def _datetime(enc: Encoder, out: bytearray, key: bytes, obj: Any) -> None:
 
 
 def _time(enc: Encoder, out: bytearray, key: bytes, obj: datetime.time) -> None:
-    enc.ext(out, key, "time", obj.isoformat())
+    if obj.fold:
+        enc.ext(out, key, "time", obj.isoformat(), fold=1)
+    else:
+        enc.ext(out, key, "time", obj.isoformat())
 
 
 def _timedelta(enc: Encoder, out: bytearray, key: bytes, obj: datetime.timedelta) -> None:
@@ -280,13 +293,36 @@ def _memoryview(enc: Encoder, out: bytearray, key: bytes, obj: memoryview) -> No
 
 def _enum(enc: Encoder, out: bytearray, key: bytes, obj: enum.Enum) -> None:
     cls = type(obj)
-    enc.ext(out, key, "enum", obj.name, c="%s:%s" % (cls.__module__, cls.__qualname__))
+    name = obj._name_
+    payload: Any = name
+    if name is None or cls._member_map_.get(name) is not obj:
+        if not isinstance(obj, enum.Flag) or type(obj._value_) is not int:
+            raise EncodeError("cannot send %s: not a member of its enum" % cls.__qualname__)
+        payload = obj._value_  # a combination of flags (re.I | re.M) crosses as its int value
+    enc.ext(out, key, "enum", payload, c="%s:%s" % (cls.__module__, cls.__qualname__))
 
 
 def _exception(enc: Encoder, out: bytearray, key: bytes, obj: BaseException) -> None:
     cls = type(obj)
-    args = [a if _sendable(a) else repr(a) for a in obj.args]
-    enc.ext(out, key, "exc", args, c="%s:%s" % (cls.__module__, cls.__qualname__), m=str(obj))
+    args = [a if _sendable(a) else _safe_text(repr, a) for a in obj.args]
+    enc.ext(out, key, "exc", args, c="%s:%s" % (cls.__module__, cls.__qualname__), m=_safe_text(str, obj))
+
+
+def _safe_text(render: Callable[[Any], str], obj: Any) -> str:
+    """``str``/``repr`` of a value whose own method may raise (the error is sent instead)."""
+    try:
+        return str(render(obj))
+    except Exception as exc:
+        return "<%s of %s failed: %s>" % (render.__name__, type(obj).__name__, type(exc).__name__)
+
+
+def _as_encode_error(exc: BaseException) -> EncodeError:
+    """Any failure while encoding, as the one error type callers catch."""
+    if isinstance(exc, EncodeError):
+        return exc
+    if isinstance(exc, RecursionError):
+        return EncodeError("value is nested too deeply to send")
+    return EncodeError("cannot send this value: %s: %s" % (type(exc).__name__, _safe_text(str, exc)))
 
 
 def _dataclass(enc: Encoder, out: bytearray, key: bytes, obj: Any) -> None:
@@ -341,7 +377,7 @@ def registry_version() -> int:
 def _sendable(obj: Any) -> bool:
     try:
         Encoder().value(bytearray(), b"x\x00", obj)
-    except (EncodeError, RecursionError):
+    except Exception:
         return False
     return True
 
