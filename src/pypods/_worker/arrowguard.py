@@ -27,22 +27,23 @@ class ArrowRefused(ValueError):
     """The stream is not one our encoder would produce (compressed, nested, or too many elements)."""
 
 
-def _field(buf: bytes, table: int, index: int) -> int:
+def _field(buf: bytes | bytearray, table: int, index: int) -> int:
     """Absolute position of field *index* of the flatbuffer table at *table*, or 0 if absent."""
     vtable = table - _I32(buf, table)[0]
     size = _U16(buf, vtable)[0]
     offset = 4 + 2 * index
     if offset + 2 > size:
         return 0
-    relative = _U16(buf, vtable + offset)[0]
+    relative: int = _U16(buf, vtable + offset)[0]
     return table + relative if relative else 0
 
 
-def _child(buf: bytes, position: int) -> int:
-    return position + _U32(buf, position)[0]
+def _child(buf: bytes | bytearray, position: int) -> int:
+    child: int = position + _U32(buf, position)[0]
+    return child
 
 
-def _check_message(meta: bytes) -> int:
+def _check_message(meta: bytes | bytearray) -> int:
     """Refuse compressed batches and unknown message kinds; return the message's body length."""
     root = _child(meta, 0)
     kind_at = _field(meta, root, 1)
@@ -65,7 +66,7 @@ def _check_message(meta: bytes) -> int:
     return body
 
 
-def check_stream(data: bytes) -> None:
+def check_stream(data: bytes | bytearray) -> None:
     """Walk the IPC stream's messages (continuation, length, flatbuffer, body) before pyarrow reads it."""
     pos = 0
     try:

@@ -202,9 +202,9 @@ def _decode_exception(payload: Any, fields: Dict[str, Any]) -> BaseException:
     if cls is not None and base is not None and isinstance(payload, list):
         try:
             # The builtin base's __new__ and __init__ only: a class's own Python constructor never runs.
-            exc: BaseException = base.__new__(cls, *payload)  # type: ignore[call-overload]
-            base.__init__(exc, *payload)
-            return exc
+            exc: Any = base.__new__(cls, *payload)
+            base.__init__(exc, *payload)  # type: ignore[misc]
+            return exc  # type: ignore[no-any-return]
         except Exception:
             pass
     name = str(fields.get("c", "?")).replace(":", ".")
