@@ -15,6 +15,10 @@ def size(value):
     return len(value)
 
 
+def echo(value):
+    return value
+
+
 def pipe_echo_child(read_fd: int, write_fd: int, spin: float = 0.0) -> None:
     """The floor: read a length-prefixed message, write it back, until EOF (spinning first if asked)."""
     import select
