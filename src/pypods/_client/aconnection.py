@@ -76,6 +76,9 @@ class AsyncProcessConnection:
         try:
             hello = await self._next(0, timeout, START)
             self.description = check_hello(self.pod, hello)
+            encoding = self.proto.choose_encoding(hello)  # codec: fast1 negotiation (docs/encoding.md)
+            if encoding is not None:
+                await self._write(encoding)
         except BaseException:
             await self.aclose(kill=True)
             raise

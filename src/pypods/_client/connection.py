@@ -88,6 +88,9 @@ class ProcessConnection:
             self._abandon(0)
         self.description = check_hello(self.pod, hello)
         self.hello = hello
+        encoding = self.proto.choose_encoding(hello)  # codec: fast1 negotiation (docs/encoding.md)
+        if encoding is not None:
+            self._write(encoding, deadline, START, timeout)
 
     @property
     def pid(self) -> int:

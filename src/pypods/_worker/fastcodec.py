@@ -154,7 +154,7 @@ def json_exact(value: Any) -> bool:
     if kind in _SCALARS:
         return True
     if kind is int:
-        return -INT_LIMIT <= value < INT_LIMIT
+        return not _CHECK_INTS or -INT_LIMIT <= value < INT_LIMIT
     level: List[Any] = [value]
     visited = 0
     for _ in range(MAX_LEVELS):
