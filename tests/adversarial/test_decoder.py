@@ -301,7 +301,7 @@ def test_fuzz_decoder_briefly() -> None:
 @pytest.mark.fuzz
 @pytest.mark.timeout(900)
 def test_fuzz_decoder_long(request: pytest.FixtureRequest) -> None:
-    if "fuzz" not in (request.config.option.markexpr or "") and "PYPODS_FUZZ_SECONDS" not in os.environ:
-        pytest.skip("the long fuzzer runs with `pytest -m fuzz` (or PYPODS_FUZZ_SECONDS set)")
-    seconds = float(os.environ.get("PYPODS_FUZZ_SECONDS", "300"))
-    assert fuzz(seconds, seed=int(os.environ.get("PYPODS_FUZZ_SEED", "2"))) > 1000
+    if "fuzz" not in (request.config.option.markexpr or "") and "FUZZ_SECONDS" not in os.environ:
+        pytest.skip("the long fuzzer runs with `pytest -m fuzz` (or FUZZ_SECONDS set)")
+    seconds = float(os.environ.get("FUZZ_SECONDS", "300"))
+    assert fuzz(seconds, seed=int(os.environ.get("FUZZ_SEED", "2"))) > 1000
