@@ -190,6 +190,9 @@ def encode_reply(big: Optional[OutOfBand], call_id: int, value: Any, key: str = 
 
     Raises EncodeError (only) when the value cannot be sent at all.
     """
+    kind = type(value)
+    if kind in _SCALARS or kind is int:  # BSON writes a scalar faster than JSON and reads it as fast
+        return _bson_reply(big, call_id, value, key)
     vector = _float_vector(value)
     if vector is not None:
         return _frame(call_id, key, vector)
@@ -200,6 +203,10 @@ def encode_reply(big: Optional[OutOfBand], call_id: int, value: Any, key: str = 
             text = b""
         if text:
             return _frame(call_id, key, b"\x02j\x00" + _pack_i32(len(text) + 1) + text + b"\x00")
+    return _bson_reply(big, call_id, value, key)
+
+
+def _bson_reply(big: Optional[OutOfBand], call_id: int, value: Any, key: str) -> bytearray:
     if key == "value":
         return Encoder(big).reply(call_id, value)
     return Encoder(big).document({"id": call_id, key: value})
