@@ -99,7 +99,8 @@ class Encoder:
         except Exception as exc:
             raise _as_encode_error(exc) from exc
 
-    def _request(self, call_id: int, name: str, args: Any, kwargs: Dict[str, Any]) -> bytearray:
+    def call_head(self, call_id: int, name: str) -> bytearray:
+        """The start of a call request: length placeholder, ``id``, ``"op": "call"``, ``name``."""
         head = _CALL_HEADS.get(name)
         if head is None:
             data = name.encode("utf-8", "surrogatepass")
@@ -109,6 +110,10 @@ class Encoder:
         out = bytearray(b"\x00\x00\x00\x00")
         self.value(out, b"id\x00", call_id)
         out += head
+        return out
+
+    def _request(self, call_id: int, name: str, args: Any, kwargs: Dict[str, Any]) -> bytearray:
+        out = self.call_head(call_id, name)
         for key, item in ((b"args\x00", args), (b"kwargs\x00", kwargs)):
             try:
                 if key == b"args\x00":

@@ -49,7 +49,6 @@ _SCALARS = frozenset({str, float, bool, type(None)})
 _JSON_TYPES = _SCALARS | {int, list, dict}
 _json_encode = json.JSONEncoder(check_circular=False, separators=(",", ":")).encode
 _json_decode = json.JSONDecoder().decode
-_CALL_HEADS: Dict[str, bytes] = {}
 
 
 def bson_value(data: bytes) -> Any:  # pragma: no cover - never called: the worker maps it to its decoder
@@ -110,15 +109,7 @@ def encode_request(
             big.discard()
         return Encoder(big).request(call_id, name, args, kwargs)
     data = sink.getbuffer()
-    head = _CALL_HEADS.get(name)
-    if head is None:
-        encoded = name.encode("utf-8", "surrogatepass")
-        head = _CALL_HEADS[name] = (
-            b"\x02op\x00\x05\x00\x00\x00call\x00\x02name\x00" + _pack_i32(len(encoded) + 1) + encoded + b"\x00"
-        )
-    out = bytearray(b"\x00\x00\x00\x00")
-    Encoder().value(out, b"id\x00", call_id)
-    out += head
+    out = Encoder().call_head(call_id, name)
     out += b"\x05a\x00" + _pack_i32(len(data)) + b"\x00"
     out += data
     out += b"\x00"
