@@ -120,12 +120,12 @@ def new_interpreter_per_call(base: Path, calls: int) -> list[float]:
     return times
 
 
-def load_with(name: str, base: Path, **env: str) -> pypods.Pod:
+def load_with(name: str, base: Path, codec_name: str = "bson", **env: str) -> pypods.Pod:
     """Load a pod and start its worker now, with *env* set while it starts (PYPODS_ENCODING, PYPODS_SPIN_US)."""
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     try:
-        return pypods.load(name, root=base, start="eager")
+        return pypods.load(name, root=base, start="eager", codec=codec_name)
     finally:
         for key, value in saved.items():
             if value is None:
@@ -160,13 +160,12 @@ def table_of(samples: dict[str, list[float]], base_name: str, floor_name: str, f
 
 def latency(args: argparse.Namespace, base: Path, others: Peers) -> str:
     make_project(base, "bench", POD)
-    make_project(base, "bench_pickle", POD, 'codec = "pickle"\n')
     floor = Floor()
     spin_floor = Floor(spin=100e-6)
     pod = load_with("bench", base)
     bson_pod = load_with("bench", base, PYPODS_ENCODING="bson")
     unspun = load_with("bench", base, PYPODS_SPIN_US="0")
-    pickled = load_with("bench_pickle", base)
+    pickled = load_with("bench", base, "pickle")
     kib, hundred = b"x" * 1024, b"x" * (100 * 1024)
     contenders: dict[str, Callable[[], object]] = {
         "floor: bare os.pipe echo (16 B)": lambda: floor.call(b"x" * 16),
@@ -208,11 +207,13 @@ def heavy(args: argparse.Namespace, base: Path, others: Peers) -> str:
     make_project(base, "bench", POD)
     pod = load_with("bench", base)
     bson_pod = load_with("bench", base, PYPODS_ENCODING="bson")
+    pickled = load_with("bench", base, "pickle")
     sections = []
     for label, payload in (("echo(200 records)", RECORDS), ("echo(dict of 10,000 floats)", FLOATS)):
         contenders: dict[str, Callable[[], object]] = {
             f"pypods {label}": lambda payload=payload: pod.echo(payload),  # type: ignore[misc]
             f"pypods {label}, BSON encoding": lambda payload=payload: bson_pod.echo(payload),  # type: ignore[misc]
+            f"pypods {label}, pickle codec (trusts the pod)": lambda payload=payload: pickled.echo(payload),  # type: ignore[misc]
         }
         contenders.update(others.contenders(label, "echo", payload))
         for name, call in contenders.items():
@@ -222,8 +223,8 @@ def heavy(args: argparse.Namespace, base: Path, others: Peers) -> str:
         pipe = f"multiprocessing.Pipe + pickle {label}"
         sections.append(table_of(samples, f"pypods {label}", pipe, "Pipe + pickle"))
         sections.append(f"\n{rounds} interleaved rounds of {batch} calls each.\n")
-    pod.close()
-    bson_pod.close()
+    for each in (pod, bson_pod, pickled):
+        each.close()
     return "\n".join(sections)
 
 
