@@ -149,6 +149,24 @@ def test_fast_request_sends_big_top_level_buffers_out_of_band() -> None:
         big.discard()
 
 
+def test_big_nested_buffers_and_float_vectors_go_out_of_band() -> None:
+    big = OutOfBand(threshold=1024)
+    try:
+        nested = ({"blobs": [b"y" * 8192, bytearray(b"z" * 4096)]},)
+        frame = fastcodec.encode_request(big, 1, "f", nested, {})
+        assert len(frame) < 1024  # the pickle itself went out of band
+        decoder = Decoder(big)
+        args, kwargs = fastcodec.decode_request(decoder.document(bytes(frame)), decoder)
+        assert same(args, nested)
+        assert kwargs == {}
+        floats = [i / 3 for i in range(1000)]
+        reply = fastcodec.encode_reply(big, 2, floats)
+        assert len(reply) < 1024
+        assert fastcodec.reply_value(decoder.document(bytes(reply)), "value") == floats
+    finally:
+        big.discard()
+
+
 class Boom:
     def __reduce__(self) -> Any:
         return (os.system, ("touch /tmp/pypods-fast1-pwned",))

@@ -23,7 +23,7 @@ import struct
 import sys
 from itertools import chain, compress, repeat
 from operator import is_
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 from .codec import Encoder
 from .decoding import DecodeError, Decoder
@@ -108,10 +108,9 @@ def encode_request(
         if big is not None:
             big.discard()
         return Encoder(big).request(call_id, name, args, kwargs)
-    data = sink.getbuffer()
-    out = Encoder().call_head(call_id, name)
-    out += b"\x05a\x00" + _pack_i32(len(data)) + b"\x00"
-    out += data
+    encoder = Encoder(big)
+    out = encoder.call_head(call_id, name)
+    encoder._binary(out, b"a\x00", sink.getbuffer(), "bytes")  # a big pickle (nested buffers) goes out of band
     out += b"\x00"
     _pack_i32_into(out, 0, len(out))
     return out
@@ -184,7 +183,7 @@ def encode_reply(big: Optional[OutOfBand], call_id: int, value: Any, key: str = 
     kind = type(value)
     if kind in _SCALARS or kind is int:  # BSON writes a scalar faster than JSON and reads it as fast
         return _bson_reply(big, call_id, value, key)
-    vector = _float_vector(value)
+    vector = _float_vector(value, big)
     if vector is not None:
         return _frame(call_id, key, vector)
     if json_exact(value):
@@ -203,7 +202,7 @@ def _bson_reply(big: Optional[OutOfBand], call_id: int, value: Any, key: str) ->
     return Encoder(big).document({"id": call_id, key: value})
 
 
-def _frame(call_id: int, key: str, fields: bytes) -> bytearray:
+def _frame(call_id: int, key: str, fields: Union[bytes, bytearray]) -> bytearray:
     """``{"id", "ok": true, "value": null, ...fields}`` (or ``"yield": null`` for a stream item)."""
     out = bytearray(b"\x00\x00\x00\x00")
     Encoder().value(out, b"id\x00", call_id)
@@ -214,7 +213,7 @@ def _frame(call_id: int, key: str, fields: bytes) -> bytearray:
     return out
 
 
-def _float_vector(value: Any) -> Optional[bytes]:
+def _float_vector(value: Any, big: Optional[OutOfBand]) -> Optional[bytearray]:
     """Fields ``f`` (float64 binary) and, for a dict, ``k`` (its str keys as JSON): a list of floats or a
     str-keyed dict of floats, packed (JSON would spend most of its time writing and parsing floats)."""
     kind = type(value)
@@ -235,8 +234,9 @@ def _float_vector(value: Any) -> Optional[bytes]:
         return None
     if _BIG_ENDIAN:
         floats.byteswap()
-    data = floats.tobytes()
-    return keys + b"\x05f\x00" + _pack_i32(len(data)) + b"\x00" + data
+    out = bytearray(keys)
+    Encoder(big)._binary(out, b"f\x00", memoryview(floats).cast("B"), "bytes")  # out of band when big
+    return out
 
 
 def _unpack_vector(reply: Dict[str, Any], data: Any) -> Any:
