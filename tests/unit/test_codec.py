@@ -434,3 +434,58 @@ def test_a_few_equal_hashes_are_fine() -> None:
     value = set(colliding_ints(decoding.MAX_COLLISIONS))
     assert roundtrip(value) == value
     assert roundtrip({-1: "a", -2: "b"}) == {-1: "a", -2: "b"}  # hash(-1) == hash(-2)
+
+
+hot_messages = st.one_of(
+    st.builds(
+        lambda call_id, name, data: {"id": call_id, "op": "call", "name": name, "a": data},
+        st.integers(-(2**31), 2**31 - 1),
+        st.text(),
+        st.binary(),
+    ),
+    st.builds(
+        lambda call_id, value: {"id": call_id, "ok": True, "value": value},
+        st.integers(-(2**31), 2**31 - 1),
+        st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1), st.floats()),
+    ),
+    st.builds(
+        lambda call_id, text: {"id": call_id, "ok": True, "value": None, "j": text},
+        st.integers(-(2**31), 2**31 - 1),
+        st.text(),
+    ),
+)
+
+
+def decoded_or_none(decode: Any, frame: bytes) -> Any:
+    try:
+        return decode(frame)
+    except DecodeError:
+        return None
+
+
+def generic_document(frame: bytes) -> dict[str, Any]:
+    """``Decoder.document`` without its hot path."""
+    if len(frame) < 5 or struct.unpack_from("<i", frame)[0] != len(frame):
+        raise DecodeError("length")
+    try:
+        return codec.Decoder()._doc(frame, 0, False)[0]  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise DecodeError(str(exc)) from exc
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(hot_messages, st.data())
+def test_the_hot_path_reads_exactly_what_the_generic_decoder_reads(
+    message: dict[str, Any], data: st.DataObject
+) -> None:
+    frame = bytearray(codec.encode(message))
+    assert decoding._hot_shape(bytes(frame)) is not None  # these shapes take the hot path
+    for index, byte in data.draw(st.lists(st.tuples(st.integers(0, len(frame) - 1), st.integers(0, 255)), max_size=2)):
+        frame[index] = byte
+    if data.draw(st.booleans()):
+        struct.pack_into("<i", frame, 0, len(frame))
+    hot = decoded_or_none(codec.Decoder().document, bytes(frame))
+    generic = decoded_or_none(generic_document, bytes(frame))
+    assert (hot is None) == (generic is None)
+    if hot is not None:
+        assert same(hot, generic)
