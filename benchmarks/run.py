@@ -208,12 +208,14 @@ def heavy(args: argparse.Namespace, base: Path, others: Peers) -> str:
     pod = load_with("bench", base)
     bson_pod = load_with("bench", base, PYPODS_ENCODING="bson")
     pickled = load_with("bench", base, "pickle")
+    unspun = load_with("bench", base, PYPODS_SPIN_US="0")
     sections = []
     for label, payload in (("echo(200 records)", RECORDS), ("echo(dict of 10,000 floats)", FLOATS)):
         contenders: dict[str, Callable[[], object]] = {
             f"pypods {label}": lambda payload=payload: pod.echo(payload),  # type: ignore[misc]
             f"pypods {label}, BSON encoding": lambda payload=payload: bson_pod.echo(payload),  # type: ignore[misc]
             f"pypods {label}, pickle codec (trusts the pod)": lambda payload=payload: pickled.echo(payload),  # type: ignore[misc]
+            f"pypods {label}, spinning off": without_client_spin(lambda payload=payload: unspun.echo(payload)),  # type: ignore[misc]
         }
         contenders.update(others.contenders(label, "echo", payload))
         for name, call in contenders.items():
@@ -223,7 +225,7 @@ def heavy(args: argparse.Namespace, base: Path, others: Peers) -> str:
         pipe = f"multiprocessing.Pipe + pickle {label}"
         sections.append(table_of(samples, f"pypods {label}", pipe, "Pipe + pickle"))
         sections.append(f"\n{rounds} interleaved rounds of {batch} calls each.\n")
-    for each in (pod, bson_pod, pickled):
+    for each in (pod, bson_pod, pickled, unspun):
         each.close()
     return "\n".join(sections)
 
