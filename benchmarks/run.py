@@ -148,14 +148,16 @@ def without_client_spin(call: Callable[[], object]) -> Callable[[], object]:
     return unspun
 
 
-def table_of(samples: dict[str, list[float]], base_name: str, floor_name: str, floor_label: str) -> str:
+def table_of(samples: dict[str, list[float]], base_name: str, baselines: dict[str, str]) -> str:
+    """Median, p99 and ratios to pypods and to each baseline (``{column label: contender}``)."""
     base_median = median(samples[base_name])
-    floor_median = median(samples[floor_name])
+    references = {label: median(samples[name]) for label, name in baselines.items()}
     rows = []
     for name, values in samples.items():
         m = median(values)
-        rows.append([name, fmt_time(m), fmt_time(p99(values)), f"{m / base_median:.2f}x", f"{m / floor_median:.2f}x"])
-    return table(["contender", "median", "p99", "vs pypods", f"vs {floor_label}"], rows)
+        rows.append([name, fmt_time(m), fmt_time(p99(values)), f"{m / base_median:.2f}x"]
+                    + [f"{m / reference:.2f}x" for reference in references.values()])  # fmt: skip
+    return table(["contender", "median", "p99", "vs pypods", *(f"vs {label}" for label in references)], rows)
 
 
 def latency(args: argparse.Namespace, base: Path, others: Peers) -> str:
@@ -191,9 +193,11 @@ def latency(args: argparse.Namespace, base: Path, others: Peers) -> str:
     for close in (floor.close, spin_floor.close, pod.close, bson_pod.close, unspun.close, pickled.close):
         close()
     samples["new interpreter per call (original design) foo(1, 2)"] = original
-    body = table_of(
-        samples, "pypods add(1, 2)", "floor, both sides spinning 100 µs before sleeping (16 B)", "spin floor"
-    )
+    floors = {
+        "floor": "floor: bare os.pipe echo (16 B)",
+        "spin floor": "floor, both sides spinning 100 µs before sleeping (16 B)",
+    }
+    body = table_of(samples, "pypods add(1, 2)", floors)
     body += f"\n{rounds} interleaved rounds of {batch} calls each; the original design: {len(original)} calls.\n"
     return body + "".join(f"\n- {note}" for note in others.notes)
 
@@ -222,8 +226,11 @@ def heavy(args: argparse.Namespace, base: Path, others: Peers) -> str:
             assert call() == payload, name
         rounds, batch = (2, 5) if args.quick else (15, 40)
         samples = interleaved(contenders, rounds, batch)
-        pipe = f"multiprocessing.Pipe + pickle {label}"
-        sections.append(table_of(samples, f"pypods {label}", pipe, "Pipe + pickle"))
+        baselines = {
+            "Pipe + pickle": f"multiprocessing.Pipe + pickle {label}",
+            "executor": f"ProcessPoolExecutor(1) {label}",
+        }
+        sections.append(table_of(samples, f"pypods {label}", baselines))
         sections.append(f"\n{rounds} interleaved rounds of {batch} calls each.\n")
     for each in (pod, bson_pod, pickled, unspun):
         each.close()
