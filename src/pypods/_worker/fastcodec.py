@@ -23,7 +23,7 @@ import struct
 import sys
 from itertools import chain, compress, repeat
 from operator import is_
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
 
 from .codec import Encoder
 from .decoding import DecodeError, Decoder
@@ -47,8 +47,29 @@ _pack_i32_into = struct.Struct("<i").pack_into
 _FLOATS = {float}
 _SCALARS = frozenset({str, float, bool, type(None)})
 _JSON_TYPES = _SCALARS | {int, list, dict}
-_json_encode = json.JSONEncoder(check_circular=False, separators=(",", ":")).encode
 _json_decode = json.JSONDecoder().decode
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError("not JSON")
+
+
+def _json_encoder() -> Callable[[Any], str]:
+    """The C encoder made once (``JSONEncoder.encode`` makes one per call); the same text either way."""
+    slow = json.JSONEncoder(check_circular=False, separators=(",", ":"), default=_refuse).encode
+    try:
+        from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
+
+        chunks = c_make_encoder(None, _refuse, encode_basestring_ascii, None, ":", ",", False, False, True)
+        probe = [{"a": 1.5, "b": [None, True, "\u00e9\ud800"]}, float("nan"), -(2**70)]
+        if "".join(chunks(probe, 0)) == slow(probe):
+            return lambda value: "".join(chunks(value, 0))
+    except Exception:  # no C accelerator, or another signature: the documented API
+        pass
+    return slow
+
+
+_json_encode = _json_encoder()
 
 
 def bson_value(data: bytes) -> Any:  # pragma: no cover - never called: the worker maps it to its decoder
