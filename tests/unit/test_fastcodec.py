@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import enum
 import math
 import os
@@ -131,6 +133,18 @@ def test_small_replies_use_json_and_records_are_not_bson() -> None:
 
 class Custom:
     pass
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(1, "x"), (datetime.date(2024, 1, 2),), ([Level.LOW, {1: (2, 3)}],), (decimal.Decimal("1.5"), OrderedDict(a=1))],
+)
+def test_requests_with_any_sendable_value_take_the_pickle_path(args: tuple[Any, ...]) -> None:
+    frame = fastcodec.encode_request(None, 1, "f", args, {})
+    request = codec.decode(bytes(frame))
+    assert "a" in request  # not the BSON fallback
+    assert "args" not in request
+    assert same(list(via_fast_request(args, {})[0]), via_bson_request(args, {})[0])
 
 
 def test_fast_request_refuses_like_bson_and_names_the_place() -> None:

@@ -85,7 +85,10 @@ class _Pickler(pickle.Pickler):
         self.big = big
 
     def reducer_override(self, obj: Any) -> Any:
-        # Called for every value but None, bools and exact int/float/str/bytes/bytearray/containers.
+        # Called for every value but None, bools and exact int/float/str/bytes/bytearray/containers,
+        # and for bson_value itself when it is saved as the global of a reduction: that one is a global.
+        if obj is bson_value:
+            return NotImplemented
         return bson_value, (bytes(Encoder(self.big).document({"v": obj})),)
 
 
