@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Un
 
 from .codec import Encoder
 from .decoding import DecodeError, Decoder
+from .exttypes import MissingLibrary
 
 if TYPE_CHECKING:
     from .exttypes import OutOfBand
@@ -149,7 +150,7 @@ def decode_request(request: Dict[str, Any], decoder: Decoder) -> Tuple[Any, Dict
         raise DecodeError("field 'a' is not binary")
     try:
         args, kwargs = _Unpickler(data, decoder).load()
-    except DecodeError:
+    except (DecodeError, MissingLibrary):
         raise
     except Exception as exc:
         raise DecodeError("bad fast1 arguments: %s: %s" % (type(exc).__name__, exc)) from exc

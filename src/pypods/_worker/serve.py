@@ -349,7 +349,12 @@ class Worker:
                 return
             if function is None:
                 raise AttributeError("no function %r in this pod (it offers: %s)" % (name, ", ".join(self.functions)))
-            args, kwargs = fastcodec.decode_request(request, self.decoder)
+            try:
+                args, kwargs = fastcodec.decode_request(request, self.decoder)
+            except (DecodeError, MissingLibrary) as exc:  # the arguments cannot be received here
+                self.big.discard()
+                self.send({"id": call_id, "ok": False, "error": messages.error_info(exc, "decode")})
+                return
             if "p" in request:
                 if not self.pickle:
                     raise PermissionError("pod %r does not accept pickled arguments (codec is bson)" % self.pod_name)
