@@ -16,7 +16,7 @@ from .._errors import PodClosedError, PodError, PodProtocolError
 from .._worker.framing import FrameError, FrameReader
 from .base import AsyncStream
 from .connection import DEFAULT_START_TIMEOUT, NotSentError, open_pidfd
-from .core import START, CallProtocol, Outcome, StreamCredit, after_death, check_hello
+from .core import START, Outcome, StreamCursor, WorkerConnection, after_death
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -26,27 +26,23 @@ if TYPE_CHECKING:
 _BROKEN: dict[str, Any] = {"broken": True}  # put in every queue when the connection ends
 
 
-class AsyncProcessConnection:
+class AsyncProcessConnection(WorkerConnection):
     """Calls to one worker process from one event loop."""
 
+    _calls: dict[int, asyncio.Queue[dict[str, Any]]]  # replies for each call in flight
+
     def __init__(self, worker: WorkerHandle) -> None:
-        self.pod = worker.pod_name
-        self.worker = worker
-        self.proto = CallProtocol(self.pod, worker.codec, worker)
+        super().__init__(worker)
         self._loop = asyncio.get_running_loop()
         self._reader = FrameReader(worker.read_fd)
-        self._pending: dict[int, asyncio.Queue[dict[str, Any]]] = {}
-        self._broken: PodError | None = None
         self._dying = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._out = bytearray()
         self._out_done: asyncio.Future[None] | None = None
         self._pidfd = open_pidfd(worker.pid)
-        self.description: list[dict[str, Any]] = []
-        self.hello: dict[str, Any] = {}
         os.set_blocking(worker.read_fd, False)
         os.set_blocking(worker.write_fd, False)
-        self._pending[0] = asyncio.Queue()
+        self._calls[0] = asyncio.Queue()
         self._loop.add_reader(worker.read_fd, self._on_readable)
         if self._pidfd is not None:
             self._loop.add_reader(self._pidfd, self._on_exit)
@@ -74,28 +70,14 @@ class AsyncProcessConnection:
     async def start(self, timeout: float | None = DEFAULT_START_TIMEOUT) -> None:
         """Wait for the worker's hello (its functions, or why importing pod.py failed); clean up on failure."""
         try:
-            hello = await self._next(0, timeout, START)
-            self.description = check_hello(self.pod, hello)
-            encoding = self.proto.choose_encoding(hello)  # codec: fast1 negotiation (docs/encoding.md)
-            if encoding is not None:
+            encoding = self._started(await self._next(0, timeout, START))
+            if encoding is not None:  # codec: fast1 negotiation, before the first call (docs/encoding.md)
                 await self._write(encoding)
         except BaseException:
             await self.aclose(kill=True)
             raise
         finally:
-            self._pending.pop(0, None)
-        self.hello = hello
-
-    @property
-    def pid(self) -> int:
-        return self.worker.pid
-
-    @property
-    def broken(self) -> PodError | None:
-        return self._broken
-
-    def in_flight(self) -> int:
-        return len(self._pending)
+            self._calls.pop(0, None)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -127,7 +109,7 @@ class AsyncProcessConnection:
             except PodProtocolError as exc:
                 self._break(exc)
                 return
-            queue = self._pending.get(reply["id"])
+            queue = self._calls.get(reply["id"])
             if queue is not None:
                 queue.put_nowait(reply)
             # else: a reply to an abandoned call or a stray id: dropped.
@@ -170,7 +152,7 @@ class AsyncProcessConnection:
     def _fail(self, error: PodError) -> None:
         if self._broken is None:
             self._broken = error
-        for queue in self._pending.values():
+        for queue in self._calls.values():
             queue.put_nowait(_BROKEN)
         if self._out_done is not None and not self._out_done.done():
             self._out_done.set_exception(copy.copy(self._broken))
@@ -229,7 +211,7 @@ class AsyncProcessConnection:
     # -- calls ---------------------------------------------------------------------------------
 
     async def _next(self, call_id: int, timeout: float | None, name: str) -> dict[str, Any]:
-        queue = self._pending[call_id]
+        queue = self._calls[call_id]
         try:
             reply = await asyncio.wait_for(queue.get(), timeout)
         except asyncio.TimeoutError:
@@ -255,7 +237,7 @@ class AsyncProcessConnection:
             await self._write(registry)
         call_id = proto.next_id()
         data, big = proto.encode_call(call_id, name, args, kwargs)
-        self._pending[call_id] = asyncio.Queue()
+        self._calls[call_id] = asyncio.Queue()
         stream = False
         try:
             await self._write(data)
@@ -267,7 +249,7 @@ class AsyncProcessConnection:
         finally:
             big.discard()
             if not stream:
-                self._pending.pop(call_id, None)
+                self._calls.pop(call_id, None)
         if stream:
             return AsyncProcessStream(self, call_id, name, timeout)
         return outcome.value
@@ -292,45 +274,38 @@ class AsyncProcessStream(AsyncStream):
 
     def __init__(self, conn: AsyncProcessConnection, call_id: int, name: str, timeout: float | None) -> None:
         self._conn = conn
-        self._id = call_id
-        self._name = name
-        self._timeout = timeout
-        self._done = False
-        self._credit = StreamCredit()
+        self._cursor = StreamCursor(call_id, name, timeout)
 
     async def __anext__(self) -> Any:
-        if self._done:
+        conn, cursor = self._conn, self._cursor
+        if cursor.done:
             raise StopAsyncIteration
-        conn = self._conn
         try:
-            reply = await conn._next(self._id, self._timeout, self._name)
-            outcome = conn._checked(conn.proto.stream_item, self._name, reply)
+            reply = await conn._next(cursor.call_id, cursor.timeout, cursor.name)
+            more, item, grant = cursor.advance(conn._checked(conn.proto.stream_item, cursor.name, reply))
         except asyncio.CancelledError:
             self.close_soon()
             raise
         except BaseException:
-            self._finish()
+            cursor.done = True
+            conn._calls.pop(cursor.call_id, None)
             raise
-        if outcome.kind == Outcome.ITEM:
-            grant = self._credit.take(self._id)
-            if grant is not None:
-                conn.send_control(conn.proto.control(self._id, "more", grant["n"]))
-            return outcome.value
-        self._finish()
+        if grant is not None:
+            conn.send_control(grant)
+        if more:
+            return item
+        conn._calls.pop(cursor.call_id, None)
         raise StopAsyncIteration
 
-    def _finish(self) -> None:
-        self._done = True
-        self._conn._pending.pop(self._id, None)
-
     def close_soon(self) -> None:
-        """Cancel the generator in the pod without waiting (also from ``__del__``)."""
-        if self._done:
-            return
-        self._finish()
+        """Cancel the generator in the pod without waiting (also from ``__del__``, from any thread)."""
         conn = self._conn
+        cancel = self._cursor.cancel()
+        if cancel is None:
+            return
+        conn._calls.pop(self._cursor.call_id, None)
         if conn._broken is None and not conn._loop.is_closed():
-            conn._loop.call_soon_threadsafe(conn.send_control, conn.proto.control(self._id, "cancel"))
+            conn._loop.call_soon_threadsafe(conn.send_control, cancel)
 
     async def aclose(self) -> None:
         self.close_soon()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import PodClosedError, PodCrashedError, PodError, PodProtocolError, PodWorkerError
 from .._worker.framing import FrameError, FrameReader, PipeClosed
 from .base import Stream
-from .core import START, CallProtocol, Outcome, StreamCredit, after_death, check_hello
+from .core import START, Outcome, StreamCursor, WorkerConnection, after_death
 
 if TYPE_CHECKING:
     from .base import WorkerHandle
@@ -48,13 +48,13 @@ def open_pidfd(pid: int) -> int | None:
         return None
 
 
-class ProcessConnection:
+class ProcessConnection(WorkerConnection):
     """Calls to one worker process; any number of threads may use it at once."""
 
+    _calls: dict[int, collections.deque[dict[str, Any]]]  # replies for each call in flight
+
     def __init__(self, worker: WorkerHandle, start_timeout: float | None = DEFAULT_START_TIMEOUT) -> None:
-        self.pod = worker.pod_name
-        self.worker = worker
-        self.proto = CallProtocol(self.pod, worker.codec, worker)
+        super().__init__(worker)
         self._reader = FrameReader(worker.read_fd)
         os.set_blocking(worker.write_fd, False)
         self._pidfd = open_pidfd(worker.pid)
@@ -66,11 +66,7 @@ class ProcessConnection:
         self._cv = threading.Condition(threading.Lock())
         self._reading = False
         self._closed = False  # close() was called: the last reader releases the output pipe
-        self._inbox: dict[int, collections.deque[dict[str, Any]]] = {}
-        self._broken: PodError | None = None
         self._deferred: list[bytearray] = []  # controls from finalizers, sent with the next write
-        self.description: list[dict[str, Any]] = []
-        self.hello: dict[str, Any] = {}
         try:
             self._handshake(start_timeout)
         except BaseException:
@@ -80,28 +76,15 @@ class ProcessConnection:
     def _handshake(self, timeout: float | None) -> None:
         # 1. The worker speaks first: protocol version, pid, Python, and its functions (or why not).
         with self._cv:
-            self._inbox[0] = collections.deque()
+            self._calls[0] = collections.deque()
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             hello = self._receive(0, deadline, START, timeout)
         finally:
             self._abandon(0)
-        self.description = check_hello(self.pod, hello)
-        self.hello = hello
-        encoding = self.proto.choose_encoding(hello)  # codec: fast1 negotiation (docs/encoding.md)
-        if encoding is not None:
+        encoding = self._started(hello)
+        if encoding is not None:  # codec: fast1 negotiation, before the first call (docs/encoding.md)
             self._write(encoding, deadline, START, timeout)
-
-    @property
-    def pid(self) -> int:
-        return self.worker.pid
-
-    @property
-    def broken(self) -> PodError | None:
-        return self._broken
-
-    def in_flight(self) -> int:
-        return len(self._inbox)
 
     # -- calls ---------------------------------------------------------------------------------
 
@@ -113,7 +96,7 @@ class ProcessConnection:
         data, big = proto.encode_call(call_id, name, args, kwargs)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
-            self._inbox[call_id] = collections.deque()
+            self._calls[call_id] = collections.deque()
         stream = False
         try:
             if registry is not None:
@@ -199,14 +182,14 @@ class ProcessConnection:
 
     def _abandon(self, call_id: int) -> None:
         with self._cv:
-            self._inbox.pop(call_id, None)
+            self._calls.pop(call_id, None)
 
     def _receive(self, call_id: int, deadline: float | None, name: str, timeout: float | None) -> dict[str, Any]:
         """Wait for the next reply to *call_id*, reading the pipe ourselves if nobody else is."""
         cv = self._cv
         with cv:
             while True:
-                box = self._inbox.get(call_id)
+                box = self._calls.get(call_id)
                 if box:
                     return box.popleft()
                 if self._broken is not None:
@@ -227,7 +210,7 @@ class ProcessConnection:
             with cv:
                 self._reading = False
                 if self._closed:
-                    self.worker.release()
+                    self._release()
                 cv.notify_all()
 
     def _lead(self, call_id: int, deadline: float | None, name: str, timeout: float | None) -> dict[str, Any]:
@@ -249,11 +232,13 @@ class ProcessConnection:
             if reply_id == call_id:
                 return reply
             with self._cv:
-                box = self._inbox.get(reply_id)
+                box = self._calls.get(reply_id)
                 if box is not None:
                     box.append(reply)
                     self._cv.notify_all()
                 # else: a reply to an abandoned call (interrupted, closed stream) or a stray id: dropped.
+            if deadline is not None and time.monotonic() > deadline:
+                raise self._timed_out(name, timeout)  # a flood of other frames cannot stretch it
 
     def _wait_readable(self, deadline: float | None, name: str, timeout: float | None) -> None:
         """Block until bytes arrive and read them once; raise at the deadline or when the worker died."""
@@ -319,7 +304,11 @@ class ProcessConnection:
         with self._cv:
             self._closed = True
             if not self._reading:
-                self.worker.release()
+                self._release()
+
+    def _release(self) -> None:
+        """Close the output pipe and the pidfd; only when no thread can be polling them (hold ``_cv``)."""
+        self.worker.release()
         if self._pidfd is not None:
             try:
                 os.close(self._pidfd)
@@ -333,41 +322,33 @@ class ProcessStream(Stream):
 
     def __init__(self, conn: ProcessConnection, call_id: int, name: str, timeout: float | None) -> None:
         self._conn = conn
-        self._id = call_id
-        self._name = name
-        self._timeout = timeout
-        self._done = False
-        self._credit = StreamCredit()
+        self._cursor = StreamCursor(call_id, name, timeout)
 
     def __next__(self) -> Any:
-        if self._done:
+        conn, cursor = self._conn, self._cursor
+        if cursor.done:
             raise StopIteration
-        conn = self._conn
-        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        deadline = None if cursor.timeout is None else time.monotonic() + cursor.timeout
         try:
-            reply = conn._receive(self._id, deadline, self._name, self._timeout)
-            outcome = conn._checked(conn.proto.stream_item, self._name, reply)
+            reply = conn._receive(cursor.call_id, deadline, cursor.name, cursor.timeout)
+            more, item, grant = cursor.advance(conn._checked(conn.proto.stream_item, cursor.name, reply))
         except BaseException:
-            self._finish()
+            cursor.done = True
+            conn._abandon(cursor.call_id)
             raise
-        if outcome.kind == Outcome.ITEM:
-            grant = self._credit.take(self._id)
-            if grant is not None:
-                conn.send_control(conn.proto.control(self._id, "more", grant["n"]))
-            return outcome.value
-        self._finish()
+        if grant is not None:
+            conn.send_control(grant)
+        if more:
+            return item
+        conn._abandon(cursor.call_id)
         raise StopIteration
-
-    def _finish(self) -> None:
-        self._done = True
-        self._conn._abandon(self._id)
 
     def close(self, deferred: bool = False) -> None:
         """Stop the generator in the pod (it sees GeneratorExit); items still in transit are dropped."""
-        if self._done:
-            return
-        self._finish()
-        self._conn.send_control(self._conn.proto.control(self._id, "cancel"), deferred=deferred)
+        cancel = self._cursor.cancel()
+        if cancel is not None:
+            self._conn._abandon(self._cursor.call_id)
+            self._conn.send_control(cancel, deferred=deferred)
 
     def __del__(self) -> None:
         # From the garbage collector, possibly while this thread holds the write lock: never block.

@@ -64,6 +64,35 @@ class StreamCredit:
         return {"id": call_id, "op": "more", "n": granted}
 
 
+class StreamCursor:
+    """A stream's client-side state without I/O: its call, deadline, credit, and whether it ended."""
+
+    __slots__ = ("call_id", "credit", "done", "name", "timeout")
+
+    def __init__(self, call_id: int, name: str, timeout: float | None) -> None:
+        self.call_id = call_id
+        self.name = name
+        self.timeout = timeout
+        self.done = False
+        self.credit = StreamCredit()
+
+    def advance(self, outcome: Outcome) -> tuple[bool, Any, bytearray | None]:
+        """``(True, item, credit frame to send or None)`` for an item; ``(False, None, None)`` at the end."""
+        if outcome.kind != Outcome.ITEM:
+            self.done = True
+            return False, None, None
+        grant = self.credit.take(self.call_id)
+        frame = None if grant is None else CallProtocol.control(self.call_id, "more", grant["n"])
+        return True, outcome.value, frame
+
+    def cancel(self) -> bytearray | None:
+        """End the stream here; the ``cancel`` frame to send, or None if it had already ended."""
+        if self.done:
+            return None
+        self.done = True
+        return CallProtocol.control(self.call_id, "cancel")
+
+
 class Outcome:
     """What a reply means for its caller: a value, the start of a stream, or a stream item / end."""
 
@@ -213,6 +242,37 @@ class CallProtocol:
     def killed_error(self, name: str) -> PodWorkerError:
         """What other calls on a worker get when it was killed for one call's timeout (not a crash)."""
         return PodWorkerError(f"pod {self.pod!r}: worker killed after a call timed out ({name!r})")
+
+
+class WorkerConnection:
+    """What the sync and asyncio process connections share: worker, protocol core, hello, calls, end."""
+
+    def __init__(self, worker: WorkerHandle) -> None:
+        self.pod = worker.pod_name
+        self.worker = worker
+        self.proto = CallProtocol(self.pod, worker.codec, worker)
+        self._calls: dict[int, Any] = {}  # call id -> where its replies go (an inbox or a queue)
+        self._broken: PodError | None = None
+        self.description: list[dict[str, Any]] = []
+        self.hello: dict[str, Any] = {}
+
+    def _started(self, hello: dict[str, Any]) -> bytearray | None:
+        """Take the hello; return the ``encoding`` message the I/O layer must send before any call."""
+        self.description = check_hello(self.pod, hello)
+        self.hello = hello
+        return self.proto.choose_encoding(hello)
+
+    @property
+    def pid(self) -> int:
+        return self.worker.pid
+
+    @property
+    def broken(self) -> PodError | None:
+        """None while usable; else the error that ended this connection."""
+        return self._broken
+
+    def in_flight(self) -> int:
+        return len(self._calls)
 
 
 def check_hello(pod: str, hello: dict[str, Any]) -> list[dict[str, Any]]:

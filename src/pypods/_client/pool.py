@@ -37,7 +37,7 @@ class CrashBrake:
         self.pod = pod
         self._crashes: collections.deque[tuple[float, str]] = collections.deque(maxlen=CRASH_LIMIT)
 
-    def note(self, error: Exception | None) -> PodCrashLoopError | None:
+    def note(self, error: PodError | None) -> PodCrashLoopError | None:
         """Record a crash; return the error that stops restarting, or None to go on."""
         now = time.monotonic()
         first = str(error).split("\n", 1)[0] if error is not None else "died while idle"
@@ -101,6 +101,15 @@ class Slots(Generic[C]):
             return free, None
         return best, self._slots[best]
 
+    def _live(self, index: int) -> tuple[C | None, C | None]:
+        """Slot *index*'s connection if usable, else ``(None, the dead one to close or None)``."""
+        self._check_open()
+        conn = self._slots[index]
+        if conn is not None and conn.broken is None:
+            return conn, None
+        old = self._retire(index) if conn is not None else None
+        return None, old
+
     def _retire(self, index: int) -> C | None:
         """Take a dead connection out of slot *index* (the caller closes it); a crash feeds the brake."""
         conn = self._slots[index]
@@ -112,6 +121,7 @@ class Slots(Generic[C]):
         return conn
 
     def _install(self, index: int, conn: C) -> C:
+        self._last_used = time.monotonic()  # a worker just started is not idle yet
         self._slots[index] = conn
         if self.description is None:
             self.description = conn.description
@@ -167,20 +177,19 @@ class WorkerPool(Slots[Connection]):
     def _ensure(self, index: int) -> Connection:
         """The live connection in slot *index*, starting or replacing it."""
         with self._lock:
-            self._check_open()
-            conn = self._slots[index]
-            if conn is not None and conn.broken is None:
+            conn, old = self._live(index)
+            if conn is not None:
                 return conn
-            old = self._retire(index) if conn is not None else None
             if old is not None:
                 old.close(kill=True)
-            self._check_open()
+            self._check_open()  # the brake may have tripped on that one
             return self._install(index, self._spawn())
 
     def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         """Run *name* on the least busy worker; a worker found dead before the send is replaced once."""
         self._check_open()
-        index, conn = self._pick()
+        with self._lock:  # the idle reaper decides under the same lock, after this pick's _last_used
+            index, conn = self._pick()
         if conn is None:
             conn = self._ensure(index)
         try:
@@ -242,14 +251,12 @@ class AsyncWorkerPool(Slots[AsyncConnection]):
 
     async def _ensure(self, index: int) -> AsyncConnection:
         async with self._lock:
-            self._check_open()
-            conn = self._slots[index]
-            if conn is not None and conn.broken is None:
+            conn, old = self._live(index)
+            if conn is not None:
                 return conn
-            old = self._retire(index) if conn is not None else None
             if old is not None:
                 await old.aclose(kill=True)
-            self._check_open()
+            self._check_open()  # the brake may have tripped on that one
             return self._install(index, await self._spawn())
 
     async def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
