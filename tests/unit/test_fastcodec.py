@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+import pypods
 from pypods._worker import codec, fastcodec
 from pypods._worker.codec import EncodeError
 from pypods._worker.decoding import DecodeError, Decoder
@@ -227,3 +228,34 @@ def test_float_vectors_keep_every_bit() -> None:
     back_keyed = via_fast_reply(keyed)
     assert list(back_keyed) == list(keyed)
     assert all(math.isnan(x) if math.isnan(y) else x == y for x, y in zip(back_keyed.values(), keyed.values()))
+
+
+@pytest.mark.parametrize(
+    ("hello", "codec_name", "env", "chosen"),
+    [
+        ({"encodings": ["bson", "fast1"]}, "bson", None, "fast1"),
+        ({}, "bson", None, "bson"),  # a peer that does not negotiate gets BSON
+        ({"encodings": ["bson"]}, "bson", None, "bson"),
+        ({"encodings": "fast1"}, "bson", None, "bson"),  # malformed: ignored
+        ({"encodings": ["bson", "fast1"]}, "pickle", None, "pickle"),
+        ({"encodings": ["bson", "fast1"]}, "bson", "bson", "bson"),
+    ],
+)
+def test_the_client_chooses_fast1_only_when_offered_and_allowed(
+    monkeypatch: pytest.MonkeyPatch, hello: dict[str, Any], codec_name: str, env: str | None, chosen: str
+) -> None:
+    from pypods._client.core import CallProtocol
+
+    if env is not None:
+        monkeypatch.setenv("PYPODS_ENCODING", env)
+    proto = CallProtocol("p", codec_name)
+    frame = proto.choose_encoding(hello)
+    if chosen == "fast1":
+        assert frame is not None
+        assert codec.decode(bytes(frame)) == {"id": 0, "op": "encoding", "name": "fast1"}
+        assert b"\x05a\x00" in proto.encode_call(1, "f", (1,), {})[0]
+    else:
+        assert frame is None
+        assert b"\x05a\x00" not in proto.encode_call(1, "f", (1,), {})[0]
+        with pytest.raises(pypods.PodProtocolError, match="fast1"):
+            proto.value_of(reply_with(j="[1]"), "value")
