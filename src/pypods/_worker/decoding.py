@@ -231,8 +231,10 @@ def _decode_enum(payload: Any, fields: Dict[str, Any]) -> Any:
         if member is None:
             raise DecodeError("enum %s has no member %r" % (fields.get("c"), payload))
         return member
-    # A combination of flags (re.I | re.M) crosses as its int value; only Flag classes take one.
-    if type(payload) is int and issubclass(cls, enum.Flag) and payload.bit_length() <= MAX_FLAG_BITS:
+    # A combination of flags (re.I | re.M) crosses as its int value; only Flag classes take one, and
+    # only through enum's own metaclass (a custom one could run code on call).
+    flag = issubclass(cls, enum.Flag) and type(cls) is type(enum.Flag)
+    if type(payload) is int and flag and payload.bit_length() <= MAX_FLAG_BITS:
         return cls(payload)
     raise DecodeError("bad value for enum %s" % fields.get("c"))
 
