@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import fractions
 import os
+import re
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -40,6 +42,10 @@ def slow_then_size(seconds, value):
 
 def pid():
     return os.getpid()
+
+def replies_fast():
+    import gc
+    return [obj.fast for obj in gc.get_objects() if type(obj).__name__ == "Worker"] == [True]
 """
 
 
@@ -51,12 +57,17 @@ def segments(pid: int | None = None) -> list[str]:
     return [name for name in os.listdir(SHM_DIR) if name.startswith(prefix)]
 
 
-@pytest.fixture(scope="module")
-def echo_pod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pypods.Pod]:
+@pytest.fixture(scope="module", params=["fast1", "bson"])
+def echo_pod(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[pypods.Pod]:
+    """The echo pod, once per value encoding (the worker starts now, while PYPODS_ENCODING says which)."""
     root = tmp_path_factory.mktemp("values")
     (root / "pods" / "echo").mkdir(parents=True)
     (root / "pods" / "echo" / "pod.py").write_text(ECHO)
-    with pypods.load("echo", root=root) as pod:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYPODS_ENCODING", request.param)
+        pod = pypods.load("echo", root=root, start="eager")
+        assert pod.replies_fast() is (request.param == "fast1")
+    with pod:
         yield pod
 
 
@@ -160,3 +171,63 @@ def test_numpy_arrays_through_a_pod_that_has_numpy(make_pod, root: Path) -> None
         assert back.flags.writeable
         assert pod.echo(np.float32(2.5)) == np.float32(2.5)
     assert segments() == [] or all(not name.startswith(f"pypods-{os.getpid()}-") for name in segments())
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        10**5000,
+        -(10**6000),
+        [2**64, {"n": -(2**100)}],
+        re.IGNORECASE | re.MULTILINE,
+        [re.I | re.S, re.X],
+        datetime.time(1, 30, fold=1),
+        [datetime.time(23, 59, 59, 999999, fold=1)],
+    ],
+    ids=lambda v: type(v).__name__,
+)
+def test_exact_values_cross_both_ways(echo_pod: pypods.Pod, value: Any) -> None:
+    back = echo_pod.echo(value)
+    assert same(back, value)
+    if isinstance(value, datetime.time):
+        assert back.fold == value.fold
+
+
+def test_unencodable_results_are_serialization_errors_and_the_worker_lives(make_pod, root: Path) -> None:
+    make_pod(
+        "bad_results",
+        """
+        import os
+
+        class BadStr(Exception):
+            def __str__(self):
+                raise RuntimeError("no")
+
+        def deep(n):
+            value = []
+            for _ in range(n):
+                value = [value]
+            return value
+
+        def huge_int():
+            return 10**5000
+
+        def bad_exception():
+            return [BadStr("x")]
+
+        def unsendable():
+            return [1, object()]
+
+        def pid():
+            return os.getpid()
+        """,
+    )
+    with pypods.load("bad_results", root=root) as pod:
+        pid = pod.pid()
+        assert pod.huge_int() == 10**5000
+        with pytest.raises(pypods.PodSerializationError):
+            pod.deep(5000)
+        with pytest.raises(pypods.PodSerializationError, match="cannot send object"):
+            pod.unsendable()
+        assert type(pod.bad_exception()[0]).__name__ in ("Exception", "BadStr")
+        assert pod.pid() == pid  # the same worker: nothing above killed it

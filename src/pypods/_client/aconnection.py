@@ -70,7 +70,9 @@ class AsyncProcessConnection(WorkerConnection):
     async def start(self, timeout: float | None = DEFAULT_START_TIMEOUT) -> None:
         """Wait for the worker's hello (its functions, or why importing pod.py failed); clean up on failure."""
         try:
-            self._started(await self._next(0, timeout, START))
+            encoding = self._started(await self._next(0, timeout, START))
+            if encoding is not None:  # codec: fast1 negotiation, before the first call (docs/encoding.md)
+                await self._write(encoding)
         except BaseException:
             await self.aclose(kill=True)
             raise

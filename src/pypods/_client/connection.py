@@ -82,7 +82,9 @@ class ProcessConnection(WorkerConnection):
             hello = self._receive(0, deadline, START, timeout)
         finally:
             self._abandon(0)
-        self._started(hello)
+        encoding = self._started(hello)
+        if encoding is not None:  # codec: fast1 negotiation, before the first call (docs/encoding.md)
+            self._write(encoding, deadline, START, timeout)
 
     # -- calls ---------------------------------------------------------------------------------
 

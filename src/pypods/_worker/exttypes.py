@@ -86,6 +86,8 @@ def _encode_ndarray(enc: Any, out: bytearray, key: bytes, obj: Any) -> None:
 def _decode_ndarray(payload: Any, fields: Dict[str, Any], dec: Any) -> Any:
     np = _require("numpy", "numpy array")
     dtype = np.lib.format.descr_to_dtype(_lists_to_tuples(fields["d"]))
+    if dtype.hasobject:
+        raise ValueError("numpy dtype %s holds Python objects: refused" % dtype)
     if isinstance(payload, (bytes, bytearray)):
         payload = bytearray(payload)  # a writable buffer, as a locally made array would be
     flat = np.frombuffer(payload, dtype=dtype)
@@ -120,9 +122,22 @@ def _encode_pandas(enc: Any, out: bytearray, key: bytes, obj: Any) -> None:
 
 
 def _decode_pandas(payload: Any, fields: Dict[str, Any], dec: Any) -> Any:
+    from . import arrowguard
+
     _require("pandas", "pandas object")
     pa = _require("pyarrow", "pandas object")
-    frame = pa.ipc.open_stream(pa.py_buffer(bytes(payload))).read_all().to_pandas()
+    if not arrowguard.pyarrow_ok(pa.__version__):
+        raise MissingLibrary(
+            "cannot receive a pandas object: pyarrow %s is older than %s (CVE-2023-47248)"
+            % (pa.__version__, ".".join(map(str, arrowguard.MIN_PYARROW))),
+            name="pyarrow",
+        )
+    if not isinstance(payload, (bytes, bytearray)):
+        raise ValueError("pandas payload is not binary")
+    arrowguard.check_stream(payload)
+    table = pa.ipc.open_stream(pa.py_buffer(bytes(payload))).read_all()
+    arrowguard.check_table(pa, table, len(payload))
+    frame = table.to_pandas()
     if fields.get("series"):
         series = frame.iloc[:, 0]
         return series.rename(None) if series.name == "__series__" else series

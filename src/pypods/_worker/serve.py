@@ -17,7 +17,7 @@ import time
 import types
 from typing import Any, Callable, Deque, Dict, List, Optional, Set
 
-from . import messages
+from . import fastcodec, messages
 from .codec import Encoder, register
 from .decoding import DecodeError, Decoder
 from .exttypes import MissingLibrary, OutOfBand
@@ -157,6 +157,7 @@ class Worker:
         self.import_error: Optional[Dict[str, Any]] = None
         self.busy = False  # True only while pod code runs: the one time a Ctrl-C may interrupt
         self.cancelled: Set[int] = set()  # ids the client cancelled before we started them
+        self.fast = False  # the client chose the fast1 encoding for replies (fastcodec.py)
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         """The client passes Ctrl-C on: interrupt the pod function, never the protocol itself."""
@@ -171,8 +172,12 @@ class Worker:
         """
         sent = True
         try:
-            if fast:  # a plain result: {"id", "ok": true, "value"}
+            if fast and self.fast:  # fast1: JSON or packed floats when exact, else BSON
+                data = fastcodec.encode_reply(self.big, message["id"], message["value"])
+            elif fast:  # a plain result: {"id", "ok": true, "value"}
                 data = Encoder(self.big).reply(message["id"], message["value"])
+            elif self.fast and "yield" in message and "p" not in message:
+                data = fastcodec.encode_reply(self.big, message["id"], message["yield"], "yield")
             else:
                 data = Encoder(self.big).document(message)
         except Exception as exc:  # EncodeError, or any failure of a value's own methods
@@ -207,6 +212,7 @@ class Worker:
             "pid": os.getpid(),
             "python": list(sys.version_info[:3]),
             "executable": sys.executable,
+            "encodings": fastcodec.ENCODINGS,
         }
         if self.import_error is not None:
             message["error"] = self.import_error
@@ -262,6 +268,8 @@ class Worker:
                 self.hello()
             elif op == "register":
                 self.register(request.get("classes") or [])
+            elif op == "encoding":
+                self.fast = request.get("name") == fastcodec.NAME
             elif op == "shutdown":
                 return
 
@@ -362,7 +370,12 @@ class Worker:
                 return
             if function is None:
                 raise AttributeError("no function %r in this pod (it offers: %s)" % (name, ", ".join(self.functions)))
-            args, kwargs = request.get("args", ()), request.get("kwargs", {})
+            try:
+                args, kwargs = fastcodec.decode_request(request, self.decoder)
+            except (DecodeError, MissingLibrary) as exc:  # the arguments cannot be received here
+                self.big.discard()
+                self.send({"id": call_id, "ok": False, "error": messages.error_info(exc, "decode")})
+                return
             if "p" in request:
                 if not self.pickle:
                     raise PermissionError("pod %r does not accept pickled arguments (codec is bson)" % self.pod_name)
