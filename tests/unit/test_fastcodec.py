@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import pypods
-from pypods._worker import codec, fastcodec
+from pypods._worker import codec, fastcodec, sharedmem
 from pypods._worker.codec import EncodeError
 from pypods._worker.decoding import DecodeError, Decoder
 from pypods._worker.exttypes import OutOfBand
@@ -155,22 +155,33 @@ def test_fast_request_refuses_like_bson_and_names_the_place() -> None:
 
 
 def test_fast_request_sends_big_top_level_buffers_out_of_band() -> None:
-    big = OutOfBand(threshold=1024)
+    pair = sharedmem.open_pair()
+    if pair is None:
+        pytest.skip("no memfd here")
+    sender, theirs = pair
+    big = OutOfBand(1024, sender)
     try:
         frame = fastcodec.encode_request(big, 1, "f", (b"x" * 4096,), {})
         assert len(frame) < 1024
         assert b"\x02$t\x00\x04\x00\x00\x00shm\x00" in frame
     finally:
         big.discard()
+        sender.close()
+        theirs.close()
 
 
 def test_big_nested_buffers_and_float_vectors_go_out_of_band() -> None:
-    big = OutOfBand(threshold=1024)
+    pair = sharedmem.open_pair()
+    if pair is None:
+        pytest.skip("no memfd here")
+    sender, theirs = pair
+    receiver = sharedmem.FdChannel(theirs)
+    big = OutOfBand(1024, sender)
     try:
         nested = ({"blobs": [b"y" * 8192, bytearray(b"z" * 4096)]},)
         frame = fastcodec.encode_request(big, 1, "f", nested, {})
         assert len(frame) < 1024  # the pickle itself went out of band
-        decoder = Decoder(big)
+        decoder = Decoder(OutOfBand(channel=receiver))
         args, kwargs = fastcodec.decode_request(decoder.document(bytes(frame)), decoder)
         assert same(args, nested)
         assert kwargs == {}
@@ -180,6 +191,8 @@ def test_big_nested_buffers_and_float_vectors_go_out_of_band() -> None:
         assert fastcodec.reply_value(decoder.document(bytes(reply)), "value") == floats
     finally:
         big.discard()
+        sender.close()
+        receiver.close()
 
 
 class Boom:
