@@ -1,31 +1,47 @@
-"""The Ray backend: a pod's workers are Ray actors whose ``runtime_env`` is built from the pod.
+"""The Ray backend: each worker of a pod is a Ray actor (``RayConnection``), served by the one pool.
 
-The pod's code (its folder without ``venv/`` and ``.pypods/``) travels with the actor's constructor
-and is written to a temporary project on the worker node, so ``pods.<name>.pod`` and the pod's own
-modules import as they do locally (Ray uploads local ``working_dir`` folders only for a whole job,
-not per actor); its locked (or listed)
-requirements become the ``pip`` field, index options its ``pip_install_options``, and ``pod.toml``'s
-``env`` its ``env_vars``. Ray is imported only here, and only when a pod asks for this backend.
+A ``RayConnection`` is one actor created with the pod's ``runtime_env`` (its requirements as ``pip``,
+``pod.toml``'s ``env`` as ``env_vars``; see ``rayship``) and given the pod's code files, which it
+stages in a temporary project (Ray uploads local ``working_dir`` folders only for a whole job, not
+per actor). Calls and replies cross as ``bytes`` encoded with our codec, so the client never
+unpickles anything a pod produced. Ray is imported only here, and only for ``backend="ray"``.
 Ray layers the pip packages over the cluster's base environment, so isolation from the client's
 packages is weaker than with a local pod.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
-import tempfile
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
-from .._env.builders import requirement_lines
-from .._errors import PodBuildError, PodClosedError, PodCrashedError, PodTimeoutError
-from .base import Stream, error_from_reply
+from .._errors import (
+    PodBuildError,
+    PodClosedError,
+    PodCrashedError,
+    PodError,
+    PodProtocolError,
+    PodSerializationError,
+    PodTimeoutError,
+)
+from .._worker import messages
+from .._worker.codec import Encoder
+from .._worker.decoding import Decoder
+from . import rayactor, rayship
+from .base import Stream, check_hello, error_from_reply
+from .pool import WorkerPool
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable
 
     from .._env.layout import PodLayout, PodSettings
+
+BACKEND = "ray"
+START_TIMEOUT = 300.0  # a first start may build the pod's pip environment on the node
+STREAM_WINDOW = 64  # items an actor's generator may run ahead of the consumer (as a local worker's)
 
 
 def _ray() -> Any:
@@ -36,238 +52,255 @@ def _ray() -> Any:
     return ray
 
 
-class PodActor:
-    """Runs inside a Ray worker: imports the pod from the staged working_dir and serves calls."""
-
-    def __init__(self, pod_name: str, files: dict[str, bytes]) -> None:
-        import importlib
-
-        from .._worker.serve import exported
-
-        project = tempfile.mkdtemp(prefix=f"pypods-ray-{pod_name}-")
-        self.pod_dir = os.path.join(project, "pods", pod_name)
-        for relative, data in files.items():
-            target = os.path.join(self.pod_dir, relative)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(target, "wb") as handle:
-                handle.write(data)
-        sys.path.insert(0, project)
-        self.error: dict[str, Any] | None = None
-        self.functions: dict[str, Any] = {}
-        try:
-            self.functions = exported(importlib.import_module(f"pods.{pod_name}.pod"), self.pod_dir)
-        except Exception as exc:  # reported by describe(), like a local worker's hello
-            from .._worker.messages import error_info
-
-            self.error = error_info(exc, "import")
-
-    def describe(self) -> dict[str, Any]:
-        from .._worker.messages import describe
-
-        if self.error is not None:
-            return {"error": self.error}
-        return {"functions": [describe(name, fn) for name, fn in self.functions.items()], "pid": os.getpid()}
-
-    def call(self, name: str, args: Any, kwargs: Any) -> tuple[str, Any]:
-        from .._worker.messages import error_info
-
-        function = self.functions.get(name)
-        try:
-            if function is None:
-                raise AttributeError(f"pod has no function {name!r}")
-            return ("ok", function(*args, **kwargs))
-        except Exception as exc:
-            return ("error", error_info(exc, "remote"))
-
-    def stream(self, name: str, args: Any, kwargs: Any) -> Iterator[tuple[str, Any]]:
-        from .._worker.messages import error_info
-
-        try:
-            for item in self.functions[name](*args, **kwargs):
-                yield ("item", item)
-        except Exception as exc:
-            yield ("error", error_info(exc, "remote"))
-
-    def pid(self) -> int:
-        return os.getpid()
+def refuse(pod: str, option: str, value: Any, why: str) -> PodBuildError:
+    """The error for an option the Ray backend cannot honour, naming the option and the backend."""
+    return PodBuildError(f"pod {pod!r}: option {option}={value!r} is not supported by backend {BACKEND!r}: {why}")
 
 
-def runtime_env(layout: PodLayout, settings: PodSettings) -> dict[str, Any]:
-    """The Ray ``runtime_env`` of a pod: staged code, its requirements and its environment variables."""
-    source = layout.lock if layout.lock.exists() else layout.requirements
-    lines = requirement_lines(source.read_text(encoding="utf-8")) if source.exists() else []
-    packages, options = [], []
-    for line in lines:
-        if not line.startswith("-"):
-            packages.append(line)
-            continue
-        flag, _, value = line.replace("=", " ", 1).partition(" ")
-        value = value.strip()
-        if flag in ("--find-links", "-f") and value and "://" not in value and not os.path.isabs(value):
-            value = str((layout.pod_dir / value).resolve())
-        options += [flag, value] if value else [flag]
-    env: dict[str, Any] = {"env_vars": dict(settings.env)}
-    if packages:
-        env["pip"] = {"packages": packages, "pip_check": False}
-        if options:
-            env["pip"]["pip_install_options"] = options
-    return env
+def check_options(pod: str, settings: PodSettings) -> None:
+    """Refuse, at load, every option the Ray backend would otherwise ignore.
+
+    Honoured: ``workers``, ``timeout``, ``start``, ``idle_timeout`` (the pool), ``start_timeout``
+    (the actor's hello), ``env`` (``env_vars``), ``codec`` (replies are encoded in the actor),
+    ``address``, and ``python`` when it names the cluster's Python.
+
+    Raises:
+        PodBuildError: ``python`` names another Python than the cluster's, or ``log="logging"``.
+    """
+    cluster = ".".join(map(str, sys.version_info[:2]))
+    python = settings.python
+    if python is not None and python.strip() not in (cluster, sys.executable) and not python.startswith(cluster + "."):
+        raise refuse(
+            pod, "python", python, f"pods run on the cluster's Python ({cluster}); remove it or use backend 'local'"
+        )
+    if settings.log != "stderr":
+        raise refuse(
+            pod, "log", settings.log, "an actor's output goes to Ray's logs (and the driver's console), not to pypods"
+        )
 
 
-def pod_files(layout: PodLayout) -> dict[str, bytes]:
-    """The pod's own files (not its venv, state or caches), by path relative to its folder."""
-    files = {}
-    for path in sorted(layout.pod_dir.rglob("*")):
-        relative = path.relative_to(layout.pod_dir)
-        if path.is_file() and not {"venv", ".pypods", "__pycache__"} & set(relative.parts):
-            files[str(relative)] = path.read_bytes()
-    return files
+class RayConnection:
+    """One Ray actor serving one pod: calls, streams, deadlines, and the errors of a local worker.
 
+    Raises (from the constructor):
+        PodBuildError: the actor or its runtime_env could not be created.
+        PodTimeoutError: the actor did not answer its hello within *start_timeout* seconds.
+        PodRemoteError: importing the pod's ``pod.py`` failed in the actor.
+    """
 
-class RayPool:
-    """``workers`` Ray actors for one pod: least-busy dispatch, dead actors replaced, timeouts enforced."""
-
-    def __init__(self, layout: PodLayout, settings: PodSettings) -> None:
+    def __init__(self, ray: Any, actor_class: Any, layout: PodLayout, settings: PodSettings, start_timeout: float):
         self.pod = layout.name
-        self.ray = _ray()
-        if not self.ray.is_initialized():
-            address = settings.address or os.environ.get("RAY_ADDRESS")
-            self.ray.init(address=address, include_dashboard=False, ignore_reinit_error=True)
-        if settings.python is not None:
-            cluster = ".".join(map(str, sys.version_info[:2]))
-            if settings.python.strip() not in (cluster, sys.executable) and not settings.python.startswith(
-                cluster + "."
-            ):
-                raise PodBuildError(
-                    f"pod {self.pod!r}: backend 'ray' runs pods on the cluster's Python ({cluster}); "
-                    f"python = {settings.python!r} cannot be honoured. Remove it or use the local backend."
-                )
-        self._env = runtime_env(layout, settings)
-        self._files = self.ray.put(pod_files(layout))
-        self._actor_class = self.ray.remote(PodActor)
+        self.ray = ray
+        self.codec = settings.codec
         self._lock = threading.Lock()
-        self._closed: str | None = None
-        self._actors: list[Any] = [None] * settings.workers
-        self._busy = [0] * settings.workers
-        self.description: list[dict[str, Any]] | None = None
+        self._in_flight = 0
+        self._ids = itertools.count(1)
+        self.broken: PodError | None = None
+        self.hello: dict[str, Any] = {}
+        files = rayship.pod_files(layout)
+        self.actor = actor_class.options(
+            runtime_env=rayship.runtime_env(layout, settings), scheduling_strategy="SPREAD", max_restarts=0
+        ).remote(self.pod, files, settings.codec)
+        try:
+            self.hello = self._decode(self._get(self.actor.hello.remote(), start_timeout, "(start)"))
+            self.description = check_hello(self.pod, self.hello)
+        except BaseException as exc:
+            self.close(kill=True)
+            if isinstance(exc, PodCrashedError):
+                raise PodBuildError(f"pod {self.pod!r}: its Ray actor could not start: {exc}") from exc
+            raise
+        self.pid: int = int(self.hello.get("pid") or 0)
+        self._generators = {info["name"] for info in self.description if info.get("generator")}
+
+    def in_flight(self) -> int:
+        return self._in_flight
 
     @property
-    def size(self) -> int:
-        return len(self._actors)
+    def worker(self) -> RayConnection:  # what WorkerPool asks of a connection (until the one pool lands)
+        return self
 
-    def _spawn(self) -> Any:
-        actor = self._actor_class.options(runtime_env=self._env, max_concurrency=1).remote(self.pod, self._files)
+    def alive(self) -> bool:
+        return self.broken is None
+
+    def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
+        """Run *name* on the actor: its value, or a ``RayStream`` for a generator function.
+
+        Raises:
+            PodRemoteError: the function raised.
+            PodSerializationError: an argument or the result cannot cross.
+            PodTimeoutError: no answer within *timeout*; the actor was killed.
+            PodCrashedError: the actor died (or was already dead).
+            PodProtocolError: the actor sent something that is not a message of ours.
+        """
+        if self.broken is not None:
+            raise PodCrashedError(f"pod {self.pod!r}: its Ray actor is gone: {self.broken}")
+        request = self._encode(name, args, kwargs)
+        if name in self._generators:
+            refs = self.actor.stream.options(
+                num_returns="streaming",
+                concurrency_group="streams",
+                _generator_backpressure_num_objects=STREAM_WINDOW,
+            ).remote(request)
+            return RayStream(self, refs, name, timeout)
+        with self._lock:
+            self._in_flight += 1
         try:
-            info = self.ray.get(actor.describe.remote())
+            reply = self._decode(self._get(self.actor.call.remote(request), timeout, name))
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+        if reply.get("ok"):
+            return reply_value(reply, "value")
+        raise error_from_reply(self.pod, name, reply.get("error"))
+
+    def _encode(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        call_id = next(self._ids)
+        try:
+            if self.codec != "pickle":
+                return bytes(Encoder().request(call_id, name, args, kwargs))
+            packed = messages.pack_pickle((args, kwargs))
+            return bytes(Encoder().document({"id": call_id, "op": "call", "name": name, **packed}))
         except Exception as exc:
-            self.ray.kill(actor)
-            raise PodBuildError(f"pod {self.pod!r}: the Ray actor could not start: {exc}") from exc
-        if "error" in info:
-            self.ray.kill(actor)
-            raise error_from_reply(self.pod, None, info["error"])
-        if self.description is None:
-            self.description = info["functions"]
-        return actor
+            raise PodSerializationError(f"pod {self.pod!r}, function {name!r}: {exc}") from exc
 
-    def start(self, count: int | None = None) -> None:
-        with self._lock:
-            for index in range(count if count is not None else len(self._actors)):
-                if self._actors[index] is None:
-                    self._actors[index] = self._spawn()
-
-    def pids(self) -> list[int]:
-        return [self.ray.get(actor.pid.remote()) for actor in self._actors if actor is not None]
-
-    def _pick(self) -> int:
-        with self._lock:
-            if self._closed is not None:
-                raise PodClosedError(self._closed)
-            index = min(range(len(self._actors)), key=lambda i: (self._busy[i], self._actors[i] is None))
-            if self._actors[index] is None:
-                self._actors[index] = self._spawn()
-            self._busy[index] += 1
-            return index
-
-    def _replace(self, index: int, actor: Any) -> None:
-        with self._lock:
-            if self._actors[index] is actor:
-                self._actors[index] = None
+    def _get(self, ref: Any, timeout: float | None, what: str) -> Any:
+        """Wait for one reply object; map Ray's failures to ours (the one place that does)."""
+        errors = self.ray.exceptions
         try:
-            self.ray.kill(actor)
+            return self.ray.get(ref, timeout=timeout)
+        except errors.GetTimeoutError:
+            self._break(PodTimeoutError(f"pod {self.pod!r}, function {what!r}: no answer within {timeout}s"))
+            raise PodTimeoutError(
+                f"pod {self.pod!r}, function {what!r}: no answer within {timeout}s; its Ray actor was killed"
+            ) from None
+        except errors.RuntimeEnvSetupError as exc:
+            self._break(PodBuildError(str(exc)))
+            raise PodBuildError(f"pod {self.pod!r}: Ray could not build its runtime_env: {exc}") from exc
+        except (errors.RayActorError, errors.RayError) as exc:  # died, unreachable, cancelled, lost
+            self._break(PodCrashedError(str(exc)))
+            raise PodCrashedError(f"pod {self.pod!r}: its Ray actor died during {what!r}: {exc}") from exc
+        except KeyboardInterrupt:
+            try:
+                self.ray.cancel(ref)
+            except Exception:
+                pass
+            raise
+
+    def _decode(self, data: Any) -> dict[str, Any]:
+        """One reply message; anything else the actor sent breaks the connection (PodProtocolError)."""
+        try:
+            if not isinstance(data, bytes):
+                raise TypeError(f"a reply must be bytes, not {type(data).__name__}")
+            return Decoder().document(data)
+        except Exception as exc:
+            self._break(PodProtocolError(str(exc)))
+            raise PodProtocolError(f"pod {self.pod!r}: its Ray actor sent a malformed reply: {exc}") from exc
+
+    def _break(self, reason: PodError) -> None:
+        """Mark the connection broken and kill the actor (the pool replaces it)."""
+        if self.broken is None:
+            self.broken = reason
+        try:
+            self.ray.kill(self.actor, no_restart=True)
         except Exception:
             pass
 
-    def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
-        index = self._pick()
-        actor = self._actors[index]
-        generator = any(info["name"] == name and info.get("generator") for info in self.description or [])
+    def close(self, kill: bool = False) -> None:
+        """Stop the actor: gracefully (it removes its staged code and exits) unless *kill*. Never blocks."""
+        if self.broken is None:
+            self.broken = PodClosedError(f"pod {self.pod!r} was closed")
         try:
-            if generator:
-                refs = actor.stream.options(num_returns="streaming").remote(name, list(args), kwargs)
-                return RayStream(self, refs, name, timeout)
-            kind, value = self._get(actor.call.remote(name, list(args), kwargs), timeout, index, actor, name)
-        finally:
-            self._busy[index] -= 1
-        if kind == "ok":
-            return value
-        raise error_from_reply(self.pod, name, value)
+            if kill:
+                self.ray.kill(self.actor, no_restart=True)
+            else:
+                self.actor.exit.remote()
+        except Exception:
+            pass
 
-    def _get(self, ref: Any, timeout: float | None, index: int, actor: Any, name: str) -> Any:
-        exceptions = self.ray.exceptions
-        try:
-            return self.ray.get(ref, timeout=timeout)
-        except exceptions.GetTimeoutError:
-            self._replace(index, actor)
-            raise PodTimeoutError(
-                f"pod {self.pod!r}, function {name!r}: no answer within {timeout}s; the actor was killed"
-            ) from None
-        except exceptions.RayActorError as exc:
-            self._replace(index, actor)
-            raise PodCrashedError(f"pod {self.pod!r}: its Ray actor died during {name!r}: {exc}") from exc
 
-    def in_flight(self) -> int:
-        return sum(self._busy)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = f"pod {self.pod!r} was closed"
-            actors, self._actors = self._actors, [None] * len(self._actors)
-        for actor in actors:
-            if actor is not None:
-                try:
-                    self.ray.kill(actor)
-                except Exception:
-                    pass
+def reply_value(reply: dict[str, Any], key: str) -> Any:
+    """The value a reply carries (unpickled only for a pod the client's code loaded with codec="pickle")."""
+    if "p" in reply:
+        return messages.unpack_pickle(reply)
+    return reply.get(key)
 
 
 class RayStream(Stream):
-    """A pod generator on Ray (a streaming generator): items as the actor yields them."""
+    """A pod generator on Ray (a streaming generator): its items as the actor yields them."""
 
-    def __init__(self, pool: RayPool, refs: Any, name: str, timeout: float | None) -> None:
-        self._pool, self._refs, self._name, self._timeout = pool, refs, name, timeout
+    def __init__(self, conn: RayConnection, refs: Any, name: str, timeout: float | None) -> None:
+        self._conn, self._refs, self._name, self._timeout = conn, refs, name, timeout
         self._done = False
+        with conn._lock:
+            conn._in_flight += 1
 
     def __next__(self) -> Any:
         if self._done:
             raise StopIteration
         try:
-            ref = next(self._refs)
-            kind, value = self._pool.ray.get(ref, timeout=self._timeout)
-        except StopIteration:
-            self._done = True
+            reply = self._conn._decode(self._conn._get(self._next_ref(), self._timeout, self._name))
+        except BaseException:
+            self._finish()
             raise
-        except self._pool.ray.exceptions.RayActorError as exc:
-            self._done = True
-            raise PodCrashedError(f"pod {self._pool.pod!r}: its Ray actor died during {self._name!r}") from exc
-        if kind == "error":
-            self._done = True
-            raise error_from_reply(self._pool.pod, self._name, value)
-        return value
+        if "yield" in reply:
+            return reply_value(reply, "yield")
+        self._finish()
+        if reply.get("end"):
+            raise StopIteration
+        raise error_from_reply(self._conn.pod, self._name, reply.get("error"))
 
-    def close(self) -> None:
+    def _next_ref(self) -> Any:
+        """The next item's reference, waiting at most the call's timeout for the actor to yield it."""
+        began = time.monotonic()
+        try:
+            ref = self._refs._next_sync(timeout_s=self._timeout)
+        except StopIteration:
+            raise PodProtocolError(f"pod {self._conn.pod!r}: its Ray actor ended {self._name!r} without a word")
+        if ref.is_nil():
+            raise self._conn.ray.exceptions.GetTimeoutError(f"{time.monotonic() - began:.1f}s")
+        return ref
+
+    def _finish(self) -> None:
         if not self._done:
             self._done = True
-            try:
-                self._pool.ray.cancel(self._refs)
-            except Exception:
-                pass
+            with self._conn._lock:
+                self._conn._in_flight -= 1
+
+    def close(self) -> None:
+        """Stop the generator in the actor (Ray cancels it; its ``finally`` runs there)."""
+        if self._done:
+            return
+        self._finish()
+        try:
+            self._conn.ray.cancel(self._refs)
+        except Exception:
+            pass
+
+
+def open_ray(layout: PodLayout, settings: PodSettings) -> Callable[[], RayConnection]:
+    """Check the options, join the cluster and return the spawn factory of the pod's actors.
+
+    Raises:
+        PodBuildError: an option the Ray backend cannot honour (see ``check_options``).
+        ImportError: Ray is not installed.
+    """
+    check_options(layout.name, settings)
+    rayship.pod_files(layout)  # refuse a pod that ships too much at load, not at its first call
+    ray = _ray()
+    if not ray.is_initialized():
+        address = settings.address or os.environ.get("RAY_ADDRESS")
+        ray.init(address=address, include_dashboard=False, ignore_reinit_error=True)
+    actor_class = ray.remote(concurrency_groups=rayactor.CONCURRENCY_GROUPS)(rayactor.PodActor)
+    start_timeout = getattr(settings, "start_timeout", None) or START_TIMEOUT
+
+    def spawn() -> RayConnection:
+        return RayConnection(ray, actor_class, layout, settings, start_timeout)
+
+    return spawn
+
+
+class RayPool(WorkerPool):
+    """The pod's actors in the local worker pool (crash brake, idle stop), until the one pool lands."""
+
+    def __init__(self, layout: PodLayout, settings: PodSettings) -> None:
+        super().__init__(layout.name, open_ray(layout, settings), settings.workers, settings.idle_timeout)  # type: ignore[arg-type]
