@@ -1,4 +1,4 @@
-"""The Ray backend against a real local Ray (started here with 2 CPUs): same calls, actors as workers."""
+"""The Ray backend on a real two-node Ray cluster (one per session): same calls, actors as workers."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 import pypods
+from contracts.ray_backend import _stop_ray_cluster_at_session_end, ray_cluster  # noqa: F401
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
 ray = pytest.importorskip("ray")
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 
 VERSION_POD = """
 import os, time
@@ -43,13 +43,6 @@ def sleep(seconds):
     time.sleep(seconds)
     return os.getpid()
 """
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def _pod(make_pod, name: str, requirement: str | None) -> Path:

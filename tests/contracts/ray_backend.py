@@ -1,0 +1,215 @@
+"""The Ray backend for the contract suite: a real two-node Ray cluster on this machine, one per session.
+
+The cluster is two ``ray start --block`` processes started here (a head, then a second node joining
+it), each in its own process group, so calls cross two raylets the way they do on a real cluster.
+The client joins it through ``RAY_ADDRESS``. Stopping sends SIGTERM to the two ``ray start``
+processes (Ray's own shutdown then stops what they started) and kills their process groups after a
+grace period; this is targeted, unlike ``ray stop --force``, which would also stop any other Ray
+instance on the machine. The stop runs at the end of the session, at interpreter exit, and on
+SIGTERM/SIGINT of pytest.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+import pypods
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+OBJECT_STORE = 200 * 1024 * 1024  # bytes per node: small, this machine runs other suites too
+START_DEADLINE = 90.0  # seconds for a node to come up on a loaded 2-core machine
+
+
+# Both nodes and this client use Ray's token authentication with the user's token (~/.ray/auth_token,
+# made by the head if missing): Ray turns it on for a new head by default, but a joining node or
+# driver must be told with RAY_AUTH_MODE=token.
+NODE_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}
+
+
+def _refresh_ray_config() -> None:
+    """Make an already imported Ray read RAY_AUTH_MODE again (it reads its config at import)."""
+    if "ray" in sys.modules:
+        from ray._raylet import Config
+
+        Config.initialize("")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _ray_command() -> list[str]:
+    return [sys.executable, "-m", "ray.scripts.scripts"]
+
+
+class RayCluster:
+    """A head node and a second node of Ray on this machine, started and stopped by this process."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.folder = Path(tempfile.mkdtemp(prefix="pypods-raycluster-"))
+        self.nodes: list[subprocess.Popen[bytes]] = []
+        self._previous: dict[int, Any] = {}
+        self.environ = {"RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "token"}
+
+    def start(self) -> None:
+        """Start both nodes and point ``RAY_ADDRESS`` at the head; stop everything if a node fails."""
+        common = ["--num-cpus=1", f"--object-store-memory={OBJECT_STORE}", "--disable-usage-stats", "--block"]
+        head = [
+            "start",
+            "--head",
+            f"--port={self.port}",
+            "--node-ip-address=127.0.0.1",
+            "--include-dashboard=false",
+            f"--temp-dir={self.folder / 'ray'}",
+        ]
+        self._install_signal_handlers()
+        atexit.register(self.stop)
+        os.environ.update(self.environ)
+        try:
+            self._node("head", head + common)
+            self._node("second", ["start", f"--address={self.address}", "--node-ip-address=127.0.0.1", *common])
+            self._wait_for_nodes(2)
+        except BaseException:
+            self.stop()
+            raise
+        _refresh_ray_config()
+
+    def _node(self, name: str, args: list[str]) -> None:
+        log = self.folder / f"{name}.log"
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                [*_ray_command(), *args], stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=NODE_ENV
+            )
+        self.nodes.append(process)
+        deadline = time.monotonic() + START_DEADLINE
+        while b"will now block forever" not in log.read_bytes():
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"ray node {name!r} did not start (exit {process.poll()}):\n{tail}")
+            time.sleep(0.2)
+
+    def _wait_for_nodes(self, count: int) -> None:
+        """Wait until the head sees *count* live nodes (checked in a subprocess: no ray.init here)."""
+        probe = (
+            "import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False); "
+            "sys.exit(0 if sum(n['Alive'] for n in ray.nodes()) >= int(sys.argv[2]) else 1)"
+        )
+        deadline = time.monotonic() + START_DEADLINE
+        command = [sys.executable, "-c", probe, self.address, str(count)]
+        while subprocess.run(command, capture_output=True, timeout=60, env=NODE_ENV).returncode:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Ray cluster at {self.address} did not reach {count} nodes")
+            time.sleep(0.5)
+
+    def _install_signal_handlers(self) -> None:
+        """Ctrl-C or SIGTERM of pytest stops the cluster too, then does what it did before."""
+
+        def handler(signum: int, frame: Any) -> None:
+            self.stop()
+            previous = self._previous.get(signum)
+            if callable(previous):
+                previous(signum, frame)
+            elif signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            else:
+                sys.exit(128 + signum)
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: atexit still covers us
+                self._previous[signum] = signal.signal(signum, handler)
+
+    def stop(self) -> None:
+        """Disconnect this process, stop both nodes and remove the session folder (idempotent)."""
+        nodes, self.nodes = self.nodes, []
+        if not nodes:
+            return
+        with contextlib.suppress(Exception):
+            import ray
+
+            ray.shutdown()
+        for process in reversed(nodes):  # the second node first, then the head
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        for process in reversed(nodes):
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                pass
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)  # the group we made: raylet, GCS and their workers
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(5)
+        for key, value in self.environ.items():
+            if os.environ.get(key) == value:
+                del os.environ[key]
+        for signum, previous in self._previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(signum, previous)
+        self._previous.clear()
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_shared: RayCluster | None = None
+
+
+def shared_cluster() -> RayCluster:
+    """The session's cluster, started on first use (skips the test when Ray is not installed)."""
+    global _shared
+    pytest.importorskip("ray")
+    if _shared is None:
+        cluster = RayCluster()
+        cluster.start()
+        _shared = cluster
+    os.environ.update(_shared.environ)
+    return _shared
+
+
+def stop_shared_cluster() -> None:
+    global _shared
+    if _shared is not None:
+        _shared.stop()
+        _shared = None
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    """A two-node Ray cluster for the session (stopped at its end)."""
+    yield shared_cluster()
+    stop_shared_cluster()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_ray_cluster_at_session_end() -> Iterator[None]:
+    """Stop a cluster that ``make_ray_pod`` started on demand, before the stray-process check."""
+    yield
+    stop_shared_cluster()
+
+
+def make_ray_pod(make_pod: Callable[..., Path], name: str, **options: Any) -> pypods.Pod:
+    """Open pod *name* (made beforehand with *make_pod*) on the Ray backend of the session's cluster.
+
+    ``root`` may be given in *options*; else the pod is found through ``$PYPODS_ROOT`` or the
+    current directory, as for ``pypods.load``.
+    """
+    shared_cluster()
+    return pypods.load(name, backend="ray", **options)
