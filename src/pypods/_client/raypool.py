@@ -30,7 +30,7 @@ from .._errors import (
 from .._worker import messages
 from .._worker.codec import Encoder
 from .._worker.decoding import Decoder
-from . import rayactor, rayship
+from . import rayactor, rayobjects, rayship
 from .base import Stream, check_hello, error_from_reply
 from .pool import WorkerPool
 
@@ -167,7 +167,10 @@ class RayConnection:
         """Wait for one reply object; map Ray's failures to ours (the one place that does)."""
         errors = self.ray.exceptions
         try:
-            return self.ray.get(ref, timeout=timeout)
+            return rayobjects.read_raw(self.ray, ref, timeout)
+        except rayobjects.UnsafeObject as exc:
+            self._break(PodProtocolError(str(exc)))
+            raise PodProtocolError(f"pod {self.pod!r}: its Ray actor sent {exc}") from None
         except errors.GetTimeoutError:
             self._break(PodTimeoutError(f"pod {self.pod!r}, function {what!r}: no answer within {timeout}s"))
             raise PodTimeoutError(

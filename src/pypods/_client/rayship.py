@@ -7,17 +7,19 @@ keeps only regular files (a symlink only when its target is a regular file insid
 stops with ``PodBuildError`` before reading more than ``max_bytes`` in total.
 
 The ``.gitignore`` support is a documented subset of git's rules, read from the pod folder's own
-``.gitignore`` only (not nested ones, not the project's): blank lines and ``#`` comments are skipped;
-``*``, ``?`` and ``[...]`` are globs (``*`` also crosses ``/``, so ``**`` works as in git for the
-common cases); a trailing ``/`` matches folders only; a pattern with a ``/`` elsewhere is anchored at
-the pod folder, one without matches a name at any depth; ``!pattern`` re-includes, the last
-matching line wins. A file inside an ignored folder is ignored (the folder is not entered), as in git.
+``.gitignore`` only (not nested ones, not the project's): blank lines and ``#`` comments are
+skipped; ``*``, ``?`` and ``[...]`` match within one path part and ``**`` across parts, as in git;
+a trailing ``/`` matches folders only; a pattern with a ``/`` elsewhere is anchored at the pod
+folder, one without matches a name at any depth; ``!pattern`` re-includes, the last matching line
+wins. A file inside an ignored folder is ignored (the folder is not entered), as in git.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
+import re
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -42,6 +44,37 @@ class Rule(NamedTuple):
     negate: bool
     dir_only: bool
     anchored: bool
+
+    def matches(self, path: str) -> bool:
+        return _glob(self.pattern).fullmatch(path) is not None
+
+
+@functools.lru_cache(maxsize=256)
+def _glob(pattern: str) -> re.Pattern[str]:
+    """Git's glob as a regex: ``*``/``?``/``[...]`` stay inside one path part, ``**`` crosses parts."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 2 :]:
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1 : end]
+            out.append("[" + ("^" + body[1:] if body[:1] in "!^" else body).replace("\\", "\\\\") + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out), re.DOTALL)
 
 
 def parse_gitignore(text: str) -> list[Rule]:
@@ -70,7 +103,7 @@ def ignored(rules: list[Rule], relative: str, is_dir: bool) -> bool:
     for rule in rules:
         if rule.dir_only and not is_dir:
             continue
-        if fnmatch.fnmatchcase(relative if rule.anchored else name, rule.pattern):
+        if rule.matches(relative if rule.anchored else name):
             verdict = not rule.negate
     return verdict
 
