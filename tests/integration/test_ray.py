@@ -42,6 +42,14 @@ def pid():
 def sleep(seconds):
     time.sleep(seconds)
     return os.getpid()
+
+def here():
+    return os.path.dirname(os.path.abspath(__file__))
+
+def files():
+    top = here()
+    return sorted(os.path.relpath(os.path.join(d, f), top) for d, _, fs in os.walk(top) for f in fs
+                  if "__pycache__" not in d)
 """
 
 
@@ -78,11 +86,86 @@ def test_conflicting_requirements_local_modules_errors_and_streams(make_pod, roo
 def test_killed_actor_is_reported_and_replaced(make_pod, root: Path) -> None:
     _pod(make_pod, "fragile", None)
     with pypods.load("fragile", root=root, backend="ray") as pod:
-        victim = pod.pid()
+        victim, staged = pod.pid(), pod.here()
         threading.Timer(1.0, os.kill, (victim, signal.SIGKILL)).start()
         with pytest.raises(pypods.PodCrashedError):
             pod.sleep(60)
         assert pod.pid() != victim
+        assert not os.path.exists(staged)  # a killed actor cleans nothing: its successor swept it
+
+
+def test_only_code_ships_and_the_actor_removes_it(make_pod, root: Path, tmp_path: Path) -> None:
+    pod_dir = _pod(make_pod, "shipping", None)
+    secret = tmp_path / "client_secret.txt"
+    secret.write_text("not for the cluster")
+    for relative, text in {
+        ".env": "TOKEN=1",
+        ".git/config": "[core]",
+        "venv/bin/activate": "",
+        "data/big.csv": "1,2",
+        "notes.log": "",
+        "lib/__init__.py": "",
+        "lib/util.py": "u = 1",
+    }.items():
+        (pod_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+        (pod_dir / relative).write_text(text)
+    (pod_dir / ".gitignore").write_text("data/\n*.log\n")
+    (pod_dir / "secret.txt").symlink_to(secret)
+    with pypods.load("shipping", root=root, backend="ray") as pod:
+        staged = pod.here()
+        assert pod.files() == [
+            ".gitignore",
+            "helpers.py",
+            "lib/__init__.py",
+            "lib/util.py",
+            "pod.py",
+            "requirements.txt",
+        ]
+    deadline = time.monotonic() + 30
+    while os.path.exists(staged) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not os.path.exists(staged)
+
+
+HOSTILE_POD = """
+import os
+from pypods._client import rayactor
+
+class Planted:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):  # unpickling this would create a folder in the client
+        return (os.mkdir, (self.path,))
+
+def plant(path):
+    return Planted(path)
+
+def hijack(path):
+    rayactor.encoded = lambda message: Planted(path)  # the actor now returns a pickled object
+
+def pid():
+    return os.getpid()
+"""
+
+
+def test_nothing_a_pod_returns_is_unpickled_in_the_client(make_pod, root: Path, tmp_path: Path) -> None:
+    make_pod("hostile", HOSTILE_POD)
+    target = tmp_path / "planted"
+    with pypods.load("hostile", root=root, backend="ray") as pod:
+        with pytest.raises(pypods.PodSerializationError):
+            pod.plant(str(target))
+        victim = pod.pid()
+        with pytest.raises(pypods.PodProtocolError, match="instead of raw bytes"):
+            pod.hijack(str(target))
+        assert not target.exists()
+        assert pod.pid() != victim  # the subverted actor was replaced
+
+
+def test_options_the_ray_backend_cannot_honour_are_refused(make_pod, root: Path) -> None:
+    _pod(make_pod, "nolog", None)
+    with pytest.raises(pypods.PodBuildError, match=r"option log='logging' is not supported by backend 'ray'"):
+        pypods.load("nolog", root=root, backend="ray", log="logging")
 
 
 def test_timeout_and_two_actors(make_pod, root: Path) -> None:
@@ -103,5 +186,5 @@ def test_timeout_and_two_actors(make_pod, root: Path) -> None:
 
 def test_other_python_than_the_cluster_is_refused(make_pod, root: Path) -> None:
     _pod(make_pod, "py39", None)
-    with pytest.raises(pypods.PodBuildError, match="cluster's Python"):
+    with pytest.raises(pypods.PodBuildError, match=r"option python='3.7' .* backend 'ray'.*cluster's Python"):
         pypods.load("py39", root=root, backend="ray", python="3.7")
