@@ -29,6 +29,18 @@ def pythons() -> dict[str, str]:
     return found
 
 
+LONG_TIMEOUT = 300  # seconds for tests marked slow, network or ray (the default is 30: pyproject.toml)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give tests marked slow/network/ray a longer timeout, unless they set their own."""
+    for item in items:
+        if item.get_closest_marker("timeout") is None and any(
+            item.get_closest_marker(mark) for mark in ("slow", "network", "ray")
+        ):
+            item.add_marker(pytest.mark.timeout(LONG_TIMEOUT))
+
+
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     """No PYPODS_* setting from the developer's shell leaks into a test."""

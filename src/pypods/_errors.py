@@ -9,6 +9,7 @@
     ├── PodClosedError                        the pod was unloaded or closed
     └── PodWorkerError                        the worker failed the call; a retry may work
         ├── PodCrashedError                   the worker died (exit code or signal, last stderr)
+        ├── PodCrashLoopError                 workers kept dying; the pod stopped restarting them
         ├── PodTimeoutError(.., TimeoutError) the call passed its deadline; worker replaced
         └── PodProtocolError                  a bad frame or protocol version
 """
@@ -22,6 +23,7 @@ from typing import Any
 __all__ = [
     "PodBuildError",
     "PodClosedError",
+    "PodCrashLoopError",
     "PodCrashedError",
     "PodError",
     "PodProtocolError",
@@ -72,6 +74,11 @@ class PodRemoteError(PodError):
         self.remote_traceback = remote_traceback
         self.remote_mro = tuple(mro)
 
+    def __reduce__(self) -> Any:
+        # Rebuilt through remote_error_type, so the builtin-mixing subclass survives pickling
+        # (multiprocessing, ProcessPoolExecutor) and unpickles as itself.
+        return (_rebuild_remote_error, (self.remote_mro, self.args), self.__dict__)
+
     def __str__(self) -> str:
         text = str(self.args[0]) if self.args else ""
         if self.remote_traceback:
@@ -80,7 +87,11 @@ class PodRemoteError(PodError):
 
 
 class PodClosedError(PodError):
-    """The pod was unloaded or closed by this process; unlike PodWorkerError, retrying will not help."""
+    """The pod was unloaded or closed by this process's own code; unlike PodWorkerError, retrying will not help.
+
+    Raised only after ``close()``/``unload_pod()`` (or ``with`` ended): a pod that stopped on its own
+    raises a ``PodWorkerError`` (e.g. ``PodCrashLoopError``) instead.
+    """
 
 
 class PodWorkerError(PodError):
@@ -97,6 +108,18 @@ class PodCrashedError(PodWorkerError):
         super().__init__(message)
         self.returncode = returncode
         self.stderr = stderr
+
+
+class PodCrashLoopError(PodWorkerError):
+    """The pod's workers crashed too often (5 times in 10 s), so the pod stopped restarting them.
+
+    Every later call raises it again, naming the crashes (``crashes``: their first lines), until
+    the pod is loaded again. Timeouts never count as crashes.
+    """
+
+    def __init__(self, message: str, *, crashes: Any = ()) -> None:
+        super().__init__(message)
+        self.crashes = list(crashes)
 
 
 class PodTimeoutError(PodWorkerError, TimeoutError):
@@ -120,6 +143,9 @@ def describe_exit(returncode: int | None) -> str:
 
 
 _REMOTE_TYPES: dict[type, type[PodRemoteError]] = {}
+# A remote StopIteration must not end the client's iteration silently (PEP 479): it arrives as a
+# RuntimeError, as a StopIteration raised inside a generator does.
+_NEVER_MIXED = {"StopIteration": RuntimeError, "StopAsyncIteration": RuntimeError}
 
 
 def remote_error_type(mro: list[str] | tuple[str, ...]) -> type[PodRemoteError]:
@@ -128,7 +154,7 @@ def remote_error_type(mro: list[str] | tuple[str, ...]) -> type[PodRemoteError]:
         module, _, qualname = name.rpartition(".")
         if module != "builtins":
             continue
-        builtin = getattr(builtins, qualname, None)
+        builtin = _NEVER_MIXED.get(qualname) or getattr(builtins, qualname, None)
         if not isinstance(builtin, type) or not issubclass(builtin, Exception):
             continue  # never make a client-side KeyboardInterrupt or SystemExit out of a pod's
         if builtin is Exception:
@@ -137,15 +163,26 @@ def remote_error_type(mro: list[str] | tuple[str, ...]) -> type[PodRemoteError]:
         if cached is None:
             try:
                 cached = type(
-                    f"PodRemoteError[{qualname}]",
+                    f"PodRemoteError[{builtin.__name__}]",
                     (PodRemoteError, builtin),
-                    {"__module__": "pypods", "__qualname__": f"PodRemoteError[{qualname}]"},
+                    {"__module__": "pypods", "__qualname__": f"PodRemoteError[{builtin.__name__}]"},
                 )
             except TypeError:  # a builtin whose layout cannot be mixed in
                 cached = PodRemoteError
             _REMOTE_TYPES[builtin] = cached
         return cached
     return PodRemoteError
+
+
+def _rebuild_remote_error(mro: tuple[str, ...], args: tuple[Any, ...]) -> PodRemoteError:
+    """Unpickle a ``PodRemoteError`` as the same builtin-mixing subclass (see ``__reduce__``)."""
+    cls = remote_error_type(mro)
+    try:
+        exc = cls(*args[:1])
+    except TypeError:  # pragma: no cover - remote_error_type only returns classes built from one message
+        exc = PodRemoteError(*args[:1])
+    exc.args = tuple(args)
+    return exc
 
 
 for _cls in (
@@ -156,6 +193,7 @@ for _cls in (
     PodClosedError,
     PodWorkerError,
     PodCrashedError,
+    PodCrashLoopError,
     PodTimeoutError,
     PodProtocolError,
 ):

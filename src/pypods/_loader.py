@@ -2,12 +2,15 @@
 
 Opening a pod: check the name, create the folder from the template if missing, read ``pod.toml``,
 make the environment ready (``_env.store``), then describe the pod (from the cache, or from a
-worker's hello) and build one proxy per function.
+worker's hello) and build one proxy per function. ``PodBase`` holds all of it; ``Pod`` and
+``AsyncPod`` (``_aloader.py``) add only their pool and whether calls are awaited.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
+import keyword
+import logging
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -19,40 +22,118 @@ from ._env import cache, pythons, store
 from ._env.layout import PodLayout, PodSettings
 from ._env.progress import BuildReport
 from ._errors import PodClosedError
-from ._proxy import make_proxy
+from ._proxy import POD_TIMEOUT, make_proxy
+from ._reload import SourceWatch, interactive
 
 if TYPE_CHECKING:
     import os
     from collections.abc import Callable, MutableMapping
 
+    from ._client.base import Pool
     from ._env.pythons import Interpreter
 
-_UNSET: Any = object()
+_UNSET = POD_TIMEOUT
+log = logging.getLogger("pypods")
+
+# Options of load()/Pod()/aload() that pod.toml may also set (None means "not given").
+SETTING_OPTIONS = (
+    "python", "workers", "timeout", "env", "start", "idle_timeout", "codec", "log", "backend", "start_timeout",
+)  # fmt: skip
+# Settings each backend honours; any other one set to a non-default value is refused at load.
+BACKEND_OPTIONS = {"local": frozenset(f.name for f in dataclasses.fields(PodSettings)) - {"address"}}
 
 
-class FunctionsByName:
-    """A pod's functions as attributes, with an AttributeError that says what the pod offers."""
+def offered(name: Any) -> bool:
+    """Whether a described function name may become a proxy: an identifier, not a dunder name."""
+    return isinstance(name, str) and name.isidentifier() and not (name.startswith("__") and name.endswith("__"))
 
-    name: str
+
+class PodBase:
+    """What ``Pod`` and ``AsyncPod`` share: settings, functions as attributes, reload, closing state.
+
+    A pod function's name wins over the pod's own attributes: with a function ``close`` in the pod,
+    ``pod.close`` is that function, and the pod's own operation stays reachable as ``Pod.close(pod)``
+    (or ``with pod:``). The same holds for ``name``, ``settings``, ``call``, ``functions``, ``pids``,
+    ``layout`` and ``interpreter``.
+    """
+
+    _name: str
     _functions: dict[str, Callable[..., Any]]
+
+    def _setup(self, ready: Prepared, reload: bool | None) -> None:
+        self._layout, self._settings, self._interpreter, self._env_key = ready
+        self._name = self._layout.name
+        self._closed = False
+        self._functions = {}
+        self._listeners: list[Callable[[], None]] = []
+        self._watch = SourceWatch(self._layout.pod_dir) if (interactive() if reload is None else reload) else None
+
+    def __getattribute__(self, attr: str) -> Any:
+        if attr[:1] != "_":
+            function = object.__getattribute__(self, "_functions").get(attr)
+            if function is not None:
+                return function
+        return object.__getattribute__(self, attr)
+
+    def __getattr__(self, attr: str) -> Any:
+        functions = self.__dict__.get("_functions")
+        if functions is not None and attr in functions:
+            return functions[attr]
+        names = ", ".join(sorted(functions or ())) or "none"
+        raise AttributeError(f"pod {self.__dict__.get('_name', '?')!r} has no function {attr!r} (it offers: {names})")
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(self._functions))
+
+    @property
+    def name(self) -> str:
+        """The pod's name (``Pod.name.fget(pod)`` if the pod has a function called ``name``)."""
+        return self._name
+
+    @property
+    def settings(self) -> PodSettings:
+        """The settings in effect: defaults, then ``pod.toml``, then the load's arguments."""
+        return self._settings
+
+    @property
+    def layout(self) -> PodLayout:
+        """Where the pod lives on disk."""
+        return self._layout
+
+    @property
+    def interpreter(self) -> Interpreter:
+        """The pod's Python interpreter."""
+        return self._interpreter
 
     @property
     def functions(self) -> dict[str, Callable[..., Any]]:
         """The pod's functions by name (proxies that run in the pod)."""
         return dict(self._functions)
 
-    def __getattr__(self, attr: str) -> Callable[..., Any]:
-        functions = self.__dict__.get("_functions")
-        if functions is not None and attr in functions:
-            return functions[attr]  # type: ignore[no-any-return]
-        offered = ", ".join(sorted(functions or ())) or "none"
-        raise AttributeError(f"pod {self.__dict__.get('name', '?')!r} has no function {attr!r} (it offers: {offered})")
+    def _set_functions(self, description: list[dict[str, Any]], make: Callable[..., Any]) -> None:
+        self._functions = {info["name"]: make(self, info) for info in description if offered(info.get("name"))}
+        for listener in self._listeners:
+            listener()
 
-    def __dir__(self) -> list[str]:
-        return sorted(set(super().__dir__()) | set(self._functions))
+    def _on_reload(self, listener: Callable[[], None]) -> None:
+        """Call *listener* after every reload (``PodLoader`` re-injects the new functions)."""
+        self._listeners.append(listener)
+
+    def _check_call(self, name: str) -> None:
+        if self._closed:
+            raise PodClosedError(f"pod {self._name!r} was closed")
+        if name not in self._functions:
+            self.__getattr__(name)
+
+    def _timeout(self, timeout: float | None) -> float | None:
+        return self._settings.timeout if timeout is _UNSET else timeout
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._functions)} functions"
+        return f"<{type(self).__name__} {self._name!r} at {self._layout.pod_dir} ({state})>"
 
 
-class Pod(FunctionsByName):
+class Pod(PodBase):
     """A loaded pod: its functions are attributes (``pod.foo(1, 2)``); close it, or use ``with``.
 
     Args:
@@ -60,13 +141,21 @@ class Pod(FunctionsByName):
         root: the project folder holding ``pods/`` (default: ``$PYPODS_ROOT``, else the current
             directory).
         create: create the pod from the template when its folder does not exist (default True).
-        python, workers, timeout, env, start, idle_timeout, codec, log: override ``pod.toml``.
+        python, workers, timeout, env, start, idle_timeout, codec, log, backend, start_timeout:
+            override ``pod.toml``. ``timeout`` is every call's deadline in seconds (a pod function's
+            own ``timeout`` parameter is passed to it untouched; set a call's deadline with
+            ``pod.call(name, ..., timeout=)`` or ``pod.f.with_options(timeout=)``); ``start_timeout``
+            bounds a worker's start (default 60 s).
+        reload: serve the next call from the new code after ``pod.py`` or a module of the pod's
+            folder changed (default: on in interactive sessions, off otherwise).
 
     Raises:
-        ValueError: the name is not a valid pod name, or a setting is invalid.
+        ValueError: the name is not a valid pod name, a setting is invalid, or the backend does not
+            support a setting (the message names both).
         FileNotFoundError: the pod does not exist and ``create`` is False.
         PodBuildError: its environment could not be built.
         PodRemoteError: importing its ``pod.py`` raised (as the same builtin type where possible).
+        PodTimeoutError: its worker did not start within ``start_timeout``.
     """
 
     def __init__(
@@ -84,9 +173,11 @@ class Pod(FunctionsByName):
         codec: str | None = None,
         log: str | None = None,
         backend: str | None = None,
+        start_timeout: float | None = None,
         progress: bool | None = None,
+        reload: bool | None = None,
     ) -> None:
-        overrides = {
+        options = {
             "python": python,
             "workers": workers,
             "timeout": timeout,
@@ -96,36 +187,39 @@ class Pod(FunctionsByName):
             "codec": codec,
             "log": log,
             "backend": backend,
+            "start_timeout": start_timeout,
         }
-        ready = prepare(name, root, create, overrides, progress)
-        self.layout, self.settings, self.interpreter, self._env_key = ready
-        self.name = name
-        self._closed = False
+        self._functions = {}
+        self._setup(prepare(name, root, create, options, progress), reload)
         self._lock = threading.Lock()
-        self._pool: Any
-        # A valid cached description means workers need not describe the pod (nor import inspect),
-        # and with start="auto" no worker is needed until the first call.
-        description = cache.load(self.layout, self._env_key) if self.settings.backend == "local" else None
-        if self.settings.backend == "ray":
-            from ._client.raypool import RayPool
-
-            self._pool = RayPool(self.layout, self.settings)
-        else:
-            spawn = functools.partial(_spawn, self.layout, self.settings, self._env_key, description is None)
-            self._pool = WorkerPool(name, spawn, self.settings.workers, self.settings.idle_timeout)
+        self._holder: list[Pool] = []
         # Dropping every reference to the pod stops its workers (the pool does not refer back).
-        weakref.finalize(self, self._pool.close)
-        start = self.settings.start
-        if description is None or start == "eager":
-            self._pool.start(1 if start == "lazy" else None)
-        if description is None:
-            description = self._pool.description or []
-        self._functions: dict[str, Callable[..., Any]] = {}
-        for info in description:
-            self._functions[info["name"]] = make_proxy(self, info)
+        weakref.finalize(self, _close_held, self._holder)
+        description = self._open(describe=False)
+        self._set_functions(description, make_proxy)
+
+    def _open(self, describe: bool) -> list[dict[str, Any]]:
+        """Open a pool (the old one, if any, is closed); return the description to build proxies from."""
+        settings = self._settings
+        description = None
+        if settings.backend == "local" and not describe:
+            # A valid cached description means workers need not describe the pod (nor import inspect),
+            # and with start="auto" no worker is needed until the first call.
+            description = cache.load(self._layout, self._env_key)
+        pool = open_pool(self._layout, settings, self._env_key, describe=description is None)
+        old, self._holder[:] = self._holder[:], [pool]
+        for stale in old:
+            stale.close()
+        if description is None or settings.start == "eager":
+            pool.start(1 if settings.start == "lazy" else None)
+        return description if description is not None else (pool.description or [])
+
+    @property
+    def _pool(self) -> Pool:
+        return self._holder[0]
 
     def call(self, name: str, /, *args: Any, timeout: float | None = _UNSET, **kwargs: Any) -> Any:
-        """Run pod function *name* with *args* and *kwargs*; ``timeout`` (seconds) overrides the pod's.
+        """Run pod function *name* with *args* and *kwargs*; ``timeout`` (seconds) is this call's deadline.
 
         Raises:
             AttributeError: the pod has no such function.
@@ -133,13 +227,23 @@ class Pod(FunctionsByName):
             PodSerializationError: an argument or the result cannot cross (a ``TypeError``).
             PodTimeoutError: no answer within the timeout; the worker was replaced.
             PodCrashedError: the worker died during the call.
+            PodCrashLoopError: the workers kept crashing; the pod stopped restarting them.
             PodClosedError: the pod was closed.
         """
-        if self._closed:
-            raise PodClosedError(f"pod {self.name!r} was closed")
-        if name not in self._functions:
-            self.__getattr__(name)
-        return self._pool.call(name, args, kwargs, self.settings.timeout if timeout is _UNSET else timeout)
+        return self._call(name, args, kwargs, timeout)
+
+    def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
+        """The one entry of every call (proxies, ``call``): deadline apart, arguments go to the function."""
+        if self._watch is not None and self._watch.changed():
+            self._reload()
+        self._check_call(name)
+        return self._pool.call(name, args, kwargs, self._timeout(timeout))
+
+    def _reload(self) -> None:
+        """The pod's code changed: restart its workers, describe it again, refresh the proxies."""
+        with self._lock:
+            log.info("pod %r changed: reloading it", self._name)
+            self._set_functions(self._open(describe=True), make_proxy)
 
     def pids(self) -> list[int]:
         """Process ids of the running workers (for tests and diagnostics)."""
@@ -151,17 +255,18 @@ class Pod(FunctionsByName):
             if self._closed:
                 return
             self._closed = True
-        self._pool.close()
+        _close_held(self._holder)
 
     def __enter__(self) -> Pod:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        Pod.close(self)
 
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self._functions)} functions"
-        return f"<Pod {self.name!r} at {self.layout.pod_dir} ({state})>"
+
+def _close_held(holder: list[Pool]) -> None:
+    for pool in holder:
+        pool.close()
 
 
 class Prepared(NamedTuple):
@@ -175,20 +280,60 @@ def prepare(
     name: str,
     root: str | os.PathLike[str] | None,
     create: bool,
-    overrides: dict[str, Any],
+    options: dict[str, Any],
     progress: bool | None,
 ) -> Prepared:
     """Steps 1-4 of opening a pod: name, folder, settings, a ready environment (shared by Pod and AsyncPod)."""
+    unknown = sorted(set(options) - set(SETTING_OPTIONS))
+    if unknown:
+        raise TypeError(f"unexpected option(s) {', '.join(unknown)}; known: root, create, progress, reload, "
+                        + ", ".join(SETTING_OPTIONS))  # fmt: skip
     layout = PodLayout.at(name, root)
     if not layout.exists():
         if not create:
             raise FileNotFoundError(f"no pod {name!r}: {layout.pod_py} does not exist")
         layout.create()
-    settings = PodSettings.load(layout, overrides)
+    settings = PodSettings.load(layout, options)
+    check_backend_options(settings)
     if settings.backend == "ray":  # the cluster builds the environment (runtime_env), not us
         return Prepared(layout, settings, pythons.current(), "ray")
     interpreter = store.ensure_ready(layout, settings.python, BuildReport(name, progress))
     return Prepared(layout, settings, interpreter, store.env_key(layout, interpreter))
+
+
+def check_backend_options(settings: PodSettings) -> None:
+    """Refuse, naming the option and the backend, every setting the pod's backend would not honour."""
+    supported = BACKEND_OPTIONS.get(settings.backend)
+    if supported is None and settings.backend == "ray":
+        from ._client import raypool
+
+        supported = getattr(raypool, "OPTIONS", None)
+    if supported is None:
+        return
+    defaults = PodSettings()
+    for field in dataclasses.fields(PodSettings):
+        value = getattr(settings, field.name)
+        if field.name not in supported and field.name != "backend" and value != getattr(defaults, field.name):
+            raise ValueError(
+                f"pod setting {field.name!r} (= {value!r}) is not supported by the {settings.backend!r} backend"
+            )
+
+
+def open_pool(layout: PodLayout, settings: PodSettings, env_key: str, describe: bool) -> Pool:
+    """The pool for the pod's backend: one ``WorkerPool`` over that backend's connections."""
+    if settings.backend == "ray":
+        from ._client import raypool
+
+        make_spawn = getattr(raypool, "make_spawn", None)
+        if make_spawn is None:  # TODO(#12): the Ray backend moves onto WorkerPool (helper ray)
+            return raypool.RayPool(layout, settings)
+        spawn = make_spawn(layout, settings)
+    else:
+
+        def spawn() -> ProcessConnection:
+            return spawn_process(layout, settings, env_key, describe)
+
+    return WorkerPool(layout.name, spawn, settings.workers, settings.idle_timeout)
 
 
 def new_worker(layout: PodLayout, settings: PodSettings, describe: bool = True) -> WorkerProcess:
@@ -205,11 +350,16 @@ def new_worker(layout: PodLayout, settings: PodSettings, describe: bool = True) 
     )
 
 
-def _spawn(layout: PodLayout, settings: PodSettings, env_key: str, describe: bool) -> ProcessConnection:
-    """Start one worker for the pod and remember its description for the next load."""
-    conn = ProcessConnection(new_worker(layout, settings, describe))
-    if "functions" in conn.hello:
-        cache.store(layout, env_key, list(conn.hello.get("files") or []), conn.description)
+def remember(layout: PodLayout, env_key: str, hello: dict[str, Any], description: list[dict[str, Any]]) -> None:
+    """Cache a fresh description for the next load (when the worker described the pod)."""
+    if "functions" in hello:
+        cache.store(layout, env_key, [f for f in hello.get("files") or [] if isinstance(f, str)], description)
+
+
+def spawn_process(layout: PodLayout, settings: PodSettings, env_key: str, describe: bool) -> ProcessConnection:
+    """Start one worker for the pod under the start deadline; a failed start leaves nothing running."""
+    conn = ProcessConnection(new_worker(layout, settings, describe), settings.start_timeout)
+    remember(layout, env_key, conn.hello, conn.description)
     return conn
 
 
@@ -219,7 +369,11 @@ def load(name: str, **options: Any) -> Pod:
 
 
 class Injection:
-    """Names put into a namespace, and what they shadowed, so removal restores exactly that."""
+    """Names put into a namespace, and what they shadowed, so removal restores exactly that.
+
+    Only identifiers that are not keywords nor dunder names are injected; shadowing an existing
+    name is allowed (the original design's behaviour) but logged as a warning.
+    """
 
     def __init__(self, namespace: MutableMapping[str, Any]) -> None:
         self.namespace = namespace
@@ -227,7 +381,11 @@ class Injection:
         self._ours: dict[str, Any] = {}
 
     def put(self, name: str, value: Any) -> None:
+        if not offered(name) or keyword.iskeyword(name):
+            log.warning("pypods: not injecting %r: not a plain Python identifier", name)
+            return
         if name not in self._ours and name in self.namespace:
+            log.warning("pypods: injected %r shadows an existing name (restored on unload)", name)
             self._saved[name] = self.namespace[name]
         self.namespace[name] = value
         self._ours[name] = value

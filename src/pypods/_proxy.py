@@ -23,9 +23,14 @@ class _Shown(str):
 
 
 class Caller(Protocol):
-    name: str
+    """What a proxy calls: ``Pod._call`` or ``AsyncPod._call`` (every argument goes to the function)."""
 
-    def call(self, name: str, /, *args: Any, timeout: Any = ..., **kwargs: Any) -> Any: ...
+    _name: str
+
+    def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: Any) -> Any: ...
+
+
+POD_TIMEOUT: Any = object()  # "no deadline given for this call": the pod's ``timeout`` setting applies
 
 
 def signature_of(info: dict[str, Any]) -> inspect.Signature | None:
@@ -54,20 +59,25 @@ def signature_of(info: dict[str, Any]) -> inspect.Signature | None:
 
 
 def make_proxy(pod: Caller, info: dict[str, Any]) -> Callable[..., Any]:
-    """A function that runs ``info['name']`` in the pod, dressed as the pod's function."""
+    """A function that runs ``info['name']`` in the pod, dressed as the pod's function.
+
+    Every argument, ``timeout`` included, goes to the pod function; the call's deadline is the
+    pod's ``timeout`` setting, or what ``proxy.with_options(timeout=...)`` says.
+    """
     name = info["name"]
+    call = pod._call
 
     def proxy(*args: Any, **kwargs: Any) -> Any:
-        return pod.call(name, *args, **kwargs)
+        return call(name, args, kwargs, POD_TIMEOUT)
 
     def with_options(*, timeout: float | None = None) -> Callable[..., Any]:
-        """This function with per-call options (``timeout`` in seconds)."""
+        """This function with per-call options: ``timeout`` in seconds (no argument: no deadline)."""
 
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return pod.call(name, *args, timeout=timeout, **kwargs)
+        def limited(*args: Any, **kwargs: Any) -> Any:
+            return call(name, args, kwargs, timeout)
 
-        _dress(call, pod, info)
-        return call
+        _dress(limited, pod, info)
+        return limited
 
     _dress(proxy, pod, info)
     proxy.with_options = with_options  # type: ignore[attr-defined]
@@ -79,11 +89,11 @@ def _dress(function: Any, pod: Caller, info: dict[str, Any]) -> None:
     function.__name__ = name
     function.__qualname__ = info.get("qualname") or name
     function.__doc__ = info.get("doc")
-    function.__module__ = f"pods.{pod.name}.pod"
+    function.__module__ = f"pods.{pod._name}.pod"
     signature = signature_of(info)
     if signature is not None:
         function.__signature__ = signature
-    function.__pod__ = pod.name
+    function.__pod__ = pod._name
     function.__wrapped_info__ = info
 
 
@@ -91,31 +101,44 @@ def make_async_proxy(pod: Caller, info: dict[str, Any]) -> Callable[..., Any]:
     """The async twin of ``make_proxy``: a coroutine function, or for a generator an async iterable."""
     name = info["name"]
 
-    if info.get("generator"):
+    def build(timeout: Any) -> Callable[..., Any]:
+        if info.get("generator"):
 
-        def stream(*args: Any, **kwargs: Any) -> Any:
-            return _LazyStream(pod, name, args, kwargs)
+            def stream(*args: Any, **kwargs: Any) -> Any:
+                return _LazyStream(pod, name, args, kwargs, timeout)
 
-        _dress(stream, pod, info)
-        return stream
+            _dress(stream, pod, info)
+            return stream
 
-    async def proxy(*args: Any, **kwargs: Any) -> Any:
-        return await pod.call(name, *args, **kwargs)
+        async def proxy(*args: Any, **kwargs: Any) -> Any:
+            return await pod._call(name, args, kwargs, timeout)
 
-    _dress(proxy, pod, info)
-    return proxy
+        _dress(proxy, pod, info)
+        return proxy
+
+    def with_options(*, timeout: float | None = None) -> Callable[..., Any]:
+        """This function with per-call options: ``timeout`` in seconds (no argument: no deadline)."""
+        return build(timeout)
+
+    function = build(POD_TIMEOUT)
+    function.with_options = with_options  # type: ignore[attr-defined]
+    return function
 
 
 class _LazyStream:
-    """``async for x in pod.gen(3)``: the call is sent on the first ``__anext__`` (or by ``await``)."""
+    """``async for x in pod.gen(3)``: the call is sent on the first ``__anext__`` (or by ``await``).
 
-    def __init__(self, pod: Caller, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        self._pod, self._name, self._args, self._kwargs = pod, name, args, kwargs
+    Leaving the loop early (``break``) drops this object, and with it the stream, which cancels the
+    generator in the pod.
+    """
+
+    def __init__(self, pod: Caller, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: Any) -> None:
+        self._pod, self._name, self._args, self._kwargs, self._timeout = pod, name, args, kwargs, timeout
         self._stream: Any = None
 
     async def _open(self) -> Any:
         if self._stream is None:
-            self._stream = await self._pod.call(self._name, *self._args, **self._kwargs)
+            self._stream = await self._pod._call(self._name, self._args, self._kwargs, self._timeout)
         return self._stream
 
     def __await__(self) -> Any:

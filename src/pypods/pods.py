@@ -28,7 +28,9 @@ class PodLoader:
             is touched).
         namespace: where to inject the functions; None to inject nothing and use ``.pod``.
         **options: ``root``, ``python``, ``workers``, ``timeout``, ``env``, ``start``,
-            ``idle_timeout``, ``codec``, ``log``: see ``pypods.Pod``; they override ``pod.toml``.
+            ``idle_timeout``, ``codec``, ``log``, ``start_timeout``: see ``pypods.Pod``; they
+            override ``pod.toml``. ``reload=True`` (the default in interactive sessions) serves the
+            next call from edited code and re-injects the functions.
     """
 
     def __init__(self, pod_name: str, namespace: MutableMapping[str, Any] | None = None, **options: Any) -> None:
@@ -53,13 +55,21 @@ class PodLoader:
             self.unload_pod()
         pod = Pod(self.pod_name, **self.options)
         self.pod = pod
-        if self.namespace is not None:
-            injection = Injection(self.namespace)
-            for name, function in pod.functions.items():
-                injection.put(name, function)
-            injection.put(self.pod_name, pod)
-            self._injection = injection
+        self._inject()
+        pod._on_reload(self._inject)
         return pod
+
+    def _inject(self) -> None:
+        """Put the pod's functions (and the pod, under its name) into the namespace; again after a reload."""
+        if self.namespace is None or self.pod is None:
+            return
+        if self._injection is not None:
+            self._injection.remove()
+        injection = Injection(self.namespace)
+        for name, function in self.pod._functions.items():
+            injection.put(name, function)
+        injection.put(self.pod_name, self.pod)
+        self._injection = injection
 
     def unload_pod(self) -> None:
         """Remove the names ``load_pod`` injected (restoring any they shadowed) and stop the worker."""
@@ -67,7 +77,7 @@ class PodLoader:
             self._injection.remove()
             self._injection = None
         if self.pod is not None:
-            self.pod.close()
+            Pod.close(self.pod)
             self.pod = None
 
     def __enter__(self) -> PodLoader:

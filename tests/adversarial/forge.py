@@ -7,7 +7,7 @@ format), and ``proto_fds()`` gives the worker's (in, out) protocol descriptors.
 
 from __future__ import annotations
 
-FORGE = '''
+FORGE = """
 import gc as _gc, os as _os, sys as _sys
 
 def _worker():
@@ -29,4 +29,4 @@ def send(data):
 def bson(doc):
     enc = _sys.modules["_pypods_worker.codec"].Encoder()
     return bytes(enc.document(doc))
-'''
+"""

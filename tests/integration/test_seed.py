@@ -188,6 +188,44 @@ def test_unload_restores_shadowed_names(make_pod, root: Path) -> None:
     assert namespace == {"foo": sentinel, "other": 1}
 
 
+def test_injected_names_are_plain_identifiers_and_shadowing_is_logged(
+    make_pod, root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_pod(
+        "names",
+        """
+        def ok():
+            return "ok"
+
+        def len(x):
+            return "pod len"
+
+        def __dunder__():
+            return "no"
+
+        globals()["not-an-identifier"] = ok
+        __all__ = ["ok", "len", "__dunder__", "not-an-identifier"]
+        """,
+    )
+    namespace: dict[str, object] = {"len": len}
+    loader = PodLoader("names", namespace, root=root)
+    with caplog.at_level("WARNING", logger="pypods"):
+        loader.load_pod()
+    assert set(namespace) == {"ok", "len", "names"}
+    assert namespace["len"]([1]) == "pod len"  # type: ignore[operator]
+    assert any("shadows" in record.getMessage() and "'len'" in record.getMessage() for record in caplog.records)
+    loader.unload_pod()
+    assert namespace == {"len": len}
+
+
+def test_syntax_error_names_pod_py_with_its_path(make_pod, root: Path) -> None:
+    pod_dir = make_pod("broken", "def f(:\n    pass\n")
+    with pytest.raises(SyntaxError) as info:
+        pypods.load("broken", root=root)
+    assert str(pod_dir / "pod.py") in str(info.value)
+    assert "<frozen importlib" not in info.value.remote_traceback  # type: ignore[attr-defined]
+
+
 def test_pod_py_is_never_imported_in_the_client(make_pod, root: Path) -> None:
     make_pod("heavy", "import tinypkg\n\ndef version():\n    return tinypkg.VERSION\n", requirements=("tinypkg==1.0",))
     before = set(sys.modules)

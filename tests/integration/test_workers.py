@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import pypods
+from conftest import _children
 
 FAULTS = """
 import ctypes, os, signal, sys, time
@@ -165,16 +166,16 @@ def test_timeout_on_one_worker_leaves_the_other_alone(faults: Path) -> None:
 
 def test_crash_loop_stops_restarting(faults: Path) -> None:
     with pypods.load("faults", root=faults) as pod:
-        errors = []
-        for _ in range(8):
-            try:
+        for _ in range(5):
+            with pytest.raises(pypods.PodCrashedError):
                 pod.exit_now(1)
-            except pypods.PodCrashedError as exc:
-                errors.append(str(exc))
-            except pypods.PodClosedError as exc:
-                errors.append(str(exc))
-                break
-        assert any("crashed 5 times" in text for text in errors), errors
+        with pytest.raises(pypods.PodCrashLoopError, match="crashed 5 times") as info:
+            pod.exit_now(1)
+        assert len(info.value.crashes) == 5
+        assert "exit code 1" in info.value.crashes[0]
+        # The brake stays on, with its own type: not PodClosedError (nobody closed the pod).
+        with pytest.raises(pypods.PodCrashLoopError):
+            pod.add(1, 2)
 
 
 def test_flood_of_output_is_forwarded_in_whole_lines(faults: Path, capfd: pytest.CaptureFixture[str]) -> None:
@@ -430,3 +431,57 @@ pod.close()
     out, err = proc.communicate(timeout=60)
     assert out.split() == ["interrupted", "3"], err
     assert time.monotonic() - began < 10  # not the 30 s of the cancelled call
+
+
+def test_reload_serves_edited_code_and_reinjects(make_pod, root: Path) -> None:
+    pod_py = make_pod("edited", "def f():\n    return 1\n") / "pod.py"
+    namespace: dict[str, object] = {}
+    loader = pypods.PodLoader("edited", namespace, root=root, reload=True)
+    pod = loader.load_pod()
+    try:
+        assert pod.f() == 1
+        old_pid = pod.pids()
+        pod_py.write_text("def f():\n    return 2\n\ndef g():\n    return 3\n")
+        stat = pod_py.stat()
+        os.utime(pod_py, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**10))
+        time.sleep(0.6)  # the sources are looked at no more than every half second
+        assert pod.f() == 2
+        assert pod.pids() != old_pid
+        assert pod.g() == 3
+        assert namespace["g"]() == 3  # type: ignore[operator]
+    finally:
+        loader.unload_pod()
+
+
+def test_without_reload_edits_wait_for_the_next_load(make_pod, root: Path) -> None:
+    pod_py = make_pod("steady", "def f():\n    return 1\n") / "pod.py"
+    with pypods.load("steady", root=root, reload=False) as pod:
+        assert pod.f() == 1
+        pod_py.write_text("def f():\n    return 2\n")
+        time.sleep(0.6)
+        assert pod.f() == 1
+
+
+def test_async_open_cleans_up_when_a_start_fails(make_pod, root: Path) -> None:
+    # The second worker's start fails (pod.py exits the second time it is imported).
+    make_pod(
+        "flaky",
+        """
+        import os, pathlib
+        marker = pathlib.Path(__file__).with_name("started")
+        if marker.exists():
+            os._exit(9)
+        marker.write_text("1")
+
+        def f():
+            return 1
+        """,
+    )
+
+    async def main() -> None:
+        with pytest.raises(pypods.PodCrashedError):
+            await pypods.aload("flaky", root=root, workers=2, start="eager")
+
+    before = _children()
+    asyncio.run(main())
+    assert _children() - before == set()

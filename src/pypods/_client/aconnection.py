@@ -1,84 +1,81 @@
-"""One worker's connection on an asyncio event loop: no thread per call, any number of calls in flight.
+"""One worker's connection on an asyncio event loop: the I/O shell around ``core.CallProtocol``.
 
-The loop watches the worker's output pipe (``add_reader``) and resolves each call's future when its
-reply arrives; writes are non-blocking, so a large argument never stalls the loop. Death of the
-worker fails every pending future at once with ``PodCrashedError``.
+The loop watches the worker's output pipe and its pidfd (``add_reader``) and hands each reply to
+its call's queue; writes are non-blocking, so a large argument never stalls the loop. Nothing here
+blocks the loop: killing and reaping a worker run in a thread, and every task is kept referenced.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import itertools
 import os
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from .._errors import (
-    PodClosedError,
-    PodCrashedError,
-    PodError,
-    PodProtocolError,
-    PodTimeoutError,
-    PodWorkerError,
-    describe_exit,
-)
-from .._worker import codec, messages
-from .._worker.codec import Encoder
-from .._worker.decoding import DecodeError, Decoder
-from .._worker.exttypes import DEFAULT_THRESHOLD, MissingLibrary, OutOfBand, sweep
+from .._errors import PodClosedError, PodError, PodProtocolError
 from .._worker.framing import FrameError, FrameReader
-from .base import StreamCredit, check_hello, error_from_reply
-from .connection import encode_call, reply_value
+from .base import AsyncStream
+from .connection import DEFAULT_START_TIMEOUT, NotSentError, open_pidfd
+from .core import START, Outcome, StreamCursor, WorkerConnection, after_death
 
 if TYPE_CHECKING:
-    from .process import WorkerProcess
+    from collections.abc import Callable, Coroutine
+
+    from .base import WorkerHandle
+
+_BROKEN: dict[str, Any] = {"broken": True}  # put in every queue when the connection ends
 
 
-class AsyncConnection:
+class AsyncProcessConnection(WorkerConnection):
     """Calls to one worker process from one event loop."""
 
-    def __init__(self, worker: WorkerProcess, threshold: int = DEFAULT_THRESHOLD) -> None:
-        self.pod = worker.pod_name
-        self.worker = worker
-        self.threshold = threshold
+    _calls: dict[int, asyncio.Queue[dict[str, Any]]]  # replies for each call in flight
+
+    def __init__(self, worker: WorkerHandle) -> None:
+        super().__init__(worker)
         self._loop = asyncio.get_running_loop()
         self._reader = FrameReader(worker.read_fd)
-        self._decoder = Decoder(OutOfBand(threshold))
-        self._pending: dict[int, asyncio.Queue[dict[str, Any]]] = {}
-        self._ids = itertools.count(1)
-        self._registered = 0
-        self._broken: PodError | None = None
+        self._dying = False
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._out = bytearray()
         self._out_done: asyncio.Future[None] | None = None
-        self.description: list[dict[str, Any]] = []
-        self.hello: dict[str, Any] = {}
+        self._pidfd = open_pidfd(worker.pid)
         os.set_blocking(worker.read_fd, False)
         os.set_blocking(worker.write_fd, False)
-        self._pending[0] = asyncio.Queue()
+        self._calls[0] = asyncio.Queue()
         self._loop.add_reader(worker.read_fd, self._on_readable)
+        if self._pidfd is not None:
+            self._loop.add_reader(self._pidfd, self._on_exit)
 
-    async def start(self, timeout: float | None = 300.0) -> None:
-        """Wait for the worker's hello (its functions, or why importing pod.py failed)."""
+    def _unwatch(self) -> None:
+        """Stop watching the worker's fds (idempotent)."""
+        watched: list[tuple[Callable[[int], object], int | None]] = [
+            (self._loop.remove_reader, self.worker.read_fd),
+            (self._loop.remove_reader, self._pidfd),
+            (self._loop.remove_writer, self.worker.write_fd),
+        ]
+        for remove, fd in watched:
+            if fd is None:
+                continue
+            try:
+                remove(fd)
+            except (ValueError, OSError):
+                pass
+
+    def _spawn_task(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._tasks.discard)
+
+    async def start(self, timeout: float | None = DEFAULT_START_TIMEOUT) -> None:
+        """Wait for the worker's hello (its functions, or why importing pod.py failed); clean up on failure."""
         try:
-            hello = await self._next(0, timeout, "(start)")
+            self._started(await self._next(0, timeout, START))
         except BaseException:
             await self.aclose(kill=True)
             raise
-        self._pending.pop(0, None)
-        try:
-            self.description = check_hello(self.pod, hello)
-        except PodError:
-            await self.aclose(kill=True)
-            raise
-        self.hello = hello
-
-    def in_flight(self) -> int:
-        return len(self._pending)
-
-    @property
-    def broken(self) -> PodError | None:
-        return self._broken
+        finally:
+            self._calls.pop(0, None)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -90,66 +87,93 @@ class AsyncConnection:
         except OSError:
             data = b""
         if not data:
-            self._loop.remove_reader(self.worker.read_fd)
-            self._loop.create_task(self._crashed())
+            self._unwatch()
+            self._crash_soon()
             return
         self._reader.feed(data)
-        while True:
+        self._route()
+
+    def _route(self) -> None:
+        """Hand every whole frame in the buffer to its call's queue; a bad one breaks the connection."""
+        while self._broken is None:
             try:
                 frame = self._reader.pop()
+                if frame is None:
+                    return
+                reply = self.proto.decode(frame)
             except FrameError as exc:
-                self._protocol_error(exc)
+                self._break(self.proto.protocol_error(exc))
                 return
-            if frame is None:
+            except PodProtocolError as exc:
+                self._break(exc)
                 return
-            try:
-                reply = self._decoder.document(frame)
-            except DecodeError as exc:
-                self._protocol_error(exc)
-                return
-            except MissingLibrary as exc:
-                reply = {"id": messages.peek_id(frame), "ok": False, "error": messages.error_info(exc, "decode")}
-            queue = self._pending.get(reply.get("id"))  # type: ignore[arg-type]
+            queue = self._calls.get(reply["id"])
             if queue is not None:
                 queue.put_nowait(reply)
+            # else: a reply to an abandoned call or a stray id: dropped.
 
-    def _protocol_error(self, exc: Exception) -> None:
-        self._loop.remove_reader(self.worker.read_fd)
-        self.worker.kill()
-        self._fail(PodProtocolError(f"pod {self.pod!r}: bad data from the worker: {exc}"))
+    def _on_exit(self) -> None:
+        """The pidfd says the worker exited: take what it wrote before dying, then fail the rest."""
+        self._loop.remove_reader(self._pidfd)  # type: ignore[arg-type]
+        while self._broken is None:
+            try:
+                data = os.read(self.worker.read_fd, 1 << 16)
+            except OSError:
+                break
+            if not data:
+                break
+            self._reader.feed(data)
+            self._route()
+        self._unwatch()
+        self._crash_soon()
+
+    def _crash_soon(self) -> None:
+        if not self._dying:
+            self._dying = True
+            self._spawn_task(self._crashed())
 
     async def _crashed(self) -> None:
-        code, tail = await self._loop.run_in_executor(None, self.worker.exit_report)
-        sweep(self.worker.pid)
-        text = f"pod {self.pod!r}: worker (pid {self.worker.pid}) died: {describe_exit(code)}"
-        if tail:
-            text += "\nLast lines it wrote to stderr:\n" + tail
-        self._fail(PodCrashedError(text, returncode=code, stderr=tail))
+        code, tail = await asyncio.to_thread(self.worker.exit_report)
+        after_death(self.worker)
+        self._fail(self.proto.crash_error(self.worker.pid, code, tail))
+
+    def _break(self, error: PodError) -> None:
+        """End the connection with *error* and kill the worker (in a thread: never block the loop)."""
+        self._unwatch()
+        self._fail(error)
+        self._spawn_task(self._kill())
+
+    async def _kill(self) -> None:
+        await asyncio.to_thread(self.worker.kill)
+        after_death(self.worker)
 
     def _fail(self, error: PodError) -> None:
         if self._broken is None:
             self._broken = error
-        for queue in self._pending.values():
-            queue.put_nowait({"broken": True})
+        for queue in self._calls.values():
+            queue.put_nowait(_BROKEN)
         if self._out_done is not None and not self._out_done.done():
-            self._out_done.set_exception(error)
+            self._out_done.set_exception(copy.copy(self._broken))
+            self._out_done.exception()  # retrieved: nobody may be waiting on it
 
     # -- writing -------------------------------------------------------------------------------
 
     async def _write(self, data: bytes | bytearray) -> None:
         if self._broken is not None:
-            raise _copy(self._broken)
+            raise copy.copy(self._broken)
         if not self._out:
             try:
                 sent = os.write(self.worker.write_fd, data)
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
-                raise PodCrashedError(f"pod {self.pod!r}: worker is gone ({exc})") from exc
+                self._crash_soon()
+                raise NotSentError(f"pod {self.pod!r}: worker was gone before the call was sent") from exc
             if sent == len(data):
                 return
             data = data[sent:]
-        # The pipe is full: queue the rest and let the loop drain it as the worker reads.
+        # The pipe is full: queue the rest and let the loop drain it as the worker reads. The frame is
+        # queued whole at once, so a cancelled caller never leaves half a frame behind.
         self._out += data
         if self._out_done is None or self._out_done.done():
             self._out_done = self._loop.create_future()
@@ -161,10 +185,9 @@ class AsyncConnection:
             sent = os.write(self.worker.write_fd, self._out)
         except BlockingIOError:
             return
-        except OSError as exc:
+        except OSError:
             self._loop.remove_writer(self.worker.write_fd)
-            if self._out_done is not None and not self._out_done.done():
-                self._out_done.set_exception(PodCrashedError(f"pod {self.pod!r}: worker is gone ({exc})"))
+            self._crash_soon()
             return
         del self._out[:sent]
         if not self._out:
@@ -172,117 +195,121 @@ class AsyncConnection:
             if self._out_done is not None and not self._out_done.done():
                 self._out_done.set_result(None)
 
-    # -- calls ---------------------------------------------------------------------------------
+    def send_control(self, message: bytearray) -> None:
+        """Queue a message that expects no reply (credit, cancel) without waiting for it to be written."""
+        if self._broken is None:
+            self._spawn_task(self._send_quietly(message))
 
-    async def _next(self, call_id: int, timeout: float | None, what: str) -> dict[str, Any]:
-        queue = self._pending[call_id]
+    async def _send_quietly(self, message: bytearray) -> None:
         try:
-            reply = await asyncio.wait_for(queue.get(), timeout)
-        except asyncio.TimeoutError:
-            self._fail(PodWorkerError(f"pod {self.pod!r}: worker killed after a call timed out ({what!r})"))
-            self._loop.remove_reader(self.worker.read_fd)
-            self.worker.kill()
-            sweep(self.worker.pid)
-            raise PodTimeoutError(
-                f"pod {self.pod!r}, function {what!r}: no answer within {timeout}s; the worker was killed"
-            ) from None
-        if reply.get("broken"):
-            assert self._broken is not None
-            raise _copy(self._broken)
-        return reply
-
-    async def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
-        """Send one call and await its reply; a generator's items come as an ``AsyncStream``."""
-        if self._registered != codec.registry_version():
-            version = codec.registry_version()
-            classes = sorted(codec.REGISTERED.values())
-            await self._write(Encoder().document({"id": 0, "op": "register", "classes": classes}))
-            self._registered = version
-        call_id = next(self._ids)
-        big = OutOfBand(self.threshold)
-        data = encode_call(big, call_id, name, args, kwargs, self.worker.codec, self.pod)
-        self._pending[call_id] = asyncio.Queue()
-        stream = False
-        try:
-            await self._write(data)
-            reply = await self._next(call_id, timeout, name)
-            stream = bool(reply.get("stream"))
-        finally:
-            big.discard()
-            if not stream:
-                self._pending.pop(call_id, None)  # a cancelled task abandons its call here
-        if stream:
-            return AsyncStream(self, call_id, name, timeout)
-        if reply.get("ok"):
-            return reply_value(reply, "value")
-        raise error_from_reply(self.pod, name, reply.get("error"))
-
-    async def send_control(self, message: dict[str, Any]) -> None:
-        await self._write(Encoder().document(message))
-
-    async def aclose(self, kill: bool = False) -> None:
-        """Stop the worker; calls still waiting get PodClosedError."""
-        self._fail(PodClosedError(f"pod {self.pod!r} was closed"))
-        for remove, fd in (
-            (self._loop.remove_reader, self.worker.read_fd),
-            (self._loop.remove_writer, self.worker.write_fd),
-        ):
-            try:
-                remove(fd)
-            except (ValueError, OSError):
-                pass
-        if kill:
-            self.worker.kill()
-        else:
-            await self._loop.run_in_executor(None, self.worker.stop)
-        self.worker.release()
-
-
-class AsyncStream(AsyncIterator[Any]):
-    """A pod generator's items as an async iterator; ``aclose()`` stops the generator in the pod."""
-
-    def __init__(self, conn: AsyncConnection, call_id: int, name: str, timeout: float | None) -> None:
-        self._conn = conn
-        self._id = call_id
-        self._name = name
-        self._timeout = timeout
-        self._done = False
-        self._credit = StreamCredit()
-
-    def __aiter__(self) -> AsyncStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        if self._done:
-            raise StopAsyncIteration
-        try:
-            reply = await self._conn._next(self._id, self._timeout, self._name)
-        except BaseException:
-            self._finish()
-            raise
-        if "yield" in reply:
-            grant = self._credit.take(self._id)
-            if grant is not None:
-                await self._conn.send_control(grant)
-            return reply_value(reply, "yield")
-        self._finish()
-        if reply.get("end"):
-            raise StopAsyncIteration
-        raise error_from_reply(self._conn.pod, self._name, reply.get("error"))
-
-    def _finish(self) -> None:
-        self._done = True
-        self._conn._pending.pop(self._id, None)
-
-    async def aclose(self) -> None:
-        if self._done:
-            return
-        self._finish()
-        try:
-            await self._conn.send_control({"id": self._id, "op": "cancel"})
+            await self._write(message)
         except PodError:
             pass
 
+    # -- calls ---------------------------------------------------------------------------------
 
-def _copy(error: PodError) -> PodError:
-    return copy.copy(error)
+    async def _next(self, call_id: int, timeout: float | None, name: str) -> dict[str, Any]:
+        queue = self._calls[call_id]
+        try:
+            reply = await asyncio.wait_for(queue.get(), timeout)
+        except asyncio.TimeoutError:
+            self._break(self.proto.killed_error(name))
+            raise self.proto.timeout_error(name, timeout) from None
+        if reply is _BROKEN:
+            assert self._broken is not None
+            raise copy.copy(self._broken)
+        return reply
+
+    def _checked(self, step: Any, name: str, reply: dict[str, Any]) -> Outcome:
+        try:
+            return step(name, reply)  # type: ignore[no-any-return]
+        except PodProtocolError as exc:
+            self._break(exc)
+            raise
+
+    async def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
+        """Send one call and await its reply; a generator's items come as an ``AsyncStream``."""
+        proto = self.proto
+        registry = proto.registry_frame()
+        if registry is not None:
+            await self._write(registry)
+        call_id = proto.next_id()
+        data, big = proto.encode_call(call_id, name, args, kwargs)
+        self._calls[call_id] = asyncio.Queue()
+        stream = False
+        try:
+            await self._write(data)
+            outcome = self._checked(proto.outcome, name, await self._next(call_id, timeout, name))
+            stream = outcome.kind == Outcome.STREAM
+        except asyncio.CancelledError:
+            self.send_control(proto.control(call_id, "cancel"))  # the worker drops it if not yet started
+            raise
+        finally:
+            big.discard()
+            if not stream:
+                self._calls.pop(call_id, None)
+        if stream:
+            return AsyncProcessStream(self, call_id, name, timeout)
+        return outcome.value
+
+    async def aclose(self, kill: bool = False) -> None:
+        """Stop the worker (killed if calls are in flight); calls still waiting get PodClosedError."""
+        busy = self.in_flight() > 0
+        self._fail(PodClosedError(f"pod {self.pod!r} was closed"))
+        self._unwatch()
+        if kill or busy:
+            await asyncio.to_thread(self.worker.kill)
+        else:
+            await asyncio.to_thread(self.worker.stop, 0.5)
+        self.worker.release()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
+class AsyncProcessStream(AsyncStream):
+    """The items of a generator running in a worker, awaited; dropped or closed, it cancels the generator."""
+
+    def __init__(self, conn: AsyncProcessConnection, call_id: int, name: str, timeout: float | None) -> None:
+        self._conn = conn
+        self._cursor = StreamCursor(call_id, name, timeout)
+
+    async def __anext__(self) -> Any:
+        conn, cursor = self._conn, self._cursor
+        if cursor.done:
+            raise StopAsyncIteration
+        try:
+            reply = await conn._next(cursor.call_id, cursor.timeout, cursor.name)
+            more, item, grant = cursor.advance(conn._checked(conn.proto.stream_item, cursor.name, reply))
+        except asyncio.CancelledError:
+            self.close_soon()
+            raise
+        except BaseException:
+            cursor.done = True
+            conn._calls.pop(cursor.call_id, None)
+            raise
+        if grant is not None:
+            conn.send_control(grant)
+        if more:
+            return item
+        conn._calls.pop(cursor.call_id, None)
+        raise StopAsyncIteration
+
+    def close_soon(self) -> None:
+        """Cancel the generator in the pod without waiting (also from ``__del__``, from any thread)."""
+        conn = self._conn
+        cancel = self._cursor.cancel()
+        if cancel is None:
+            return
+        conn._calls.pop(self._cursor.call_id, None)
+        if conn._broken is None and not conn._loop.is_closed():
+            conn._loop.call_soon_threadsafe(conn.send_control, cancel)
+
+    async def aclose(self) -> None:
+        self.close_soon()
+
+    def __del__(self) -> None:
+        try:
+            self.close_soon()
+        except Exception:
+            pass

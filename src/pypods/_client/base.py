@@ -1,40 +1,125 @@
-"""The seam between the loader and a transport: ``Connection``, plus reply-to-exception mapping.
+"""The seams of the client: what a worker, a connection and a pool must offer, and the stream types.
 
-The loader only ever calls ``Connection.call``; tests can pass an ``InProcessConnection`` and a later
-backend (Ray) is one more implementation.
+The loader only talks to a ``Pool``; the pool only to ``Connection`` objects made by a ``spawn()``
+factory (a worker process, a Ray actor, a fake in tests). ``Pod`` and ``AsyncPod`` differ only in
+``await``: ``Connection``/``AsyncConnection`` and ``Pool``/``AsyncPool`` are twins.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Protocol
 
-from .._errors import (
-    PodProtocolError,
-    PodRemoteError,
-    PodSerializationError,
-    PodWorkerError,
-    remote_error_type,
-)
+from .core import STREAM_WINDOW, StreamCredit, check_hello, error_from_reply
+
+__all__ = [
+    "STREAM_WINDOW",
+    "AsyncConnection",
+    "AsyncPool",
+    "AsyncStream",
+    "Connection",
+    "Pool",
+    "Stream",
+    "StreamCredit",
+    "WorkerHandle",
+    "check_hello",
+    "error_from_reply",
+]
+
+
+class WorkerHandle(Protocol):
+    """What a process connection needs of its worker (``process.WorkerProcess``; a thread in tests)."""
+
+    pod_name: str
+    codec: str
+    pid: int
+    read_fd: int
+    write_fd: int
+
+    def alive(self) -> bool: ...
+    def interrupt(self) -> None: ...
+    def exit_report(self, wait: float = 1.0) -> tuple[int | None, str]: ...
+    def kill(self) -> None: ...
+    def stop(self, grace: float = 2.0) -> None: ...
+    def release(self) -> None: ...
 
 
 class Connection(Protocol):
-    """A way to run one pod's functions: a worker process, a pool of them, or anything else."""
+    """One worker's calls (a process, an actor): the unit the pool starts, picks and replaces."""
 
+    pod: str
     description: list[dict[str, Any]]
+    hello: dict[str, Any]
+
+    @property
+    def pid(self) -> int:
+        """The worker's process id (for ``Pod.pids`` and diagnostics)."""
+
+    @property
+    def broken(self) -> Exception | None:
+        """None while usable; else the error that ended it (a ``PodError``: crashed, timed out, closed)."""
+
+    def in_flight(self) -> int:
+        """Calls sent and not yet answered (the pool picks the least busy connection)."""
 
     def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         """Run pod function *name*; return its value, or a ``Stream`` if it is a generator."""
 
-    def close(self) -> None:
-        """Stop serving; calls after this raise PodClosedError."""
+    def close(self, kill: bool = False) -> None:
+        """Stop the worker (at once with *kill*); calls still waiting get ``PodClosedError``."""
 
-    def in_flight(self) -> int:
-        """Calls sent and not yet answered (for picking the least busy worker)."""
+
+class AsyncConnection(Protocol):
+    """The asyncio twin of ``Connection``: ``call`` and ``aclose`` are awaited."""
+
+    pod: str
+    description: list[dict[str, Any]]
+    hello: dict[str, Any]
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def broken(self) -> Exception | None: ...
+    def in_flight(self) -> int: ...
+    async def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any: ...
+    async def aclose(self, kill: bool = False) -> None: ...
+
+
+class Pool(Protocol):
+    """What ``Pod`` runs calls on: every backend is one ``pool.WorkerPool`` over its connections."""
+
+    description: list[dict[str, Any]] | None
+
+    def start(self, count: int | None = None) -> None:
+        """Start workers now (all by default) rather than on the first call."""
+
+    def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
+        """Run *name* on the least busy worker."""
+
+    def pids(self) -> list[int]:
+        """Process ids of the live workers."""
+
+    def close(self) -> None:
+        """Stop every worker; later calls raise ``PodClosedError``."""
+
+
+class AsyncPool(Protocol):
+    """The asyncio twin of ``Pool``."""
+
+    description: list[dict[str, Any]] | None
+
+    async def start(self, count: int | None = None) -> None: ...
+    async def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any: ...
+    def pids(self) -> list[int]: ...
+    async def aclose(self) -> None: ...
 
 
 class Stream(Iterator[Any]):
-    """Items of a pod generator as the pod produces them; ``close()`` stops the generator there."""
+    """Items of a pod generator as the pod produces them; ``close()`` stops the generator there.
+
+    Dropping a stream (garbage collection) closes it too, so an abandoned generator never holds
+    stream credit in its worker.
+    """
 
     def close(self) -> None:  # pragma: no cover - interface
         raise NotImplementedError
@@ -52,70 +137,17 @@ class Stream(Iterator[Any]):
             pass
 
 
-STREAM_WINDOW = 64  # stream items the worker may send ahead of the consumer (the "window" of a call)
+class AsyncStream(AsyncIterator[Any]):
+    """A pod generator's items as an async iterator; ``aclose()`` (or dropping it) stops the generator."""
 
+    async def aclose(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
 
-class StreamCredit:
-    """The client's half of stream flow control: after every half window of items taken, grant more."""
+    def __aiter__(self) -> AsyncStream:
+        return self
 
-    __slots__ = ("unacked",)
+    async def __aenter__(self) -> AsyncStream:
+        return self
 
-    def __init__(self) -> None:
-        self.unacked = 0
-
-    def take(self, call_id: int) -> dict[str, Any] | None:
-        """Count one item taken; return the ``more`` message to send now, if one is due."""
-        self.unacked += 1
-        if self.unacked < STREAM_WINDOW // 2:
-            return None
-        granted, self.unacked = self.unacked, 0
-        return {"id": call_id, "op": "more", "n": granted}
-
-
-def check_hello(pod: str, hello: dict[str, Any]) -> list[dict[str, Any]]:
-    """Validate a worker's hello; return its functions (empty if it did not describe the pod).
-
-    Raises:
-        PodProtocolError: it is not a hello of this protocol version.
-        PodRemoteError: importing the pod's ``pod.py`` failed in the worker.
-    """
-    from .._worker.messages import PROTOCOL
-
-    if hello.get("op") != "hello" or hello.get("protocol") != PROTOCOL:
-        raise PodProtocolError(
-            f"pod {pod!r}: worker speaks protocol {hello.get('protocol')!r}, this pypods speaks {PROTOCOL}"
-        )
-    if "error" in hello:
-        raise error_from_reply(pod, None, hello["error"])
-    return list(hello.get("functions") or [])
-
-
-def error_from_reply(pod: str, function: str | None, error: Any) -> Exception:
-    """Turn an error reply into the exception to raise in the client (the one place that maps them)."""
-    if not isinstance(error, dict):
-        return PodProtocolError(f"pod {pod!r} sent a malformed error reply: {error!r}")
-    kind = error.get("kind")
-    message = str(error.get("message", ""))
-    remote_type = str(error.get("type", "Exception"))
-    tb = str(error.get("traceback", ""))
-    where = f"pod {pod!r}" + (f", function {function!r}" if function else "")
-    if kind == "serialization":
-        return PodSerializationError(f"{where}: {message}")
-    if kind == "import":
-        text = f"{where}: importing pod.py failed: {remote_type}: {message}"
-    elif kind == "decode":
-        text = f"{where}: the pod could not receive the arguments: {remote_type}: {message}"
-    elif kind == "interrupted":
-        return PodWorkerError(f"{where}: interrupted")
-    elif message.startswith("pod "):
-        text = message
-    else:
-        text = f"{where}: {remote_type}: {message}"
-    cls = remote_error_type(error.get("mro") or [])
-    try:
-        exc = cls(text, remote_type=remote_type, remote_traceback=tb, mro=error.get("mro") or ())
-    except TypeError:  # a builtin base whose constructor wants other arguments
-        exc = PodRemoteError(text, remote_type=remote_type, remote_traceback=tb, mro=error.get("mro") or ())
-    if isinstance(exc, KeyError):
-        exc.args = (text,)
-    return exc
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

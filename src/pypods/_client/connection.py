@@ -1,118 +1,114 @@
-"""One worker's connection: request ids, replies routed to their callers, failures fanned out at once.
+"""One worker's connection from threads: the I/O shell around ``core.CallProtocol``.
 
 Reading is leader/follower: the first caller that needs a reply reads the pipe itself and hands
 other callers' replies to them, so a call from one thread costs one write and one read, with no
-thread hop, and many threads can still have calls in flight. If the pipe closes, whoever reads
-sees it at once and every call in flight fails with ``PodCrashedError``.
+thread hop, and many threads can still have calls in flight. Every wait has a deadline covering the
+whole frame; the worker's death is seen at once through a pidfd polled beside the pipe (a forked
+child that keeps the pipe open cannot hide it), and every call in flight then fails together.
 """
 
 from __future__ import annotations
 
 import collections
 import copy
-import itertools
 import os
-import pickle
+import select
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from .._errors import (
-    PodClosedError,
-    PodCrashedError,
-    PodError,
-    PodProtocolError,
-    PodSerializationError,
-    PodTimeoutError,
-    PodWorkerError,
-)
-from .._worker import codec, messages
-from .._worker.codec import EncodeError, Encoder
-from .._worker.decoding import DecodeError, Decoder
-from .._worker.exttypes import DEFAULT_THRESHOLD, MissingLibrary, OutOfBand, sweep
-from .._worker.framing import FrameError, FrameReader, PipeClosed, write_all
-from .base import Stream, StreamCredit, check_hello, error_from_reply
+from .._errors import PodClosedError, PodCrashedError, PodError, PodProtocolError, PodWorkerError
+from .._worker.framing import FrameError, FrameReader, PipeClosed
+from .base import Stream
+from .core import START, Outcome, StreamCursor, WorkerConnection, after_death
 
 if TYPE_CHECKING:
-    from .process import WorkerProcess
+    from .base import WorkerHandle
 
 SPIN = float(os.environ.get("PYPODS_SPIN_US", "100")) / 1e6  # see FrameReader.spin
+POLL_STEP = 0.5  # without a pidfd: how often a waiting reader checks that the worker still lives
+DEFAULT_START_TIMEOUT = 60.0
 
 
 class NotSentError(PodCrashedError):
-    """The worker was already gone when we wrote: the call never reached it, so it may be resent."""
+    """The worker was gone when we wrote: the call never reached it, so the pool may resend it.
+
+    Internal: the pool turns it into a retry (or a plain ``PodCrashedError``); it never reaches users.
+    """
 
 
-class ProcessConnection:
+def open_pidfd(pid: int) -> int | None:
+    """A descriptor that becomes readable when process *pid* exits (Linux 5.3+, Python 3.9+), or None."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        return int(pidfd_open(pid))
+    except OSError:
+        return None
+
+
+class ProcessConnection(WorkerConnection):
     """Calls to one worker process; any number of threads may use it at once."""
 
-    def __init__(self, worker: WorkerProcess, start_timeout: float | None = 300.0, threshold: int = DEFAULT_THRESHOLD):
-        self.pod = worker.pod_name
-        self.worker = worker
-        self.threshold = threshold
+    _calls: dict[int, collections.deque[dict[str, Any]]]  # replies for each call in flight
+
+    def __init__(self, worker: WorkerHandle, start_timeout: float | None = DEFAULT_START_TIMEOUT) -> None:
+        super().__init__(worker)
         self._reader = FrameReader(worker.read_fd)
-        self._decoder = Decoder(OutOfBand(threshold))
+        os.set_blocking(worker.write_fd, False)
+        self._pidfd = open_pidfd(worker.pid)
+        self._poll = select.poll()
+        self._poll.register(worker.read_fd, select.POLLIN)
+        if self._pidfd is not None:
+            self._poll.register(self._pidfd, select.POLLIN)
         self._wlock = threading.Lock()
         self._cv = threading.Condition(threading.Lock())
         self._reading = False
         self._closed = False  # close() was called: the last reader releases the output pipe
-        self._inbox: dict[int, collections.deque[dict[str, Any]]] = {}
-        self._broken: PodError | None = None
-        self._ids = itertools.count(1)
-        self._registered = 0  # the class registry version the worker knows
-        self.description: list[dict[str, Any]] = []
-        self.hello: dict[str, Any] = {}
+        self._deferred: list[bytearray] = []  # controls from finalizers, sent with the next write
         try:
             self._handshake(start_timeout)
         except BaseException:
             self.close(kill=True)
             raise
 
-    # -- start ---------------------------------------------------------------------------------
-
     def _handshake(self, timeout: float | None) -> None:
         # 1. The worker speaks first: protocol version, pid, Python, and its functions (or why not).
         with self._cv:
-            self._inbox[0] = collections.deque()
+            self._calls[0] = collections.deque()
         deadline = None if timeout is None else time.monotonic() + timeout
-        hello = self._receive(0, deadline, what="(start)", timeout=timeout)
-        with self._cv:
-            del self._inbox[0]
-        self.description = check_hello(self.pod, hello)
-        self.hello = hello
+        try:
+            hello = self._receive(0, deadline, START, timeout)
+        finally:
+            self._abandon(0)
+        self._started(hello)
 
     # -- calls ---------------------------------------------------------------------------------
 
-    def in_flight(self) -> int:
-        return len(self._inbox)
-
-    @property
-    def broken(self) -> PodError | None:
-        return self._broken
-
     def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         """Send one call and wait for its reply (see ``Connection.call``)."""
-        if self._registered != codec.registry_version():
-            self._sync_registry()
-        call_id = next(self._ids)
-        big = OutOfBand(self.threshold)
-        data = encode_call(big, call_id, name, args, kwargs, self.worker.codec, self.pod)
+        proto = self.proto
+        registry = proto.registry_frame()
+        call_id = proto.next_id()
+        data, big = proto.encode_call(call_id, name, args, kwargs)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
-            self._inbox[call_id] = collections.deque()
+            self._calls[call_id] = collections.deque()
         stream = False
         try:
-            self._write(data)
-            reply = self._receive(call_id, deadline, what=name, timeout=timeout)
-            stream = bool(reply.get("stream"))
+            if registry is not None:
+                self._write(registry, deadline, name, timeout)
+            self._write(data, deadline, name, timeout)
+            reply = self._receive(call_id, deadline, name, timeout)
+            outcome = self._checked(proto.outcome, name, reply)
+            stream = outcome.kind == Outcome.STREAM
         except KeyboardInterrupt:
             # The pod function gets the Ctrl-C too (SIGINT if it runs, cancel if not yet started);
             # the worker lives on, and the reply, if any, is dropped.
-            try:
-                self.send_control({"id": call_id, "op": "cancel"})
-            except PodError:
-                pass
-            self.worker.interrupt()
+            self.send_control(proto.control(call_id, "cancel"))
+            if self._broken is None:
+                self.worker.interrupt()
             raise
         finally:
             big.discard()
@@ -120,54 +116,94 @@ class ProcessConnection:
                 self._abandon(call_id)
         if stream:
             return ProcessStream(self, call_id, name, timeout)
-        if reply.get("ok"):
-            return reply_value(reply, "value")
-        raise error_from_reply(self.pod, name, reply.get("error"))
+        return outcome.value
 
-    def _sync_registry(self) -> None:
-        """Tell the worker which classes this client registered (before the call that may use them)."""
-        version = codec.registry_version()
-        self._write(Encoder().document({"id": 0, "op": "register", "classes": sorted(codec.REGISTERED.values())}))
-        self._registered = version
+    def _checked(self, step: Any, name: str, reply: dict[str, Any]) -> Outcome:
+        """Apply a core step to a reply; a malformed reply breaks the connection (it is replaced)."""
+        try:
+            return step(name, reply)  # type: ignore[no-any-return]
+        except PodProtocolError as exc:
+            self._break(exc, kill=True)
+            raise
 
-    def _write(self, data: bytes | bytearray) -> None:
+    def _write(self, data: bytes | bytearray, deadline: float | None, name: str, timeout: float | None) -> None:
+        """Write one whole frame, or break the connection: a pipe is never left with half a frame."""
         with self._wlock:
             if self._broken is not None:
                 raise copy.copy(self._broken)
+            view = memoryview(data)
+            deferred, self._deferred = self._deferred, []
             try:
-                write_all(self.worker.write_fd, data)
-            except (BrokenPipeError, ValueError, OSError) as exc:
-                raise NotSentError(f"pod {self.pod!r}: worker was gone before the call was sent") from exc
+                for control in deferred:
+                    self._write_frame(memoryview(control), None, name, timeout)
+                self._write_frame(view, deadline, name, timeout)
+            except BaseException:
+                if self._broken is None:  # interrupted mid-frame (Ctrl-C): this pipe is out of step
+                    self._break(PodWorkerError(f"pod {self.pod!r}: a call was interrupted while sent"), kill=True)
+                raise
 
-    def send_control(self, message: dict[str, Any]) -> None:
-        """Send a message that expects no reply of its own (stream credit, cancel)."""
-        self._write(Encoder().document(message))
+    def _write_frame(self, view: memoryview, deadline: float | None, name: str, timeout: float | None) -> None:
+        # The write fd is non-blocking: a worker that stops reading cannot hold us past the deadline.
+        fd = self.worker.write_fd
+        written = 0
+        while written < len(view):
+            try:
+                written += os.write(fd, view[written:])
+                continue
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                if written:
+                    raise self._fail(exc) from exc
+                self._fail(exc)
+                raise NotSentError(f"pod {self.pod!r}: worker was gone before the call was sent") from exc
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and (remaining <= 0 or not select.select([], [fd], [], remaining)[1]):
+                raise self._timed_out(name, timeout)
+            if remaining is None:
+                select.select([], [fd], [])
+
+    def send_control(self, message: bytearray, deferred: bool = False) -> None:
+        """Send a message that expects no reply (credit, cancel); *deferred* from finalizers never blocks."""
+        if self._broken is not None:
+            return
+        if not self._wlock.acquire(blocking=not deferred):
+            self._deferred.append(message)
+            return
+        try:
+            if self._broken is None:
+                self._write_frame(memoryview(message), None, "(control)", None)
+        except PodError:
+            pass
+        finally:
+            self._wlock.release()
 
     def _abandon(self, call_id: int) -> None:
         with self._cv:
-            self._inbox.pop(call_id, None)
+            self._calls.pop(call_id, None)
 
-    def _receive(
-        self, call_id: int, deadline: float | None, what: str = "", timeout: float | None = None
-    ) -> dict[str, Any]:
+    def _receive(self, call_id: int, deadline: float | None, name: str, timeout: float | None) -> dict[str, Any]:
         """Wait for the next reply to *call_id*, reading the pipe ourselves if nobody else is."""
         cv = self._cv
         with cv:
             while True:
-                box = self._inbox.get(call_id)
+                box = self._calls.get(call_id)
                 if box:
                     return box.popleft()
                 if self._broken is not None:
                     raise copy.copy(self._broken)
                 if not self._reading:
-                    self._reading = True
+                    self._reading = lead = True
                     break
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise self._timed_out(what, timeout)
+                    lead = False
+                    break
                 cv.wait(remaining)
+        if not lead:
+            raise self._timed_out(name, timeout)  # outside the lock: it takes the lock itself
         try:
-            return self._lead(call_id, deadline, what, timeout)
+            return self._lead(call_id, deadline, name, timeout)
         finally:
             with cv:
                 self._reading = False
@@ -175,57 +211,77 @@ class ProcessConnection:
                     self.worker.release()
                 cv.notify_all()
 
-    def _lead(self, call_id: int, deadline: float | None, what: str, timeout: float | None) -> dict[str, Any]:
+    def _lead(self, call_id: int, deadline: float | None, name: str, timeout: float | None) -> dict[str, Any]:
         reader = self._reader
+        proto = self.proto
         while True:
-            reader.spin(SPIN)
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not reader.readable(remaining):
-                    raise self._timed_out(what, timeout)
             try:
-                frame = reader.read_frame()
-                reply = self._decoder.document(frame)
-            except (PipeClosed, OSError) as exc:
-                raise self._fail(PodCrashedError, exc) from exc
-            except (FrameError, DecodeError) as exc:
-                raise self._fail(PodProtocolError, exc) from exc
-            except MissingLibrary as exc:
-                reply = {"id": messages.peek_id(frame), "ok": False, "error": messages.error_info(exc, "decode")}
-            reply_id = reply.get("id")
+                frame = reader.pop()
+            except FrameError as exc:
+                raise self._break(proto.protocol_error(exc), kill=True) from exc
+            if frame is None:
+                self._wait_readable(deadline, name, timeout)
+                continue
+            try:
+                reply = proto.decode(frame)
+            except PodProtocolError as exc:
+                raise self._break(exc, kill=True) from exc
+            reply_id = reply["id"]
             if reply_id == call_id:
                 return reply
             with self._cv:
-                box = self._inbox.get(reply_id)  # type: ignore[arg-type]
+                box = self._calls.get(reply_id)
                 if box is not None:
                     box.append(reply)
                     self._cv.notify_all()
-                # else: a reply to an abandoned call (interrupted, closed stream): dropped.
+                # else: a reply to an abandoned call (interrupted, closed stream) or a stray id: dropped.
 
-    def _fail(self, kind: type[PodError], cause: BaseException) -> PodError:
-        """The worker is gone or garbled: fail every call in flight now, with what we know."""
-        if kind is PodCrashedError:
+    def _wait_readable(self, deadline: float | None, name: str, timeout: float | None) -> None:
+        """Block until bytes arrive and read them once; raise at the deadline or when the worker died."""
+        self._reader.spin(SPIN)
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise self._timed_out(name, timeout)
+            step = remaining if self._pidfd is not None else min(remaining or POLL_STEP, POLL_STEP)
+            events = dict(self._poll.poll(None if step is None else max(step, 0) * 1000))
+            if self._broken is not None:
+                raise copy.copy(self._broken)
+            if events.get(self.worker.read_fd):
+                try:
+                    self._reader.fill()
+                except BlockingIOError:
+                    continue
+                except (PipeClosed, OSError) as exc:
+                    raise self._fail(exc) from exc
+                return
+            if (self._pidfd is not None and self._pidfd in events) or (self._pidfd is None and not self.worker.alive()):
+                # The worker is gone; whatever it wrote before dying is read above first.
+                raise self._fail(PipeClosed("the worker exited"))
+
+    def _fail(self, cause: BaseException) -> PodError:
+        """The worker died: fail every call in flight now, with its exit status and last stderr lines."""
+        if self._broken is None:
             code, tail = self.worker.exit_report()
-            from .._errors import describe_exit
+            after_death(self.worker)
+            self._set_broken(self.proto.crash_error(self.worker.pid, code, tail))
+        assert self._broken is not None
+        return copy.copy(self._broken)
 
-            text = f"pod {self.pod!r}: worker (pid {self.worker.pid}) died: {describe_exit(code)}"
-            if tail:
-                text += "\nLast lines it wrote to stderr:\n" + tail
-            error: PodError = PodCrashedError(text, returncode=code, stderr=tail)
-        else:
-            self.worker.kill()
-            error = kind(f"pod {self.pod!r}: bad data from the worker: {cause}")
-        sweep(self.worker.pid)  # shared-memory segments a dead worker could not unlink
+    def _break(self, error: PodError, kill: bool = False) -> PodError:
+        """End this connection with *error* (the first one wins) and stop its worker."""
         self._set_broken(error)
-        return copy.copy(error)
+        if kill:
+            self.worker.kill()
+            after_death(self.worker)
+        assert self._broken is not None
+        return copy.copy(self._broken)
 
-    def _timed_out(self, what: str, timeout: float | None) -> PodTimeoutError:
-        # The worker is stuck in this call; killing it is the only way to stop it.
-        message = f"pod {self.pod!r}, function {what!r}: no answer within {timeout}s; the worker was killed"
-        self._set_broken(PodWorkerError(f"pod {self.pod!r}: worker killed after a call timed out ({what!r})"))
-        self.worker.kill()
-        sweep(self.worker.pid)
-        return PodTimeoutError(message)
+    def _timed_out(self, name: str, timeout: float | None) -> PodError:
+        # The worker is stuck in this call; killing it is the only way to stop it. Other calls on it
+        # get a PodWorkerError; none of this counts as a crash.
+        self._break(self.proto.killed_error(name), kill=True)
+        return self.proto.timeout_error(name, timeout)
 
     def _set_broken(self, error: PodError) -> None:
         with self._cv:
@@ -234,38 +290,23 @@ class ProcessConnection:
             self._cv.notify_all()
 
     def close(self, kill: bool = False) -> None:
-        """Stop the worker; calls still waiting get PodClosedError."""
+        """Stop the worker (killed at once if calls are in flight); waiting calls get PodClosedError."""
+        busy = self.in_flight() > 0
         self._set_broken(PodClosedError(f"pod {self.pod!r} was closed"))
-        if kill:
+        if kill or busy:
             self.worker.kill()
         else:
-            self.worker.stop()
+            self.worker.stop(grace=0.5)
         with self._cv:
             self._closed = True
             if not self._reading:
                 self.worker.release()
-
-
-def encode_call(
-    big: OutOfBand, call_id: int, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], codec_name: str, pod: str
-) -> bytearray:
-    """Encode a call request, or raise PodSerializationError (nothing has been sent yet)."""
-    try:
-        if codec_name != "pickle":
-            return Encoder(big).request(call_id, name, args, kwargs)
-        message: dict[str, Any] = {"id": call_id, "op": "call", "name": name}
-        message.update(messages.pack_pickle((args, kwargs)))
-        return Encoder(big).document(message)
-    except (EncodeError, RecursionError, pickle.PicklingError, TypeError, AttributeError) as exc:
-        big.discard()
-        raise PodSerializationError(f"pod {pod!r}, function {name!r}: {exc}") from exc
-
-
-def reply_value(reply: dict[str, Any], key: str) -> Any:
-    """The value a reply carries, unpickled for pods that use the pickle codec."""
-    if "p" in reply:
-        return messages.unpack_pickle(reply)
-    return reply.get(key)
+        if self._pidfd is not None:
+            try:
+                os.close(self._pidfd)
+            except OSError:
+                pass
+            self._pidfd = None
 
 
 class ProcessStream(Stream):
@@ -273,41 +314,37 @@ class ProcessStream(Stream):
 
     def __init__(self, conn: ProcessConnection, call_id: int, name: str, timeout: float | None) -> None:
         self._conn = conn
-        self._id = call_id
-        self._name = name
-        self._timeout = timeout
-        self._done = False
-        self._credit = StreamCredit()
+        self._cursor = StreamCursor(call_id, name, timeout)
 
     def __next__(self) -> Any:
-        if self._done:
+        conn, cursor = self._conn, self._cursor
+        if cursor.done:
             raise StopIteration
-        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        deadline = None if cursor.timeout is None else time.monotonic() + cursor.timeout
         try:
-            reply = self._conn._receive(self._id, deadline, what=self._name, timeout=self._timeout)
+            reply = conn._receive(cursor.call_id, deadline, cursor.name, cursor.timeout)
+            more, item, grant = cursor.advance(conn._checked(conn.proto.stream_item, cursor.name, reply))
         except BaseException:
-            self._finish()
+            cursor.done = True
+            conn._abandon(cursor.call_id)
             raise
-        if "yield" in reply:
-            grant = self._credit.take(self._id)
-            if grant is not None:
-                self._conn.send_control(grant)
-            return reply_value(reply, "yield")
-        self._finish()
-        if reply.get("end"):
-            raise StopIteration
-        raise error_from_reply(self._conn.pod, self._name, reply.get("error"))
+        if grant is not None:
+            conn.send_control(grant)
+        if more:
+            return item
+        conn._abandon(cursor.call_id)
+        raise StopIteration
 
-    def _finish(self) -> None:
-        self._done = True
-        self._conn._abandon(self._id)
-
-    def close(self) -> None:
+    def close(self, deferred: bool = False) -> None:
         """Stop the generator in the pod (it sees GeneratorExit); items still in transit are dropped."""
-        if self._done:
-            return
-        self._finish()
+        cancel = self._cursor.cancel()
+        if cancel is not None:
+            self._conn._abandon(self._cursor.call_id)
+            self._conn.send_control(cancel, deferred=deferred)
+
+    def __del__(self) -> None:
+        # From the garbage collector, possibly while this thread holds the write lock: never block.
         try:
-            self._conn.send_control({"id": self._id, "op": "cancel"})
-        except PodError:
+            self.close(deferred=True)
+        except Exception:
             pass

@@ -1,151 +1,288 @@
-"""N workers for one pod: least-busy dispatch, replacement of dead workers, a crash-loop brake, idle stop."""
+"""N connections for one pod: least-busy pick, replacement, a crash brake, idle stop; sync and asyncio.
+
+``Slots`` holds every rule (which slot to use, when a connection is dead, what counts as a crash);
+``WorkerPool`` and ``AsyncWorkerPool`` add only locking and the I/O of starting and stopping, as
+httpx keeps everything but ``send`` in its base client. Any backend plugs in through ``spawn()``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import copy
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union
 
-from .._errors import PodClosedError, PodCrashedError
-from .connection import NotSentError, ProcessConnection
+from .._errors import PodClosedError, PodCrashedError, PodCrashLoopError, PodError
+from .base import AsyncConnection, Connection
+from .connection import NotSentError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
 CRASH_LIMIT = 5
 CRASH_WINDOW = 10.0
 
+C = TypeVar("C", bound=Union[Connection, AsyncConnection])
+
 
 class CrashBrake:
-    """Stop restarting a pod whose workers keep dying: CRASH_LIMIT crashes within CRASH_WINDOW seconds."""
+    """Stop restarting a pod whose workers keep dying: CRASH_LIMIT crashes within CRASH_WINDOW seconds.
+
+    Only crashes count (a worker that died); timeouts, protocol errors and closes never do.
+    """
 
     def __init__(self, pod: str) -> None:
         self.pod = pod
-        self._crashes: collections.deque[float] = collections.deque(maxlen=CRASH_LIMIT)
+        self._crashes: collections.deque[tuple[float, str]] = collections.deque(maxlen=CRASH_LIMIT)
 
-    def note(self) -> str | None:
-        """Record a crash; return why to stop restarting, or None to go on."""
+    def note(self, error: Exception | None) -> PodCrashLoopError | None:
+        """Record a crash; return the error that stops restarting, or None to go on."""
         now = time.monotonic()
-        self._crashes.append(now)
-        if len(self._crashes) == CRASH_LIMIT and now - self._crashes[0] < CRASH_WINDOW:
-            return (
-                f"pod {self.pod!r}: its worker crashed {CRASH_LIMIT} times in {CRASH_WINDOW:.0f}s; "
-                "not restarting it again. Fix the cause, then load the pod again."
+        first = str(error).split("\n", 1)[0] if error is not None else "died while idle"
+        self._crashes.append((now, first))
+        if len(self._crashes) == CRASH_LIMIT and now - self._crashes[0][0] < CRASH_WINDOW:
+            crashes = [text for _, text in self._crashes]
+            listed = "".join(f"\n  {i}. {text}" for i, text in enumerate(crashes, 1))
+            return PodCrashLoopError(
+                f"pod {self.pod!r}: its worker crashed {CRASH_LIMIT} times in {CRASH_WINDOW:.0f}s; not restarting "
+                f"it again. Fix the cause, then load the pod again. The crashes:{listed}",
+                crashes=crashes,
             )
         return None
 
 
-class WorkerPool:
-    """Serve one pod with ``size`` worker processes, started lazily and replaced when they die."""
+class Slots(Generic[C]):
+    """The pool's state and rules, without locks or I/O (shared by the sync and asyncio pools)."""
 
-    def __init__(
-        self,
-        pod: str,
-        spawn: Callable[[], ProcessConnection],
-        size: int = 1,
-        idle_timeout: float | None = None,
-    ) -> None:
+    def __init__(self, pod: str, size: int, idle_timeout: float | None) -> None:
         self.pod = pod
-        self._spawn = spawn
-        self._slots: list[ProcessConnection | None] = [None] * size
-        self._lock = threading.Lock()
+        self._slots: list[C | None] = [None] * size
         self._brake = CrashBrake(pod)
-        self._closed: str | None = None
+        self._closed: PodError | None = None
+        self._idle_timeout = idle_timeout
         self._last_used = time.monotonic()
         self.description: list[dict[str, Any]] | None = None
-        self._idle_timeout = idle_timeout
-        if idle_timeout is not None:
-            threading.Thread(target=self._reap_idle, name=f"pypods-{pod}-idle", daemon=True).start()
 
     @property
     def size(self) -> int:
         return len(self._slots)
 
-    def start(self, count: int | None = None) -> None:
-        """Start workers now (all of them by default) rather than on the first call."""
-        with self._lock:
-            for index in range(count if count is not None else len(self._slots)):
-                self._ensure(index)
-
     def pids(self) -> list[int]:
-        return [conn.worker.pid for conn in self._slots if conn is not None and conn.broken is None]
+        return [conn.pid for conn in self._slots if conn is not None and conn.broken is None]
 
-    def _ensure(self, index: int) -> ProcessConnection:
-        """The live connection in slot *index*, starting or replacing it (hold ``_lock``)."""
+    def in_flight(self) -> int:
+        return sum(conn.in_flight() for conn in self._slots if conn is not None)
+
+    def _check_open(self) -> None:
         if self._closed is not None:
-            raise PodClosedError(self._closed)
+            raise copy.copy(self._closed)
+
+    def _pick(self) -> tuple[int, C | None]:
+        """The slot to use: an idle live worker, else an empty slot (start one), else the least busy.
+
+        Returns the slot and its connection, or None when the caller must start one there.
+        """
+        self._last_used = time.monotonic()
+        free: int | None = None
+        best, best_load = 0, -1
+        for index, conn in enumerate(self._slots):
+            if conn is None or conn.broken is not None:
+                if free is None:
+                    free = index
+                continue
+            load = conn.in_flight()
+            if load == 0:
+                return index, conn
+            if best_load < 0 or load < best_load:
+                best, best_load = index, load
+        if free is not None:
+            return free, None
+        return best, self._slots[best]
+
+    def _live(self, index: int) -> tuple[C | None, C | None]:
+        """Slot *index*'s connection if usable, else ``(None, the dead one to close or None)``."""
+        self._check_open()
         conn = self._slots[index]
-        if conn is not None and conn.broken is None and conn.worker.alive():
-            return conn
-        if conn is not None:
-            self._slots[index] = None
-            crashed = not isinstance(conn.broken, PodClosedError)  # died while idle counts too
-            conn.close(kill=True)
-            if crashed:
-                self._note_crash()
-        conn = self._spawn()
+        if conn is not None and conn.broken is None:
+            return conn, None
+        old = self._retire(index) if conn is not None else None
+        return None, old
+
+    def _retire(self, index: int) -> C | None:
+        """Take a dead connection out of slot *index* (the caller closes it); a crash feeds the brake."""
+        conn = self._slots[index]
+        self._slots[index] = None
+        if conn is not None and isinstance(conn.broken, PodCrashedError):
+            stop = self._brake.note(conn.broken)
+            if stop is not None:
+                self._closed = stop
+        return conn
+
+    def _install(self, index: int, conn: C) -> C:
         self._slots[index] = conn
         if self.description is None:
             self.description = conn.description
         return conn
 
-    def _note_crash(self) -> None:
-        reason = self._brake.note()
-        if reason is not None:
-            self._closed = reason
-            raise PodCrashedError(reason)
+    def _idle(self) -> list[C]:
+        """Connections to stop because the pod has been idle for ``idle_timeout``."""
+        if self._idle_timeout is None or time.monotonic() - self._last_used < self._idle_timeout:
+            return []
+        idle = []
+        for index, conn in enumerate(self._slots):
+            if conn is not None and conn.in_flight() == 0:
+                self._slots[index] = None
+                idle.append(conn)
+        return idle
 
-    def _pick(self) -> ProcessConnection:
-        slots = self._slots
-        if len(slots) == 1:
-            conn = slots[0]
-            if conn is not None and conn.broken is None:
-                return conn
-            with self._lock:
-                return self._ensure(0)
-        best, best_load = 0, None
-        for index, conn in enumerate(slots):
-            load = -1 if conn is None else conn.in_flight()
-            if conn is not None and conn.broken is None and load == 0:
-                return conn
-            if best_load is None or load < best_load:
-                best, best_load = index, load
+    def _idle_step(self) -> float:
+        assert self._idle_timeout is not None
+        return max(min(self._idle_timeout / 4, 5.0), 0.05)
+
+    def _close_all(self) -> list[C]:
+        if self._closed is None or not isinstance(self._closed, PodClosedError):
+            self._closed = PodClosedError(f"pod {self.pod!r} was closed")
+        slots, self._slots = self._slots, [None] * len(self._slots)
+        return [conn for conn in slots if conn is not None]
+
+
+def _resend_failed(pod: str, exc: NotSentError) -> PodCrashedError:
+    return PodCrashedError(
+        f"pod {pod!r}: a fresh worker was gone again before the call was sent: {exc}",
+        returncode=exc.returncode,
+        stderr=exc.stderr,
+    )
+
+
+class WorkerPool(Slots[Connection]):
+    """Serve one pod with ``size`` connections from ``spawn()``, started lazily and replaced when they die."""
+
+    def __init__(
+        self, pod: str, spawn: Callable[[], Connection], size: int = 1, idle_timeout: float | None = None
+    ) -> None:
+        super().__init__(pod, size, idle_timeout)
+        self._spawn = spawn
+        self._lock = threading.Lock()
+        if idle_timeout is not None:
+            threading.Thread(target=self._reap_idle, name=f"pypods-{pod}-idle", daemon=True).start()
+
+    def start(self, count: int | None = None) -> None:
+        """Start workers now (all of them by default) rather than on the first call."""
+        for index in range(count if count is not None else self.size):
+            self._ensure(index)
+
+    def _ensure(self, index: int) -> Connection:
+        """The live connection in slot *index*, starting or replacing it."""
         with self._lock:
-            return self._ensure(best)
+            conn, old = self._live(index)
+            if conn is not None:
+                return conn
+            if old is not None:
+                old.close(kill=True)
+            self._check_open()  # the brake may have tripped on that one
+            return self._install(index, self._spawn())
 
     def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
-        """Run *name* on the least busy worker; a worker found dead before the send is replaced."""
-        self._last_used = time.monotonic()
-        conn = self._pick()
+        """Run *name* on the least busy worker; a worker found dead before the send is replaced once."""
+        self._check_open()
+        index, conn = self._pick()
+        if conn is None:
+            conn = self._ensure(index)
         try:
             return conn.call(name, args, kwargs, timeout)
         except NotSentError:
-            with self._lock:
-                conn = self._ensure(self._slots.index(conn) if conn in self._slots else 0)
+            conn = self._ensure(index)
+        try:
             return conn.call(name, args, kwargs, timeout)
+        except NotSentError as exc:
+            self._ensure_retired(index)
+            raise _resend_failed(self.pod, exc) from exc
 
-    def in_flight(self) -> int:
-        return sum(conn.in_flight() for conn in self._slots if conn is not None)
+    def _ensure_retired(self, index: int) -> None:
+        with self._lock:
+            old = self._retire(index)
+        if old is not None:
+            old.close(kill=True)
 
     def _reap_idle(self) -> None:
-        assert self._idle_timeout is not None
-        step = max(min(self._idle_timeout / 4, 5.0), 0.05)
         while self._closed is None:
-            time.sleep(step)
-            if time.monotonic() - self._last_used < self._idle_timeout:
-                continue
+            time.sleep(self._idle_step())
             with self._lock:
-                for index, conn in enumerate(self._slots):
-                    if conn is not None and conn.in_flight() == 0:
-                        self._slots[index] = None
-                        conn.close()
+                idle = self._idle()
+            for conn in idle:
+                conn.close()
 
     def close(self) -> None:
         """Stop every worker; later calls raise PodClosedError."""
         with self._lock:
-            self._closed = f"pod {self.pod!r} was closed"
-            slots, self._slots = self._slots, [None] * len(self._slots)
-        for conn in slots:
+            conns = self._close_all()
+        for conn in conns:
+            conn.close()
+
+
+class AsyncWorkerPool(Slots[AsyncConnection]):
+    """The asyncio twin of ``WorkerPool``: ``spawn``, ``call`` and ``aclose`` are awaited."""
+
+    def __init__(
+        self,
+        pod: str,
+        spawn: Callable[[], Awaitable[AsyncConnection]],
+        size: int = 1,
+        idle_timeout: float | None = None,
+    ) -> None:
+        super().__init__(pod, size, idle_timeout)
+        self._spawn = spawn
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()  # strong references: the loop keeps only weak ones
+        if idle_timeout is not None:
+            self._keep(asyncio.get_running_loop().create_task(self._reap_idle()))
+
+    def _keep(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def start(self, count: int | None = None) -> None:
+        for index in range(count if count is not None else self.size):
+            await self._ensure(index)
+
+    async def _ensure(self, index: int) -> AsyncConnection:
+        async with self._lock:
+            conn, old = self._live(index)
             if conn is not None:
-                conn.close()
+                return conn
+            if old is not None:
+                await old.aclose(kill=True)
+            self._check_open()  # the brake may have tripped on that one
+            return self._install(index, await self._spawn())
+
+    async def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
+        self._check_open()
+        index, conn = self._pick()
+        if conn is None:
+            conn = await self._ensure(index)
+        try:
+            return await conn.call(name, args, kwargs, timeout)
+        except NotSentError:
+            conn = await self._ensure(index)
+        try:
+            return await conn.call(name, args, kwargs, timeout)
+        except NotSentError as exc:
+            async with self._lock:
+                old = self._retire(index)
+            if old is not None:
+                await old.aclose(kill=True)
+            raise _resend_failed(self.pod, exc) from exc
+
+    async def _reap_idle(self) -> None:
+        while self._closed is None:
+            await asyncio.sleep(self._idle_step())
+            for conn in self._idle():
+                await conn.aclose()
+
+    async def aclose(self) -> None:
+        conns = self._close_all()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*(conn.aclose() for conn in conns), return_exceptions=True)

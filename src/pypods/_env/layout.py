@@ -182,6 +182,7 @@ class PodSettings:
     backend: str = "local"
     address: str | None = None
     env: dict[str, str] = dataclasses.field(default_factory=dict)
+    start_timeout: float = 60.0  # seconds a worker may take to import pod.py and say hello
 
     @classmethod
     def load(cls, layout: PodLayout, overrides: dict[str, Any]) -> PodSettings:
@@ -226,7 +227,7 @@ def _check(key: str, value: Any, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise bad("a whole number of at least 1")
         return value
-    if key in ("timeout", "idle_timeout"):
+    if key in ("timeout", "idle_timeout", "start_timeout"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise bad("a positive number of seconds")
         return float(value)

@@ -14,7 +14,9 @@ import time
 from typing import Optional
 
 _SIZE = struct.Struct("<i")
-MAX_FRAME = 2**31 - 1
+# The largest frame a reader accepts (1 GiB; the format's own limit is 2 GiB - 1). Buffers of 1 MiB or
+# more normally travel out of band, so only a forged or runaway frame comes near it.
+MAX_FRAME = 1 << 30
 CHUNK = 1 << 16
 
 
@@ -68,15 +70,31 @@ class FrameReader:
         buf = self._buf
         while len(buf) < 4:
             self._fill(CHUNK)
-        size = _SIZE.unpack_from(buf, 0)[0]
-        if size < 5 or size > self.max_frame:
-            raise FrameError("frame length %d is out of range" % size)
+        size = self._declared()
         while len(buf) < size:
-            # Read the rest of a large frame in one go rather than in 64 KiB steps.
-            self._fill(max(size - len(buf), CHUNK))
+            self.fill()
         frame = bytes(buf[:size]) if len(buf) > size else bytes(buf)
         del buf[:size]
         return frame
+
+    def _declared(self) -> int:
+        # Bytes 0-3 of a frame: its total length, little-endian int32 (the BSON document's own size).
+        size = _SIZE.unpack_from(self._buf, 0)[0]
+        if size < 5 or size > self.max_frame:
+            raise FrameError("frame length %d is out of range (5 to %d)" % (size, self.max_frame))
+        return int(size)
+
+    def fill(self) -> None:
+        """Read once (blocking if nothing is there); raise PipeClosed at end of file.
+
+        Never allocates from a declared length alone: a read asks for at most as many bytes as the
+        buffer already holds (at least 64 KiB), so memory grows only with the bytes that arrived.
+        """
+        buf = self._buf
+        want = CHUNK
+        if len(buf) >= 4:
+            want = max(min(_SIZE.unpack_from(buf, 0)[0] - len(buf), len(buf)), CHUNK)
+        self._fill(want)
 
     def feed(self, data: bytes) -> None:
         """Add bytes read elsewhere (an event loop's reader callback)."""
@@ -87,9 +105,7 @@ class FrameReader:
         buf = self._buf
         if len(buf) < 4:
             return None
-        size = _SIZE.unpack_from(buf, 0)[0]
-        if size < 5 or size > self.max_frame:
-            raise FrameError("frame length %d is out of range" % size)
+        size = self._declared()
         if len(buf) < size:
             return None
         frame = bytes(buf[:size]) if len(buf) > size else bytes(buf)

@@ -45,8 +45,22 @@ def _qualified(cls: type) -> str:
     return "%s.%s" % (cls.__module__, cls.__qualname__)
 
 
+def _message(exc: BaseException) -> str:
+    """The exception's message; a SyntaxError names its file with the path; never raises."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return "%s (%s, line %s)" % (exc.msg, exc.filename, exc.lineno)
+    try:
+        return str(exc)
+    except BaseException:  # an exception whose __str__ raises must still be reported
+        return "<%s; its message could not be shown>" % type(exc).__name__
+
+
 def error_info(exc: BaseException, kind: str) -> Dict[str, Any]:
-    """Describe an exception for the wire: its type and bases, message and formatted traceback."""
+    """Describe an exception for the wire: its type and bases, message and formatted traceback.
+
+    The traceback starts in the pod's code: the worker loop's frames and the import machinery's
+    (``<frozen importlib._bootstrap>``) are left out.
+    """
     import traceback
 
     cls = type(exc)
@@ -54,13 +68,16 @@ def error_info(exc: BaseException, kind: str) -> Dict[str, Any]:
     # Drop our own frames (the worker loop) so the traceback starts in the pod's code.
     while tb is not None and tb.tb_frame.f_globals.get("__package__") == __package__:
         tb = tb.tb_next
-    lines = traceback.format_exception(cls, exc, tb)
+    try:
+        lines = traceback.format_exception(cls, exc, tb)
+    except BaseException:  # pragma: no cover - a traceback that cannot be formatted
+        lines = []
     return {
         "kind": kind,
         "type": cls.__name__,
         "mro": [_qualified(base) for base in cls.__mro__ if issubclass(base, BaseException)],
-        "message": str(exc),
-        "traceback": "".join(lines),
+        "message": _message(exc),
+        "traceback": "".join(line for line in lines if not line.startswith('  File "<frozen importlib.')),
     }
 
 

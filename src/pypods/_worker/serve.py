@@ -18,7 +18,7 @@ import types
 from typing import Any, Callable, Deque, Dict, List, Optional, Set
 
 from . import messages
-from .codec import EncodeError, Encoder, register
+from .codec import Encoder, register
 from .decoding import DecodeError, Decoder
 from .exttypes import MissingLibrary, OutOfBand, sweep
 from .framing import FrameError, FrameReader, PipeClosed, write_all
@@ -91,14 +91,21 @@ def own_path(path: Optional[str], pod_dir: str) -> Optional[str]:
     return os.path.relpath(real, base)
 
 
+def _offerable(obj: Any) -> bool:
+    """A function, or a decorated one (``functools.wraps``, ``lru_cache``: callables with ``__wrapped__``)."""
+    if isinstance(obj, type):
+        return False
+    return isinstance(obj, _ROUTINES) or (callable(obj) and hasattr(obj, "__wrapped__"))
+
+
 def exported(module: Any, pod_dir: str) -> Dict[str, Callable[..., Any]]:
-    """Pick the functions a pod offers: ``__all__`` if set, else its own public functions."""
+    """Pick the functions a pod offers: ``__all__`` if set, else its own public (maybe decorated) functions."""
     names = getattr(module, "__all__", None)
     if names is not None:
         return {name: getattr(module, name) for name in names if callable(getattr(module, name, None))}
     chosen: Dict[str, Callable[..., Any]] = {}
     for name, obj in vars(module).items():
-        if name.startswith("_") or not isinstance(obj, _ROUTINES):
+        if name.startswith("_") or not _offerable(obj):
             continue
         origin = sys.modules.get(getattr(obj, "__module__", None) or "")
         if own_path(getattr(origin, "__file__", None), pod_dir) is not None:
@@ -119,7 +126,8 @@ class Worker:
         self.big = OutOfBand()
         self.decoder = Decoder(self.big)
         self.functions: Dict[str, Callable[..., Any]] = {}
-        self.queue: Deque[bytes] = collections.deque()  # frames that arrived during a stream
+        self.queue: Deque[bytes] = collections.deque()  # requests read but not yet served
+        self.streams: Dict[int, List[Any]] = {}  # call id -> [suspended generator, credits left]
         self.loop: Any = None  # an asyncio loop, made (and asyncio imported) for the first coroutine
         self.import_error: Optional[Dict[str, Any]] = None
         self.busy = False  # True only while pod code runs: the one time a Ctrl-C may interrupt
@@ -130,21 +138,30 @@ class Worker:
         if self.busy:
             raise KeyboardInterrupt
 
-    def send(self, message: Dict[str, Any], fast: bool = False) -> None:
+    def send(self, message: Dict[str, Any], fast: bool = False) -> bool:
+        """Encode and write one whole message; a value that cannot be encoded is answered as an error.
+
+        Returns False when *message* could not be encoded (its error went instead). Encoding ends
+        before writing starts, so the pipe never carries half a frame.
+        """
+        sent = True
         try:
             if fast:  # a plain result: {"id", "ok": true, "value"}
                 data = Encoder(self.big).reply(message["id"], message["value"])
             else:
                 data = Encoder(self.big).document(message)
-        except EncodeError as exc:
+        except Exception as exc:  # EncodeError, or any failure of a value's own methods
             self.big.discard()
+            path = getattr(exc, "path", None)
             # The top-level key ("value", "yield") reads better as what it is for the user.
-            if exc.path and exc.path[-1] in ("value", "yield"):
-                exc.path[-1] = "result" if exc.path[-1] == "value" else "item"
+            if path and path[-1] in ("value", "yield"):
+                path[-1] = "result" if path[-1] == "value" else "item"
             message = {"id": message.get("id", 0), "ok": False, "error": messages.error_info(exc, "serialization")}
             data = Encoder().document(message)
+            sent = False
         write_all(self.out, data)
         self.big.created = []  # the receiver unlinks what it maps; a crash is swept by pid
+        return sent
 
     def load(self, module_name: str) -> None:
         # 1. Import pod.py as a module of the project (never as __main__: the seed's block stays inert).
@@ -182,38 +199,39 @@ class Worker:
                 files.add(relative)
         return sorted(files)
 
-    def next_message(self) -> Optional[Dict[str, Any]]:
-        """Return the next request, or None after answering one that could not be decoded."""
-        if self.queue:
-            frame = self.queue.popleft()
-        else:
-            self.reader.spin(SPIN)  # a caller in a loop sends the next call within microseconds
-            frame = self.reader.read_frame()
-        # A Ctrl-C in the client may have cancelled this call before we started it: look at what
-        # has already arrived (without waiting) for a cancel of it.
-        while self.reader.readable(0):
-            after = self.reader.read_frame()
-            control = self._control(after, messages.peek_id(after))
-            if control is not None and control.get("op") == "cancel":
-                self.cancelled.add(control.get("id", 0))
-            else:
-                self.queue.append(after)
-        try:
-            return self.decoder.document(frame)
-        except (MissingLibrary, DecodeError) as exc:
-            # The frame boundary is intact, so answer this call with the error and go on.
-            self.big.discard()
-            self.send({"id": messages.peek_id(frame), "ok": False, "error": messages.error_info(exc, "decode")})
-            return None
-
     def serve(self) -> None:
-        # 3. Answer requests until the client closes the pipe or says shutdown.
+        # 3. Answer requests until the client closes the pipe or says shutdown. Streams interleave
+        #    with calls: a generator waiting for credit is only suspended, never holds the loop.
+        reader = self.reader
         while True:
+            if not self.queue:
+                runnable = self._runnable()
+                if runnable is not None and not reader.readable(0):
+                    self._advance(runnable)
+                    continue
+                if runnable is None:
+                    reader.spin(SPIN)  # a caller in a loop sends the next call within microseconds
+                try:
+                    self._take(reader.read_frame())
+                    # A Ctrl-C in the client may have cancelled a call before we start it: take
+                    # what has already arrived (without waiting), so its cancel is seen first.
+                    while reader.readable(0):
+                        self._take(reader.read_frame())
+                except (PipeClosed, OSError):
+                    return
+                continue
             try:
-                request = self.next_message()
+                while reader.readable(0):  # a cancel for a queued call may have come meanwhile
+                    self._take(reader.read_frame())
             except (PipeClosed, OSError):
                 return
-            if request is None:
+            frame = self.queue.popleft()
+            try:
+                request = self.decoder.document(frame)
+            except (MissingLibrary, DecodeError) as exc:
+                # The frame boundary is intact, so answer this call with the error and go on.
+                self.big.discard()
+                self.send({"id": messages.peek_id(frame), "ok": False, "error": messages.error_info(exc, "decode")})
                 continue
             op = request.get("op")
             if op == "call":
@@ -225,7 +243,63 @@ class Worker:
                 self.register(request.get("classes") or [])
             elif op == "shutdown":
                 return
-            # "more"/"cancel" for a call or stream that already ended: nothing to do.
+
+    def _take(self, frame: bytes) -> None:
+        """Apply a credit or cancel at once; queue anything else (calls run in arrival order)."""
+        control = self._control(frame)
+        if control is None:
+            self.queue.append(frame)
+            return
+        call_id = control.get("id", 0)
+        stream = self.streams.get(call_id)
+        if control.get("op") == "more":
+            if stream is not None:
+                stream[1] += max(int(control.get("n", 0) or 0), 0)
+        elif stream is not None:
+            del self.streams[call_id]
+            self._run(stream[0].close)
+            self.send({"id": call_id, "end": True, "cancelled": True})
+        elif any(messages.peek_id(queued) == call_id for queued in self.queue):
+            self.cancelled.add(call_id)
+        # else: a cancel for a call that already ended: nothing to do.
+
+    def _runnable(self) -> Optional[int]:
+        for call_id, stream in self.streams.items():
+            if stream[1] > 0:
+                return call_id
+        return None
+
+    def _advance(self, call_id: int) -> None:
+        """Produce and send one item of stream *call_id* (then let the others have a turn)."""
+        stream = self.streams.pop(call_id)
+        try:
+            self.busy = True
+            try:
+                item = next(stream[0])
+            finally:
+                self.busy = False
+        except StopIteration:
+            self.send({"id": call_id, "end": True})
+            return
+        except BaseException as exc:  # every failure goes back to the caller (an OSError too)
+            kind = "interrupted" if isinstance(exc, KeyboardInterrupt) else "remote"
+            self.send({"id": call_id, "ok": False, "error": messages.error_info(exc, kind)})
+            return
+        if not self.send(self.result(call_id, item, "yield")):
+            self._run(stream[0].close)  # the item could not cross: the stream ended with that error
+            return
+        stream[1] -= 1
+        self.streams[call_id] = stream  # re-inserted last: round robin between streams
+
+    def _run(self, action: Callable[[], Any]) -> None:
+        """Run pod code whose failure nobody waits for (a generator's close)."""
+        try:
+            self.busy = True
+            action()
+        except BaseException:
+            pass
+        finally:
+            self.busy = False
 
     def register(self, names: List[str]) -> None:
         """Rebuild the client's registered classes here too, where this pod can import them."""
@@ -266,7 +340,7 @@ class Worker:
                 self.send({"id": call_id, "ok": False, "error": self.import_error})
                 return
             if function is None:
-                raise AttributeError("pod %r has no function %r" % (self.pod_name, name))
+                raise AttributeError("no function %r in this pod (it offers: %s)" % (name, ", ".join(self.functions)))
             args, kwargs = request.get("args", ()), request.get("kwargs", {})
             if "p" in request:
                 if not self.pickle:
@@ -287,51 +361,17 @@ class Worker:
             self.send({"id": call_id, "ok": False, "error": messages.error_info(exc, kind)})
             return
         if isinstance(result, types.GeneratorType):
-            self.stream(call_id, result, int(request.get("window", 64)))
+            # 4. A stream: items go out as the client grants credit (at most *window* ahead).
+            self.send({"id": call_id, "ok": True, "stream": True})
+            self.streams[call_id] = [result, max(int(request.get("window", 64)), 1)]
         elif self.pickle:
             self.send(self.result(call_id, result))
         else:
             self.send({"id": call_id, "value": result}, fast=True)
 
-    def stream(self, call_id: int, generator: Any, window: int) -> None:
-        """Send a generator's items as they come; at most *window* unacknowledged (step 4)."""
-        self.send({"id": call_id, "ok": True, "stream": True})
-        credits = max(window, 1)
-        try:
-            while True:
-                self.busy = True
-                try:
-                    item = next(generator)
-                except StopIteration:
-                    break
-                finally:
-                    self.busy = False
-                self.send(self.result(call_id, item, "yield"))
-                credits -= 1
-                # Read what the client sent meanwhile: credit and cancel for us, other calls queue.
-                while credits <= 0 or self.reader.readable(0):
-                    frame = self.reader.read_frame()
-                    control = self._control(frame, call_id)
-                    if control is None:
-                        self.queue.append(frame)
-                    elif control.get("op") == "cancel":
-                        generator.close()
-                        self.send({"id": call_id, "end": True, "cancelled": True})
-                        return
-                    else:
-                        credits += int(control.get("n", window))
-        except (PipeClosed, OSError):
-            raise
-        except BaseException as exc:  # every failure goes back to the caller
-            self.busy = False
-            kind = "interrupted" if isinstance(exc, KeyboardInterrupt) else "remote"
-            self.send({"id": call_id, "ok": False, "error": messages.error_info(exc, kind)})
-            return
-        self.send({"id": call_id, "end": True})
-
-    def _control(self, frame: bytes, call_id: int) -> Optional[Dict[str, Any]]:
-        """The frame as a credit or cancel message for stream *call_id*, else None (a call to queue)."""
-        if messages.peek_id(frame) != call_id or len(frame) > 64:
+    def _control(self, frame: bytes) -> Optional[Dict[str, Any]]:
+        """The frame as a credit or cancel message, else None (a request to queue)."""
+        if len(frame) > 64:
             return None  # controls are tiny; never decode a call here (that would consume its shm)
         if b"\x02op\x00\x07\x00\x00\x00cancel\x00" not in frame and b"\x02op\x00\x05\x00\x00\x00more\x00" not in frame:
             return None

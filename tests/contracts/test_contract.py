@@ -1,0 +1,116 @@
+"""Pod behaviour, written once, run on every backend (sync, asyncio, Ray if present): see conftest.py."""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+import pypods
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+def test_values_cross_both_ways(open_pod: Callable[..., Any]) -> None:
+    pod = open_pod()
+    assert pod.call("add", 2, 3) == 5
+    value = {"a": [1, 2.5, "x", None, True], "b": (1, 2), "c": b"\x00\xff", "big": 2**70}
+    assert pod.call("echo", value) == value
+
+
+def test_remote_errors_are_pod_errors_and_the_builtin(open_pod: Callable[..., Any]) -> None:
+    pod = open_pod()
+    with pytest.raises(ValueError, match="pod bay doors") as info:
+        pod.call("fail", "pod bay doors")
+    assert isinstance(info.value, pypods.PodRemoteError)
+    assert "fail" in str(info.value)
+    assert pod.call("add", 1, 1) == 2
+
+
+def test_a_remote_stop_iteration_is_a_runtime_error(open_pod: Callable[..., Any]) -> None:
+    pod = open_pod()
+    with pytest.raises(RuntimeError, match="StopIteration"):
+        list(map(functools.partial(pod.call, "raise_stop"), range(2)))  # a silent stop would give []
+
+
+def test_functions_named_like_pod_attributes_are_reachable(open_pod: Callable[..., Any]) -> None:
+    pod = open_pod()
+    assert pod.call("name") == "the pod's own name()"
+    assert pod.call("close") == "the pod's own close()"
+    assert pod.call("call", 7) == ["the pod's own call()", 7]
+    for attr in ("settings", "functions", "pids", "layout", "interpreter"):
+        assert pod.call(attr) == attr
+    assert pod.call("add", 1, 2) == 3  # and the pod still works: close() above was the function
+
+
+def test_decorated_functions_are_offered(open_pod: Callable[..., Any]) -> None:
+    assert open_pod().call("cached", 21) == 42
+
+
+def test_a_function_timeout_parameter_is_passed_through(open_pod: Callable[..., Any]) -> None:
+    pod = open_pod(timeout=30)
+    assert pod.call("fetch", "u", timeout=7) == ["u", 7]
+    assert pod.call("fetch", "u") == ["u", 1]
+    assert pod.call("keyword_only", timeout=3) == 3
+    assert pod.timed(None, "fetch", "v", timeout=2) == ["v", 2]
+
+
+def test_a_call_deadline_fires_and_the_pod_recovers(open_pod: Callable[..., Any]) -> None:
+    pod = open_pod()
+    started = time.monotonic()
+    with pytest.raises(pypods.PodTimeoutError):
+        pod.timed(0.5, "sleep", 30)
+    assert time.monotonic() - started < 10
+    assert pod.call("add", 1, 2) == 3
+    assert pod.timed(None, "sleep", 0.1) == 0.1  # with_options() without a timeout: no deadline
+
+
+def test_timeouts_never_trip_the_crash_brake(open_pod: Callable[..., Any]) -> None:
+    pod = open_pod()
+    for _ in range(6):
+        with pytest.raises(pypods.PodTimeoutError):
+            pod.timed(0.2, "sleep", 30)
+    assert pod.call("add", 1, 2) == 3
+
+
+def test_a_crash_is_reported_and_the_next_call_works(open_pod: Callable[..., Any]) -> None:
+    pod = open_pod()
+    with pytest.raises(pypods.PodCrashedError):
+        pod.call("exit_now", 3)
+    assert pod.call("add", 2, 2) == 4
+
+
+def test_streams_and_a_call_while_a_stream_is_open(open_pod: Callable[..., Any]) -> None:
+    pod = open_pod()
+    assert list(pod.stream("countdown", 3)) == [3, 2, 1]
+    rows = pod.stream("countdown", 150)
+    assert next(rows) == 150
+    assert pod.call("add", 5, 5) == 10
+    assert [pod.call("add", row, 1) for row in rows] == list(range(150, 1, -1))
+
+
+def test_concurrent_calls_from_threads(open_pod: Callable[..., Any]) -> None:
+    pod = open_pod(workers=2)
+    results: dict[int, list[Any]] = {}
+
+    def worker(index: int) -> None:
+        results[index] = [pod.call("add", index, i) for i in range(20)]
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == {i: [i + n for n in range(20)] for i in range(4)}
+
+
+def test_calls_after_close_raise_closed(open_pod: Callable[..., Any]) -> None:
+    pod = open_pod()
+    assert pod.call("add", 1, 1) == 2
+    pod.close()
+    with pytest.raises(pypods.PodClosedError):
+        pod.call("add", 1, 1)

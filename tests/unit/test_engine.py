@@ -1,0 +1,375 @@
+"""The call engine against an in-process worker (real serve loop, socketpair, thread): regressions of #12, fast."""
+
+from __future__ import annotations
+
+import gc
+import pickle
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from typing import Any
+
+import pytest
+
+import pypods
+from pypods._client.connection import NotSentError, ProcessConnection
+from pypods._client.core import error_from_reply
+
+from .fakeworker import ThreadWorker, connect, pool
+
+
+def wait_for(predicate: Any, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_call_and_its_value() -> None:
+    conn = connect()
+    try:
+        assert conn.call("add", (2, 3), {}, None) == 5
+        assert conn.in_flight() == 0
+    finally:
+        conn.close()
+
+
+def test_timeout_while_another_thread_reads_does_not_deadlock() -> None:
+    # One worker, two threads: the first reads the pipe (leader), the second times out waiting.
+    conn = connect()
+    outcome: dict[str, Any] = {}
+
+    def slow() -> None:
+        try:
+            outcome["slow"] = conn.call("block", (5.0,), {}, None)
+        except pypods.PodError as exc:
+            outcome["slow"] = exc
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    assert wait_for(lambda: conn.in_flight() == 1)
+    time.sleep(0.05)  # the first thread is now the reader
+    started = time.monotonic()
+    with pytest.raises(pypods.PodTimeoutError):
+        conn.call("add", (1, 2), {}, 0.2)
+    thread.join(5)
+    assert not thread.is_alive(), "the reading thread hung"
+    assert time.monotonic() - started < 3
+    assert isinstance(outcome["slow"], pypods.PodWorkerError)
+    assert not isinstance(outcome["slow"], pypods.PodCrashedError)
+    conn.close()
+
+
+def test_a_call_while_a_stream_is_open() -> None:
+    conn = connect()
+    try:
+        stream = conn.call("countdown", (200,), {}, 5)
+        assert next(stream) == 200
+        assert conn.call("add", (5, 5), {}, 5) == 10
+        # A call per item, past the stream window (64): the worker keeps serving both.
+        seen = [conn.call("add", (item, 0), {}, 5) for item in stream]
+        assert seen == list(range(199, 0, -1))
+    finally:
+        conn.close()
+
+
+def test_closing_or_dropping_a_stream_cancels_the_generator() -> None:
+    worker = ThreadWorker()
+    conn = ProcessConnection(worker, start_timeout=5)
+    try:
+        stream = conn.call("countdown", (1000,), {}, 5)
+        next(stream)
+        stream.close()
+        assert wait_for(lambda: 1000 in worker.pod.closed)
+        dropped = conn.call("countdown", (999,), {}, 5)
+        next(dropped)
+        del dropped
+        gc.collect()
+        assert conn.call("add", (1, 1), {}, 5) == 2  # sends any cancel a finalizer deferred
+        assert wait_for(lambda: 999 in worker.pod.closed)
+    finally:
+        conn.close()
+
+
+def test_generator_raising_oserror_does_not_kill_the_worker() -> None:
+    conn = connect()
+    try:
+        stream = conn.call("oserror_gen", (), {}, 5)
+        assert next(stream) == 1
+        with pytest.raises(OSError, match="disk on fire") as info:
+            next(stream)
+        assert isinstance(info.value, pypods.PodRemoteError)
+        assert conn.broken is None
+        assert conn.call("add", (1, 2), {}, 5) == 3
+    finally:
+        conn.close()
+
+
+def test_unencodable_result_and_item_keep_the_worker() -> None:
+    conn = connect()
+    try:
+        with pytest.raises(pypods.PodSerializationError, match="result"):
+            conn.call("unencodable", (), {}, 5)
+        stream = conn.call("bad_item_gen", (), {}, 5)
+        assert next(stream) == 1
+        with pytest.raises(pypods.PodSerializationError, match="item"):
+            next(stream)
+        assert conn.call("add", (1, 2), {}, 5) == 3
+        with pytest.raises(pypods.PodSerializationError):
+            conn.call("add", (object(), 1), {}, 5)  # client side: nothing was sent
+        assert conn.call("add", (2, 2), {}, 5) == 4
+    finally:
+        conn.close()
+
+
+def test_seven_timeouts_then_a_normal_call() -> None:
+    workers = pool()
+    try:
+        for _ in range(7):
+            with pytest.raises(pypods.PodTimeoutError):
+                workers.call("block", (5.0,), {}, 0.05)
+        assert workers.call("add", (1, 2), {}, 5) == 3
+    finally:
+        workers.close()
+
+
+def test_crashes_trip_the_brake_with_its_own_error() -> None:
+    workers = pool()
+    try:
+        for _ in range(5):
+            workers.call("add", (1, 1), {}, 5)
+            workers.spawned[-1].worker.crash()  # type: ignore[attr-defined]
+            assert wait_for(lambda: not workers.spawned[-1].worker.alive())  # type: ignore[attr-defined]
+        with pytest.raises(pypods.PodCrashLoopError) as info:
+            workers.call("add", (1, 1), {}, 5)
+        assert len(info.value.crashes) == 5
+        assert not isinstance(info.value, pypods.PodClosedError)
+        with pytest.raises(pypods.PodCrashLoopError):
+            workers.call("add", (1, 1), {}, 5)
+    finally:
+        workers.close()
+
+
+def test_close_gives_waiting_callers_closed_error_without_blocking() -> None:
+    workers = pool()
+    errors: list[BaseException] = []
+
+    def waiting() -> None:
+        try:
+            workers.call("block", (30.0,), {}, None)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=waiting)
+    thread.start()
+    assert wait_for(lambda: workers.in_flight() == 1)
+    started = time.monotonic()
+    workers.close()
+    thread.join(5)
+    assert time.monotonic() - started < 1.5
+    assert len(errors) == 1
+    assert isinstance(errors[0], pypods.PodClosedError), errors
+    with pytest.raises(pypods.PodClosedError):
+        workers.call("add", (1, 1), {}, 5)
+
+
+def test_not_sent_error_never_escapes() -> None:
+    def dead() -> ProcessConnection:
+        conn = connect()
+        conn.worker.crash()  # type: ignore[attr-defined]
+        return conn
+
+    workers = pool(spawn=dead)
+    try:
+        with pytest.raises(pypods.PodWorkerError) as info:
+            workers.call("add", (1, 1), {}, 5)
+        assert not isinstance(info.value, NotSentError)
+    finally:
+        workers.close()
+
+
+def test_least_busy_pick_uses_idle_workers_first() -> None:
+    workers = pool(size=2)
+    try:
+        workers.start()
+        assert len(workers.pids()) == 2
+        thread = threading.Thread(target=workers.call, args=("block", (1.0,), {}, None))
+        thread.start()
+        assert wait_for(lambda: workers.in_flight() == 1)
+        busy = [conn for conn in workers.spawned if conn.in_flight()]  # type: ignore[attr-defined]
+        assert workers.call("add", (1, 2), {}, 5) == 3
+        assert busy[0].in_flight() == 1  # the second call went to the idle worker
+        busy[0].worker.pod.gate.set()
+        thread.join(5)
+    finally:
+        workers.close()
+
+
+def test_idle_workers_stop() -> None:
+    workers = pool(idle_timeout=0.1)
+    try:
+        workers.call("add", (1, 2), {}, 5)
+        assert wait_for(lambda: workers.pids() == [], 3)
+        assert workers.call("add", (1, 2), {}, 5) == 3  # started again on demand
+    finally:
+        workers.close()
+
+
+def test_remote_errors_keep_their_text_and_types() -> None:
+    conn = connect()
+    try:
+        with pytest.raises(ValueError, match=r"ValueError: pod bay doors") as info:
+            conn.call("raise_value", ("pod bay doors",), {}, 5)
+        assert "'fake'" in str(info.value)
+        with pytest.raises(pypods.PodRemoteError, match="message could not be shown"):
+            conn.call("bad_str", (), {}, 5)
+        assert conn.call("add", (1, 2), {}, 5) == 3
+    finally:
+        conn.close()
+
+
+def test_remote_stop_iteration_cannot_end_a_loop_silently() -> None:
+    conn = connect()
+    try:
+        with pytest.raises(RuntimeError, match="StopIteration") as info:
+            list(map(conn.call, ["raise_stop"] * 2, [()] * 2, [{}] * 2, [5] * 2))
+        assert not isinstance(info.value, StopIteration)
+        assert isinstance(info.value, pypods.PodRemoteError)
+    finally:
+        conn.close()
+
+
+def _raise_remote(mro: list[str]) -> None:
+    raise error_from_reply("p", "f", {"kind": "remote", "type": "X", "message": "boom", "mro": mro})
+
+
+@pytest.mark.parametrize("mro", [["builtins.ValueError", "builtins.Exception"], ["mod.Custom", "builtins.Exception"]])
+def test_remote_errors_pickle_as_themselves(mro: list[str]) -> None:
+    error = error_from_reply("p", "f", {"kind": "remote", "type": "X", "message": "boom", "mro": mro})
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is type(error)
+    assert str(again) == str(error)
+    with ProcessPoolExecutor(1, mp_context=get_context("fork")) as pool_:
+        future = pool_.submit(_raise_remote, mro)
+        with pytest.raises(pypods.PodRemoteError) as info:
+            future.result(timeout=20)
+    assert type(info.value) is type(error)
+    assert isinstance(info.value, ValueError) == ("builtins.ValueError" in mro)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        {"ok": "yes", "value": 1},
+        {"ok": False, "error": "text"},
+        {"ok": False, "error": {"message": 3}},
+        {"ok": False, "error": {"mro": [1, 2]}},
+        {"stream": True},
+        {},
+    ],
+)
+def test_malformed_replies_are_protocol_errors_and_the_next_call_works(reply: dict[str, Any]) -> None:
+    from pypods._worker.codec import Encoder
+
+    workers = pool()
+    try:
+        assert workers.call("add", (1, 1), {}, 5) == 2
+        conn = workers.spawned[-1]  # type: ignore[attr-defined]
+        # The pod answers its own call (id 2, after "add" = 1) with a forged reply first.
+        forged = bytes(Encoder().document({"id": 2, **reply}))
+        with pytest.raises(pypods.PodProtocolError):
+            workers.call("forge", (forged,), {}, 5)
+        assert conn.broken is not None
+        assert workers.call("add", (3, 3), {}, 5) == 6
+    finally:
+        workers.close()
+
+
+def test_stray_replies_are_dropped() -> None:
+    from pypods._worker.codec import Encoder
+
+    conn = connect()
+    try:
+        stray = bytes(Encoder().document({"id": 999, "ok": True, "value": "stray"}))
+        assert conn.call("forge", (stray,), {}, 5) == "forged"
+        assert conn.call("add", (1, 2), {}, 5) == 3
+    finally:
+        conn.close()
+
+
+def test_pickled_reply_on_a_bson_connection_is_refused(tmp_path: Any) -> None:
+    from pypods._worker.codec import Encoder
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self) -> Any:
+            return (open, (str(marker), "w"))
+
+    payload = pickle.dumps(Evil())
+    workers = pool()
+    try:
+        forged = bytes(Encoder().document({"id": 1, "ok": True, "value": None, "p": payload, "b": []}))
+        with pytest.raises(pypods.PodProtocolError, match="pickle"):
+            workers.call("forge", (forged,), {}, 5)
+        assert not marker.exists()
+        assert workers.call("add", (1, 1), {}, 5) == 2
+    finally:
+        workers.close()
+
+
+def _busy_pool() -> tuple[Any, threading.Thread]:
+    """A one-worker pool whose worker is stuck in a call, so it reads nothing more."""
+    workers = pool()
+    workers.call("add", (1, 1), {}, 5)
+    thread = threading.Thread(target=lambda: _swallow(workers.call, "block", (10.0,), {}, None))
+    thread.start()
+    assert wait_for(lambda: workers.in_flight() == 1)
+    return workers, thread
+
+
+def _swallow(function: Any, *args: Any) -> None:
+    try:
+        function(*args)
+    except pypods.PodError:
+        pass
+
+
+BIG = ["x" * 100] * 100_000  # ~10 MB inline (no single buffer reaches the out-of-band threshold)
+
+
+def test_a_write_that_cannot_finish_times_out_and_the_pod_recovers() -> None:
+    workers, thread = _busy_pool()
+    try:
+        started = time.monotonic()
+        with pytest.raises(pypods.PodTimeoutError):
+            workers.call("add", (BIG, []), {}, 0.3)
+        assert time.monotonic() - started < 2
+        thread.join(5)
+        assert workers.call("add", (2, 2), {}, 5) == 4
+    finally:
+        workers.close()
+
+
+def test_ctrl_c_during_a_large_write_never_leaves_half_a_frame() -> None:
+    import signal
+
+    workers, thread = _busy_pool()
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(KeyboardInterrupt):
+            workers.call("add", (BIG, []), {}, None)
+        thread.join(5)
+        assert workers.call("add", (2, 2), {}, 5) == 4  # a fresh worker: the half-sent frame died with the old
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        workers.close()
