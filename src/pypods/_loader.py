@@ -324,10 +324,10 @@ def open_pool(layout: PodLayout, settings: PodSettings, env_key: str, describe: 
     if settings.backend == "ray":
         from ._client import raypool
 
-        make_spawn = getattr(raypool, "make_spawn", None)
-        if make_spawn is None:  # TODO(#12): the Ray backend moves onto WorkerPool (helper ray)
+        open_ray = getattr(raypool, "open_ray", None)
+        if open_ray is None:  # TODO(#12): the Ray backend moves onto WorkerPool (helper ray)
             return raypool.RayPool(layout, settings)
-        spawn = make_spawn(layout, settings)
+        spawn = open_ray(layout, settings)
     else:
 
         def spawn() -> ProcessConnection:

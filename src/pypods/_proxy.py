@@ -34,27 +34,24 @@ POD_TIMEOUT: Any = object()  # "no deadline given for this call": the pod's ``ti
 
 
 def signature_of(info: dict[str, Any]) -> inspect.Signature | None:
-    """Rebuild ``inspect.Signature`` from a description; None if the pod could not say."""
+    """Rebuild ``inspect.Signature`` from a description; None if the pod could not say (or said nonsense)."""
     params = info.get("params")
-    if params is None:
+    if not isinstance(params, list):
         return None
-    built = []
-    for entry in params:
-        default: Any = inspect.Parameter.empty
-        if "value" in entry:
-            default = entry["value"]
-        elif "default" in entry:
-            default = _Shown(entry["default"])
-        annotation: Any = _Shown(entry["annotation"]) if entry.get("annotation") else inspect.Parameter.empty
-        built.append(
-            inspect.Parameter(
-                entry["name"], inspect._ParameterKind(entry["kind"]), default=default, annotation=annotation
-            )
-        )
-    returns = _Shown(info["returns"]) if info.get("returns") else inspect.Signature.empty
     try:
+        built = []
+        for entry in params:
+            default: Any = inspect.Parameter.empty
+            if "value" in entry:
+                default = entry["value"]
+            elif "default" in entry:
+                default = _Shown(entry["default"])
+            annotation: Any = _Shown(entry["annotation"]) if entry.get("annotation") else inspect.Parameter.empty
+            kind = inspect._ParameterKind(entry["kind"])
+            built.append(inspect.Parameter(entry["name"], kind, default=default, annotation=annotation))
+        returns = _Shown(info["returns"]) if info.get("returns") else inspect.Signature.empty
         return inspect.Signature(built, return_annotation=returns)
-    except ValueError:
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None
 
 
@@ -87,8 +84,9 @@ def make_proxy(pod: Caller, info: dict[str, Any]) -> Callable[..., Any]:
 def _dress(function: Any, pod: Caller, info: dict[str, Any]) -> None:
     name = info["name"]
     function.__name__ = name
-    function.__qualname__ = info.get("qualname") or name
-    function.__doc__ = info.get("doc")
+    qualname, doc = info.get("qualname"), info.get("doc")
+    function.__qualname__ = qualname if isinstance(qualname, str) and qualname else name
+    function.__doc__ = doc if isinstance(doc, str) else None
     function.__module__ = f"pods.{pod._name}.pod"
     signature = signature_of(info)
     if signature is not None:

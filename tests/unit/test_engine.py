@@ -373,3 +373,24 @@ def test_ctrl_c_during_a_large_write_never_leaves_half_a_frame() -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         workers.close()
+
+
+def test_malformed_descriptions_give_plain_proxies() -> None:
+    from pypods._proxy import make_proxy, signature_of
+
+    class Caller:
+        _name = "p"
+
+        def _call(self, name: str, args: Any, kwargs: Any, timeout: Any) -> Any:
+            return (name, args, kwargs)
+
+    for info in (
+        {"name": "f", "params": [{"kind": 99, "name": "x"}]},
+        {"name": "f", "params": [{"name": 3, "kind": 1}]},
+        {"name": "f", "params": "nope", "qualname": 5, "doc": ["x"]},
+        {"name": "f", "params": [{}]},
+    ):
+        assert signature_of(info) is None
+        proxy = make_proxy(Caller(), info)  # type: ignore[arg-type]
+        assert proxy(1, timeout=2) == ("f", (1,), {"timeout": 2})
+        assert proxy.__qualname__ == "f"

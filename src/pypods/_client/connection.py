@@ -235,6 +235,8 @@ class ProcessConnection(WorkerConnection):
                     box.append(reply)
                     self._cv.notify_all()
                 # else: a reply to an abandoned call (interrupted, closed stream) or a stray id: dropped.
+            if deadline is not None and time.monotonic() > deadline:
+                raise self._timed_out(name, timeout)  # a flood of other frames cannot stretch it
 
     def _wait_readable(self, deadline: float | None, name: str, timeout: float | None) -> None:
         """Block until bytes arrive and read them once; raise at the deadline or when the worker died."""
