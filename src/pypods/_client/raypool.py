@@ -1,21 +1,20 @@
-"""The Ray backend: each worker of a pod is a Ray actor (``RayConnection``), served by the one pool.
+"""The Ray backend: each worker of a pod is a Ray actor (``RayConnection``) in the one ``WorkerPool``.
 
-A ``RayConnection`` is one actor created with the pod's ``runtime_env`` (its requirements as ``pip``,
-``pod.toml``'s ``env`` as ``env_vars``; see ``rayship``) and given the pod's code files, which it
-stages in a temporary project (Ray uploads local ``working_dir`` folders only for a whole job, not
-per actor). Calls and replies cross as ``bytes`` encoded with our codec, so the client never
-unpickles anything a pod produced. Ray is imported only here, and only for ``backend="ray"``.
-Ray layers the pip packages over the cluster's base environment, so isolation from the client's
-packages is weaker than with a local pod.
+A ``RayConnection`` is one actor created with the pod's ``runtime_env`` (its requirements through
+Ray's ``uv`` field, ``pod.toml``'s ``env`` as ``env_vars``; see ``rayship``) and given the pod's code
+files, which it stages in a temporary project (Ray uploads local ``working_dir`` folders only for a
+whole job, not per actor). Calls and replies cross as ``bytes`` of our codec, and replies are read
+only as raw bytes (``rayobjects``), so the client never unpickles anything a pod produced; the
+meaning of a reply (value, stream item, error) comes from the protocol core, as for a local worker.
+The pool gives Ray pods what it gives local ones: least-busy pick, replacement, the crash brake,
+``idle_timeout``. Ray is imported only here, and only for ``backend="ray"``.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import sys
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from .._errors import (
@@ -25,14 +24,14 @@ from .._errors import (
     PodError,
     PodProtocolError,
     PodSerializationError,
-    PodTimeoutError,
 )
 from .._worker import messages
 from .._worker.codec import Encoder
 from .._worker.decoding import Decoder
 from . import rayactor, rayobjects, rayship
-from .base import Stream, check_hello, error_from_reply
-from .pool import WorkerPool
+from .base import Stream
+from .connection import NotSentError
+from .core import START, CallProtocol, Outcome, check_hello
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -40,8 +39,13 @@ if TYPE_CHECKING:
     from .._env.layout import PodLayout, PodSettings
 
 BACKEND = "ray"
-START_TIMEOUT = 300.0  # a first start may build the pod's pip environment on the node
-STREAM_WINDOW = 64  # items an actor's generator may run ahead of the consumer (as a local worker's)
+# The settings this backend honours (the loader refuses any other one set to a non-default value,
+# naming it and the backend): the pool's (workers, timeout, start, idle_timeout), start_timeout (the
+# actor's hello), env (env_vars), codec (encoded in the actor), address, and python when it names
+# the cluster's Python (checked in open_ray). Not ``log``: an actor's output goes to Ray's logs.
+OPTIONS = frozenset(
+    {"python", "workers", "timeout", "env", "start", "idle_timeout", "codec", "backend", "address", "start_timeout"}
+)
 
 
 def _ray() -> Any:
@@ -52,31 +56,19 @@ def _ray() -> Any:
     return ray
 
 
-def refuse(pod: str, option: str, value: Any, why: str) -> PodBuildError:
-    """The error for an option the Ray backend cannot honour, naming the option and the backend."""
-    return PodBuildError(f"pod {pod!r}: option {option}={value!r} is not supported by backend {BACKEND!r}: {why}")
-
-
-def check_options(pod: str, settings: PodSettings) -> None:
-    """Refuse, at load, every option the Ray backend would otherwise ignore.
-
-    Honoured: ``workers``, ``timeout``, ``start``, ``idle_timeout`` (the pool), ``start_timeout``
-    (the actor's hello), ``env`` (``env_vars``), ``codec`` (replies are encoded in the actor),
-    ``address``, and ``python`` when it names the cluster's Python.
+def check_python(pod: str, python: str | None) -> None:
+    """Refuse a ``python`` other than the cluster's (the one this client runs: Ray needs them equal).
 
     Raises:
-        PodBuildError: ``python`` names another Python than the cluster's, or ``log="logging"``.
+        PodBuildError: *python* names another version or interpreter.
     """
     cluster = ".".join(map(str, sys.version_info[:2]))
-    python = settings.python
-    if python is not None and python.strip() not in (cluster, sys.executable) and not python.startswith(cluster + "."):
-        raise refuse(
-            pod, "python", python, f"pods run on the cluster's Python ({cluster}); remove it or use backend 'local'"
-        )
-    if settings.log != "stderr":
-        raise refuse(
-            pod, "log", settings.log, "an actor's output goes to Ray's logs (and the driver's console), not to pypods"
-        )
+    if python is None or python.strip() in (cluster, sys.executable) or python.startswith(cluster + "."):
+        return
+    raise PodBuildError(
+        f"pod {pod!r}: option python={python!r} is not supported by backend {BACKEND!r}: pods run on the "
+        f"cluster's Python ({cluster}); remove it or use backend 'local'"
+    )
 
 
 class RayConnection:
@@ -84,43 +76,48 @@ class RayConnection:
 
     Raises (from the constructor):
         PodBuildError: the actor or its runtime_env could not be created.
-        PodTimeoutError: the actor did not answer its hello within *start_timeout* seconds.
+        PodTimeoutError: the actor did not say hello within *start_timeout* seconds (it was killed).
         PodRemoteError: importing the pod's ``pod.py`` failed in the actor.
     """
 
-    def __init__(self, ray: Any, actor_class: Any, layout: PodLayout, settings: PodSettings, start_timeout: float):
+    def __init__(self, ray: Any, actor_class: Any, layout: PodLayout, settings: PodSettings) -> None:
         self.pod = layout.name
         self.ray = ray
-        self.codec = settings.codec
+        self.proto = CallProtocol(self.pod, settings.codec)
         self._lock = threading.Lock()
         self._in_flight = 0
-        self._ids = itertools.count(1)
-        self.broken: PodError | None = None
+        self._broken: PodError | None = None
         self.hello: dict[str, Any] = {}
-        files = rayship.pod_files(layout)
+        self.description: list[dict[str, Any]] = []
         self.actor = actor_class.options(
             runtime_env=rayship.runtime_env(layout, settings), scheduling_strategy="SPREAD", max_restarts=0
-        ).remote(self.pod, files, settings.codec)
+        ).remote(self.pod, rayship.pod_files(layout), settings.codec)
         try:
-            self.hello = self._decode(self._get(self.actor.hello.remote(), start_timeout, "(start)"))
+            self.hello = self._decode(self._get(self.actor.hello.remote(), settings.start_timeout, START))
             self.description = check_hello(self.pod, self.hello)
-        except BaseException as exc:
+        except PodCrashedError as exc:
             self.close(kill=True)
-            if isinstance(exc, PodCrashedError):
-                raise PodBuildError(f"pod {self.pod!r}: its Ray actor could not start: {exc}") from exc
+            raise PodBuildError(f"pod {self.pod!r}: its Ray actor could not start: {exc}") from exc
+        except BaseException:
+            self.close(kill=True)
             raise
-        self.pid: int = int(self.hello.get("pid") or 0)
-        self._generators = {info["name"] for info in self.description if info.get("generator")}
+        self._generators = {info.get("name") for info in self.description if info.get("generator")}
+
+    @property
+    def pid(self) -> int:
+        pid = self.hello.get("pid")
+        return pid if type(pid) is int else 0
+
+    @property
+    def broken(self) -> PodError | None:
+        return self._broken
 
     def in_flight(self) -> int:
         return self._in_flight
 
-    @property
-    def worker(self) -> RayConnection:  # what WorkerPool asks of a connection (until the one pool lands)
-        return self
-
-    def alive(self) -> bool:
-        return self.broken is None
+    def _count(self, step: int) -> None:
+        with self._lock:
+            self._in_flight += step
 
     def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         """Run *name* on the actor: its value, or a ``RayStream`` for a generator function.
@@ -129,59 +126,59 @@ class RayConnection:
             PodRemoteError: the function raised.
             PodSerializationError: an argument or the result cannot cross.
             PodTimeoutError: no answer within *timeout*; the actor was killed.
-            PodCrashedError: the actor died (or was already dead).
+            PodCrashedError: the actor died.
             PodProtocolError: the actor sent something that is not a message of ours.
+            PodClosedError: the pod was closed meanwhile.
         """
-        if self.broken is not None:
-            raise PodCrashedError(f"pod {self.pod!r}: its Ray actor is gone: {self.broken}")
+        if self._broken is not None:
+            raise NotSentError(f"pod {self.pod!r}: its Ray actor is gone: {self._broken}")
         request = self._encode(name, args, kwargs)
         if name in self._generators:
             refs = self.actor.stream.options(
-                num_returns="streaming",
-                concurrency_group="streams",
-                _generator_backpressure_num_objects=STREAM_WINDOW,
+                num_returns="streaming", concurrency_group="streams", _generator_backpressure_num_objects=64
             ).remote(request)
             return RayStream(self, refs, name, timeout)
-        with self._lock:
-            self._in_flight += 1
+        self._count(1)
         try:
             reply = self._decode(self._get(self.actor.call.remote(request), timeout, name))
+            outcome = self._meaning(self.proto.outcome, name, reply)
         finally:
-            with self._lock:
-                self._in_flight -= 1
-        if reply.get("ok"):
-            return reply_value(reply, "value")
-        raise error_from_reply(self.pod, name, reply.get("error"))
+            self._count(-1)
+        if outcome.kind != Outcome.VALUE:
+            raise self._protocol_error(f"a stream reply to the plain call {name!r}")
+        return outcome.value
 
     def _encode(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-        call_id = next(self._ids)
+        """The call request as bytes, all in band (an actor may run on another machine: no shared memory)."""
+        call_id = self.proto.next_id()
         try:
-            if self.codec != "pickle":
+            if self.proto.codec != "pickle":
                 return bytes(Encoder().request(call_id, name, args, kwargs))
             packed = messages.pack_pickle((args, kwargs))
             return bytes(Encoder().document({"id": call_id, "op": "call", "name": name, **packed}))
-        except Exception as exc:
+        except Exception as exc:  # EncodeError (any failure), or pickling with the opt-in codec
             raise PodSerializationError(f"pod {self.pod!r}, function {name!r}: {exc}") from exc
 
-    def _get(self, ref: Any, timeout: float | None, what: str) -> Any:
+    def _get(self, ref: Any, timeout: float | None, what: str) -> bytes:
         """Wait for one reply object; map Ray's failures to ours (the one place that does)."""
         errors = self.ray.exceptions
         try:
             return rayobjects.read_raw(self.ray, ref, timeout)
         except rayobjects.UnsafeObject as exc:
-            self._break(PodProtocolError(str(exc)))
-            raise PodProtocolError(f"pod {self.pod!r}: its Ray actor sent {exc}") from None
+            raise self._protocol_error(exc) from None
         except errors.GetTimeoutError:
-            self._break(PodTimeoutError(f"pod {self.pod!r}, function {what!r}: no answer within {timeout}s"))
-            raise PodTimeoutError(
-                f"pod {self.pod!r}, function {what!r}: no answer within {timeout}s; its Ray actor was killed"
-            ) from None
+            error = self.proto.timeout_error(what, timeout)
+            self._break(error)
+            raise error from None
         except errors.RuntimeEnvSetupError as exc:
             self._break(PodBuildError(str(exc)))
             raise PodBuildError(f"pod {self.pod!r}: Ray could not build its runtime_env: {exc}") from exc
-        except (errors.RayActorError, errors.RayError) as exc:  # died, unreachable, cancelled, lost
-            self._break(PodCrashedError(str(exc)))
-            raise PodCrashedError(f"pod {self.pod!r}: its Ray actor died during {what!r}: {exc}") from exc
+        except errors.RayError as exc:  # the actor died, its node died, the object was lost
+            if isinstance(self._broken, PodClosedError):
+                raise PodClosedError(str(self._broken)) from exc
+            crashed = PodCrashedError(f"pod {self.pod!r}: its Ray actor died during {what!r}: {exc}")
+            self._break(crashed)
+            raise crashed from exc
         except KeyboardInterrupt:
             try:
                 self.ray.cancel(ref)
@@ -189,43 +186,52 @@ class RayConnection:
                 pass
             raise
 
-    def _decode(self, data: Any) -> dict[str, Any]:
-        """One reply message; anything else the actor sent breaks the connection (PodProtocolError)."""
+    def _decode(self, data: bytes) -> dict[str, Any]:
+        """One message, decoded without out-of-band buffers: an actor has no shared memory with us."""
         try:
-            if not isinstance(data, bytes):
-                raise TypeError(f"a reply must be bytes, not {type(data).__name__}")
-            return Decoder().document(data)
+            message = Decoder().document(data)
         except Exception as exc:
-            self._break(PodProtocolError(str(exc)))
-            raise PodProtocolError(f"pod {self.pod!r}: its Ray actor sent a malformed reply: {exc}") from exc
+            raise self._protocol_error(exc) from exc
+        if type(message.get("id")) is not int:
+            raise self._protocol_error("a message without an integer id")
+        return message
+
+    def _meaning(self, read: Callable[[str, dict[str, Any]], Outcome], name: str, reply: dict[str, Any]) -> Outcome:
+        """What the core makes of a reply; a malformed one breaks this connection too."""
+        try:
+            return read(name, reply)
+        except PodProtocolError as exc:
+            self._break(exc)
+            raise
+
+    def _protocol_error(self, cause: object) -> PodProtocolError:
+        error = self.proto.protocol_error(cause)
+        self._break(error)
+        return error
 
     def _break(self, reason: PodError) -> None:
         """Mark the connection broken and kill the actor (the pool replaces it)."""
-        if self.broken is None:
-            self.broken = reason
+        if self._broken is None:
+            self._broken = reason
         try:
             self.ray.kill(self.actor, no_restart=True)
         except Exception:
             pass
 
     def close(self, kill: bool = False) -> None:
-        """Stop the actor: gracefully (it removes its staged code and exits) unless *kill*. Never blocks."""
-        if self.broken is None:
-            self.broken = PodClosedError(f"pod {self.pod!r} was closed")
+        """Stop the actor without blocking: it removes its staged code and exits, unless killed.
+
+        An actor with calls in flight is killed, so that their callers get ``PodClosedError`` now.
+        """
+        if self._broken is None:
+            self._broken = PodClosedError(f"pod {self.pod!r} was closed")
         try:
-            if kill:
+            if kill or self._in_flight:
                 self.ray.kill(self.actor, no_restart=True)
             else:
                 self.actor.exit.remote()
         except Exception:
             pass
-
-
-def reply_value(reply: dict[str, Any], key: str) -> Any:
-    """The value a reply carries (unpickled only for a pod the client's code loaded with codec="pickle")."""
-    if "p" in reply:
-        return messages.unpack_pickle(reply)
-    return reply.get(key)
 
 
 class RayStream(Stream):
@@ -234,40 +240,37 @@ class RayStream(Stream):
     def __init__(self, conn: RayConnection, refs: Any, name: str, timeout: float | None) -> None:
         self._conn, self._refs, self._name, self._timeout = conn, refs, name, timeout
         self._done = False
-        with conn._lock:
-            conn._in_flight += 1
+        conn._count(1)
 
     def __next__(self) -> Any:
         if self._done:
             raise StopIteration
+        conn = self._conn
         try:
-            reply = self._conn._decode(self._conn._get(self._next_ref(), self._timeout, self._name))
+            reply = conn._decode(conn._get(self._next_ref(), self._timeout, self._name))
+            outcome = conn._meaning(conn.proto.stream_item, self._name, reply)
         except BaseException:
             self._finish()
             raise
-        if "yield" in reply:
-            return reply_value(reply, "yield")
+        if outcome.kind == Outcome.ITEM:
+            return outcome.value
         self._finish()
-        if reply.get("end"):
-            raise StopIteration
-        raise error_from_reply(self._conn.pod, self._name, reply.get("error"))
+        raise StopIteration
 
     def _next_ref(self) -> Any:
         """The next item's reference, waiting at most the call's timeout for the actor to yield it."""
-        began = time.monotonic()
         try:
             ref = self._refs._next_sync(timeout_s=self._timeout)
         except StopIteration:
-            raise PodProtocolError(f"pod {self._conn.pod!r}: its Ray actor ended {self._name!r} without a word")
+            raise self._conn._protocol_error(f"the stream {self._name!r} ended without its end message") from None
         if ref.is_nil():
-            raise self._conn.ray.exceptions.GetTimeoutError(f"{time.monotonic() - began:.1f}s")
+            raise self._conn.ray.exceptions.GetTimeoutError(f"no item of {self._name!r} within {self._timeout}s")
         return ref
 
     def _finish(self) -> None:
         if not self._done:
             self._done = True
-            with self._conn._lock:
-                self._conn._in_flight -= 1
+            self._conn._count(-1)
 
     def close(self) -> None:
         """Stop the generator in the actor (Ray cancels it; its ``finally`` runs there)."""
@@ -281,29 +284,24 @@ class RayStream(Stream):
 
 
 def open_ray(layout: PodLayout, settings: PodSettings) -> Callable[[], RayConnection]:
-    """Check the options, join the cluster and return the spawn factory of the pod's actors.
+    """Check what the loader cannot, join the cluster, and return the factory of the pod's actors.
+
+    Each actor gets the pod's files as they are when it starts, so a replaced (or reloaded) actor
+    runs the current code, as a new local worker would.
 
     Raises:
-        PodBuildError: an option the Ray backend cannot honour (see ``check_options``).
+        PodBuildError: ``python`` is not the cluster's, or the pod would ship too much.
         ImportError: Ray is not installed.
     """
-    check_options(layout.name, settings)
+    check_python(layout.name, settings.python)
     rayship.pod_files(layout)  # refuse a pod that ships too much at load, not at its first call
     ray = _ray()
     if not ray.is_initialized():
         address = settings.address or os.environ.get("RAY_ADDRESS")
         ray.init(address=address, include_dashboard=False, ignore_reinit_error=True)
     actor_class = ray.remote(concurrency_groups=rayactor.CONCURRENCY_GROUPS)(rayactor.PodActor)
-    start_timeout = getattr(settings, "start_timeout", None) or START_TIMEOUT
 
     def spawn() -> RayConnection:
-        return RayConnection(ray, actor_class, layout, settings, start_timeout)
+        return RayConnection(ray, actor_class, layout, settings)
 
     return spawn
-
-
-class RayPool(WorkerPool):
-    """The pod's actors in the local worker pool (crash brake, idle stop), until the one pool lands."""
-
-    def __init__(self, layout: PodLayout, settings: PodSettings) -> None:
-        super().__init__(layout.name, open_ray(layout, settings), settings.workers, settings.idle_timeout)  # type: ignore[arg-type]
