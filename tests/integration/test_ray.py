@@ -46,6 +46,11 @@ def sleep(seconds):
     time.sleep(seconds)
     return os.getpid()
 
+def placed(seconds):
+    import ray
+    time.sleep(seconds)
+    return [os.getpid(), ray.get_runtime_context().get_node_id()]
+
 def here():
     return os.path.dirname(os.path.abspath(__file__))
 
@@ -191,6 +196,23 @@ def test_the_pool_serves_ray_too_idle_stop_crash_brake_start_timeout(make_pod, r
     with pytest.raises(pypods.PodTimeoutError, match="start_timeout"):
         pypods.load("slowstart", root=root, backend="ray", start_timeout=3)
     assert time.monotonic() - began < 30
+
+
+def test_timeout_and_two_actors(make_pod, root: Path) -> None:
+    _pod(make_pod, "pair", None)
+    with pypods.load("pair", root=root, backend="ray", workers=2, start="eager") as pod:
+        with pytest.raises(pypods.PodTimeoutError):
+            pod.call("sleep", 30, timeout=1.0)
+        placed: list[list[object]] = []
+        threads = [threading.Thread(target=lambda: placed.append(pod.placed(1.0))) for _ in range(2)]
+        began = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert len({pid for pid, _ in placed}) == 2  # both actors served
+        assert len({node for _, node in placed}) == 2  # on the two nodes: calls cross both raylets
+        assert time.monotonic() - began < 10
 
 
 def test_other_python_than_the_cluster_is_refused(make_pod, root: Path) -> None:
