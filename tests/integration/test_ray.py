@@ -51,6 +51,15 @@ def placed(seconds):
     time.sleep(seconds)
     return [os.getpid(), ray.get_runtime_context().get_node_id()]
 
+def forever(marker):
+    try:
+        n = 0
+        while True:
+            yield n
+            n += 1
+    finally:
+        open(marker, "w").close()
+
 def here():
     return os.path.dirname(os.path.abspath(__file__))
 
@@ -100,6 +109,21 @@ def test_killed_actor_is_reported_and_replaced(make_pod, root: Path) -> None:
             pod.sleep(60)
         assert pod.pid() != victim
         assert not os.path.exists(staged)  # a killed actor cleans nothing: its successor swept it
+
+
+def test_an_abandoned_stream_is_cancelled_in_the_actor(make_pod, root: Path, tmp_path: Path) -> None:
+    _pod(make_pod, "streamer", None)
+    marker = tmp_path / "generator-closed"
+    with pypods.load("streamer", root=root, backend="ray") as pod:
+        rows = pod.forever(str(marker))
+        assert [next(rows) for _ in range(3)] == [0, 1, 2]
+        assert pod.where() == "helper of streamer"  # a call while the stream is open
+        rows.close()
+        deadline = time.monotonic() + 20
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists()  # the generator's finally ran in the actor
+        assert pod.where() == "helper of streamer"
 
 
 def test_only_code_ships_and_the_actor_removes_it(make_pod, root: Path, tmp_path: Path) -> None:

@@ -259,8 +259,9 @@ class RayStream(Stream):
 
     def _next_ref(self) -> Any:
         """The next item's reference, waiting at most the call's timeout for the actor to yield it."""
+        next_sync = getattr(self._refs, "_next_sync", None)  # Ray >= 2.8; before, no deadline on the wait
         try:
-            ref = self._refs._next_sync(timeout_s=self._timeout)
+            ref = next_sync(timeout_s=self._timeout) if next_sync is not None else next(self._refs)
         except StopIteration:
             raise self._conn._protocol_error(f"the stream {self._name!r} ended without its end message") from None
         if ref.is_nil():
