@@ -7,14 +7,20 @@ the object's metadata first, through Ray's core worker, and read only ``RAW`` ob
 system errors (actor died, node died, runtime_env failed: built from protobuf, never pickle) are
 raised as Ray raises them; everything else is refused unread.
 
-This uses ``CoreWorker.get_objects``, which is not public Ray API; where it is missing or differs
-(another Ray version), we fall back to ``ray.get`` plus a type check, and log once that replies are
-then only as safe as Ray's deserialization.
+Streams (Ray's streaming generators) are read the same way, item by item, and their end is our own
+``end`` message: the generator task's own result, which Ray reads with ``ray.get`` when a stream
+runs out, is only looked at through ``read_raw`` (a dead actor's error, or refused).
+
+This uses ``CoreWorker.get_objects`` and the object-ref stream calls, which are not public Ray API;
+where they are missing or differ (another Ray version), we fall back to ``ray.get`` plus a type
+check and Ray's own ``ObjectRefGenerator`` iteration, and log once that replies are then only as
+safe as Ray's deserialization.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 RAW = b"RAW"
@@ -65,3 +71,46 @@ def _fallback(ray: Any, ref: Any, timeout: float | None) -> bytes:
     if not isinstance(value, bytes):
         raise UnsafeObject(f"a {type(value).__name__} instead of raw bytes")
     return value
+
+
+def read_item(ray: Any, refs: Any, timeout: float | None) -> bytes:
+    """The next item of a streaming generator (*refs*, an ``ObjectRefGenerator``), as raw bytes.
+
+    Raises:
+        ray.exceptions.GetTimeoutError: no item within *timeout*.
+        ray.exceptions.RayError: the actor died (its error, as Ray raises it).
+        UnsafeObject: the item is not raw bytes, or the stream ended (ours end with an ``end`` item).
+    """
+    began = time.monotonic()
+    ref = _next_ref(ray, refs, timeout)
+    left = None if timeout is None else max(timeout - (time.monotonic() - began), 0.0)
+    return read_raw(ray, ref, left)
+
+
+def _next_ref(ray: Any, refs: Any, timeout: float | None) -> Any:
+    try:
+        core = refs.worker.core_worker
+        generator = refs._generator_ref
+        expected, ready = core.peek_object_ref_stream(generator)
+    except AttributeError:
+        return _fallback_next(ray, refs, timeout)
+    if not ready:
+        _, unready = ray.wait([expected], timeout=timeout, fetch_local=False)
+        if unready:
+            raise ray.exceptions.GetTimeoutError(f"no stream item within {timeout}s")
+    try:
+        return core.try_read_next_object_ref_stream(generator)
+    except ray.exceptions.ObjectRefStreamEndOfStreamError:
+        read_raw(ray, generator, 0)  # the task's result: raises a dead actor's error, or refuses the rest
+        raise UnsafeObject("the end of the stream without its end message") from None
+
+
+def _fallback_next(ray: Any, refs: Any, timeout: float | None) -> Any:
+    next_sync = getattr(refs, "_next_sync", None)  # Ray >= 2.8; before it, no deadline on the wait
+    try:
+        ref = next_sync(timeout_s=timeout) if next_sync is not None else next(refs)
+    except StopIteration:
+        raise UnsafeObject("the end of the stream without its end message") from None
+    if ref.is_nil():
+        raise ray.exceptions.GetTimeoutError(f"no stream item within {timeout}s")
+    return ref

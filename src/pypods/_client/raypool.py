@@ -12,6 +12,7 @@ The pool gives Ray pods what it gives local ones: least-busy pick, replacement, 
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from .._env.layout import PodLayout, PodSettings
 
 BACKEND = "ray"
+START_TIMEOUT = 120.0  # without a start_timeout: a first start may build the pod's environment on the node
 # The settings this backend honours (the loader refuses any other one set to a non-default value,
 # naming it and the backend): the pool's (workers, timeout, start, idle_timeout), start_timeout (the
 # actor's hello), env (env_vars), codec (encoded in the actor), address, and python when it names
@@ -93,7 +95,8 @@ class RayConnection:
             runtime_env=rayship.runtime_env(layout, settings), scheduling_strategy="SPREAD", max_restarts=0
         ).remote(self.pod, rayship.pod_files(layout), settings.codec)
         try:
-            self.hello = self._decode(self._get(self.actor.hello.remote(), settings.start_timeout, START))
+            start_timeout: float | None = getattr(settings, "start_timeout", None)  # None: Ray's own default
+            self.hello = self._decode(self._get(self.actor.hello.remote(), start_timeout or START_TIMEOUT, START))
             self.description = check_hello(self.pod, self.hello)
         except PodCrashedError as exc:
             self.close(kill=True)
@@ -160,10 +163,14 @@ class RayConnection:
             raise PodSerializationError(f"pod {self.pod!r}, function {name!r}: {exc}") from exc
 
     def _get(self, ref: Any, timeout: float | None, what: str) -> bytes:
-        """Wait for one reply object; map Ray's failures to ours (the one place that does)."""
+        """Wait for one reply object (see ``_wait``)."""
+        return self._wait(lambda: rayobjects.read_raw(self.ray, ref, timeout), timeout, what, ref)
+
+    def _wait(self, read: Callable[[], bytes], timeout: float | None, what: str, cancel: Any) -> bytes:
+        """Run *read*; map Ray's failures to ours (the one place that does). Ctrl-C cancels *cancel*."""
         errors = self.ray.exceptions
         try:
-            return rayobjects.read_raw(self.ray, ref, timeout)
+            return read()
         except rayobjects.UnsafeObject as exc:
             raise self._protocol_error(exc) from None
         except errors.GetTimeoutError:
@@ -181,7 +188,7 @@ class RayConnection:
             raise crashed from exc
         except KeyboardInterrupt:
             try:
-                self.ray.cancel(ref)
+                self.ray.cancel(cancel)
             except Exception:
                 pass
             raise
@@ -247,7 +254,8 @@ class RayStream(Stream):
             raise StopIteration
         conn = self._conn
         try:
-            reply = conn._decode(conn._get(self._next_ref(), self._timeout, self._name))
+            read = functools.partial(rayobjects.read_item, conn.ray, self._refs, self._timeout)
+            reply = conn._decode(conn._wait(read, self._timeout, self._name, self._refs))
             outcome = conn._meaning(conn.proto.stream_item, self._name, reply)
         except BaseException:
             self._finish()
@@ -256,17 +264,6 @@ class RayStream(Stream):
             return outcome.value
         self._finish()
         raise StopIteration
-
-    def _next_ref(self) -> Any:
-        """The next item's reference, waiting at most the call's timeout for the actor to yield it."""
-        next_sync = getattr(self._refs, "_next_sync", None)  # Ray >= 2.8; before, no deadline on the wait
-        try:
-            ref = next_sync(timeout_s=self._timeout) if next_sync is not None else next(self._refs)
-        except StopIteration:
-            raise self._conn._protocol_error(f"the stream {self._name!r} ended without its end message") from None
-        if ref.is_nil():
-            raise self._conn.ray.exceptions.GetTimeoutError(f"no item of {self._name!r} within {self._timeout}s")
-        return ref
 
     def _finish(self) -> None:
         if not self._done:
