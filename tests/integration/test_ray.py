@@ -176,6 +176,15 @@ def plant(path):
 def hijack(path):
     rayactor.encoded = lambda message: Planted(path)  # the actor now returns a pickled object
 
+def broken_stream(path):
+    yield 1
+
+    def explode(message):
+        raise ValueError(Planted(path))
+
+    rayactor.encoded = explode  # the stream task now fails with a pickled RayTaskError
+    yield 2
+
 def pid():
     return os.getpid()
 """
@@ -192,6 +201,11 @@ def test_nothing_a_pod_returns_is_unpickled_in_the_client(make_pod, root: Path, 
             pod.hijack(str(target))
         assert not target.exists()
         assert pod.pid() != victim  # the subverted actor was replaced
+        rows = pod.broken_stream(str(target))
+        assert next(rows) == 1
+        with pytest.raises(pypods.PodProtocolError, match=r"end of the stream|instead of raw bytes"):
+            next(rows)
+        assert not target.exists()
 
 
 def test_options_the_ray_backend_cannot_honour_are_refused(make_pod, root: Path) -> None:
