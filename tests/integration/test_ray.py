@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fractions
 import os
 import signal
 import threading
@@ -59,6 +60,10 @@ def forever(marker):
             n += 1
     finally:
         open(marker, "w").close()
+
+def third():
+    import fractions
+    return fractions.Fraction(1, 3)
 
 def here():
     return os.path.dirname(os.path.abspath(__file__))
@@ -251,6 +256,15 @@ def test_timeout_and_two_actors(make_pod, root: Path) -> None:
         assert len({pid for pid, _ in placed}) == 2  # both actors served
         assert len({node for _, node in placed}) == 2  # on the two nodes: calls cross both raylets
         assert time.monotonic() - began < 10
+
+
+def test_the_pickle_codec_chosen_by_the_client_is_honoured(make_pod, root: Path) -> None:
+    _pod(make_pod, "pickled", None)
+    with pypods.load("pickled", root=root, backend="ray") as pod, pytest.raises(pypods.PodSerializationError):
+        pod.third()  # BSON cannot carry a Fraction
+    with pypods.load("pickled", root=root, backend="ray", codec="pickle") as pod:
+        assert pod.third() == fractions.Fraction(1, 3)
+        assert list(pod.count(2)) == [0, 1]
 
 
 def test_other_python_than_the_cluster_is_refused(make_pod, root: Path) -> None:
