@@ -62,3 +62,11 @@ def test_ray_system_errors_are_raised_as_ray_builds_them() -> None:
     assert ray.gets == 1
     with pytest.raises(TaskCancelledError):
         rayobjects.read_raw(FakeRay(b"", b"5"), "ref", 1.0)  # cancelled: not read (may be pickled)
+
+
+def test_ray_is_imported_only_when_a_pod_asks_for_it() -> None:
+    import subprocess
+    import sys
+
+    probe = "import sys, pypods, pypods._client.raypool; sys.exit('ray' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], timeout=60).returncode == 0
