@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fractions
 import os
 import signal
@@ -265,6 +266,24 @@ def test_the_pickle_codec_chosen_by_the_client_is_honoured(make_pod, root: Path)
     with pypods.load("pickled", root=root, backend="ray", codec="pickle") as pod:
         assert pod.third() == fractions.Fraction(1, 3)
         assert list(pod.count(2)) == [0, 1]
+
+
+def test_the_asyncio_api_serves_ray_pods_too(make_pod, root: Path) -> None:
+    _pod(make_pod, "awaited", None)
+
+    async def main() -> None:
+        async with await pypods.aload("awaited", root=root, backend="ray") as pod:
+            assert await pod.where() == "helper of awaited"
+            with pytest.raises(KeyError, match="lost"):
+                await pod.boom("lost")
+            assert [row async for row in pod.count(3)] == [0, 1, 2]
+            with pytest.raises(pypods.PodTimeoutError):
+                await pod.call("sleep", 30, timeout=1.0)
+            assert await pod.where() == "helper of awaited"  # a new actor after the timeout
+        with pytest.raises(pypods.PodClosedError):
+            await pod.where()
+
+    asyncio.run(main())
 
 
 def test_other_python_than_the_cluster_is_refused(make_pod, root: Path) -> None:
