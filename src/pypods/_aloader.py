@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from ._backends import Prepared, new_worker, prepare, remember, start_deadline
 from ._client.aconnection import AsyncProcessConnection
 from ._client.pool import AsyncWorkerPool
 from ._env import cache
-from ._loader import _UNSET, PodBase, Prepared, new_worker, prepare, remember
+from ._loader import _UNSET, PodBase
 from ._proxy import make_async_proxy
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ class AsyncPod(PodBase):
         async def spawn() -> AsyncProcessConnection:
             worker = await asyncio.to_thread(new_worker, layout, settings, describe)
             conn = AsyncProcessConnection(worker)
-            await conn.start(settings.start_timeout)
+            await conn.start(start_deadline(settings))
             remember(layout, env_key, conn.hello, conn.description)
             return conn
 

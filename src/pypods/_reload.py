@@ -31,16 +31,21 @@ def pod_sources(pod_dir: Path) -> list[str]:
 
 
 class SourceWatch:
-    """Remembers the stat of a pod's sources; ``changed()`` says (at most every CHECK_EVERY s) if they moved."""
+    """Remembers the stat of a pod's sources; ``changed()`` says (at most every CHECK_EVERY s) if they moved.
+
+    The folder is walked once (and again after each change); each check then only stats the files
+    found, so a pod folder holding large data costs nothing per call.
+    """
 
     def __init__(self, pod_dir: Path) -> None:
         self.pod_dir = pod_dir
         self._next = 0.0
+        self._files = pod_sources(pod_dir)
         self._seen = self._snapshot()
 
     def _snapshot(self) -> dict[str, tuple[int, int]]:
         seen = {}
-        for path in pod_sources(self.pod_dir):
+        for path in self._files:
             try:
                 info = os.stat(path)
             except OSError:
@@ -53,8 +58,8 @@ class SourceWatch:
         if now < self._next:
             return False
         self._next = now + CHECK_EVERY
-        current = self._snapshot()
-        if current == self._seen:
+        if self._snapshot() == self._seen:
             return False
-        self._seen = current
+        self._files = pod_sources(self.pod_dir)  # a new module may have come with the change
+        self._seen = self._snapshot()
         return True

@@ -176,6 +176,20 @@ def countdown(n):
     yield from range(n, 0, -1)
 
 
+CLOSED = []
+
+
+def tracked(n):
+    try:
+        yield from range(n)
+    finally:
+        CLOSED.append(n)
+
+
+def closed():
+    return CLOSED
+
+
 def fetch(url, timeout=1):
     return [url, timeout]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -93,6 +94,18 @@ def test_streams_and_a_call_while_a_stream_is_open(open_pod: Callable[..., Any])
     assert [pod.call("add", row, 1) for row in rows] == list(range(150, 1, -1))
 
 
+def test_an_abandoned_stream_is_cancelled(open_pod: Callable[..., Any]) -> None:
+    pod = open_pod()
+    rows = pod.stream("tracked", 1000)
+    assert next(rows) == 0
+    del rows  # left without close(): dropping it must stop the generator in the pod
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while 1000 not in pod.call("closed") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert 1000 in pod.call("closed")
+
+
 def test_concurrent_calls_from_threads(open_pod: Callable[..., Any]) -> None:
     pod = open_pod(workers=2)
     results: dict[int, list[Any]] = {}
@@ -114,3 +127,24 @@ def test_calls_after_close_raise_closed(open_pod: Callable[..., Any]) -> None:
     pod.close()
     with pytest.raises(pypods.PodClosedError):
         pod.call("add", 1, 1)
+
+
+def test_close_fails_waiting_calls_with_closed_at_once(open_pod: Callable[..., Any]) -> None:
+    pod = open_pod()
+    errors: list[BaseException] = []
+
+    def waiting() -> None:
+        try:
+            pod.call("sleep", 30)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=waiting)
+    thread.start()
+    time.sleep(0.5)  # the call is in the worker now
+    started = time.monotonic()
+    pod.close()
+    thread.join(10)
+    assert time.monotonic() - started < 3  # no grace period waited for a busy worker
+    assert len(errors) == 1
+    assert isinstance(errors[0], pypods.PodClosedError), errors

@@ -462,20 +462,23 @@ def test_without_reload_edits_wait_for_the_next_load(make_pod, root: Path) -> No
         assert pod.f() == 1
 
 
+# Imports once; the second worker's start fails (pod.py exits the second time it is imported).
+FLAKY = """
+import os, pathlib
+marker = pathlib.Path(__file__).with_name("started")
+if marker.exists():
+    os._exit(9)
+marker.write_text("1")
+
+def f():
+    return 1
+"""
+
+
 def test_async_open_cleans_up_when_a_start_fails(make_pod, root: Path) -> None:
-    # The second worker's start fails (pod.py exits the second time it is imported).
     make_pod(
         "flaky",
-        """
-        import os, pathlib
-        marker = pathlib.Path(__file__).with_name("started")
-        if marker.exists():
-            os._exit(9)
-        marker.write_text("1")
-
-        def f():
-            return 1
-        """,
+        FLAKY,
     )
 
     async def main() -> None:
@@ -484,4 +487,15 @@ def test_async_open_cleans_up_when_a_start_fails(make_pod, root: Path) -> None:
 
     before = _children()
     asyncio.run(main())
+    assert _children() - before == set()
+
+
+def test_sync_load_cleans_up_when_a_start_fails(make_pod, root: Path) -> None:
+    make_pod(
+        "flaky_sync",
+        FLAKY,
+    )
+    before = _children()
+    with pytest.raises(pypods.PodCrashedError):
+        pypods.load("flaky_sync", root=root, workers=2, start="eager")
     assert _children() - before == set()

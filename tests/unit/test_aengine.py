@@ -118,11 +118,11 @@ def test_async_pool_idle_stop_and_least_busy_pick() -> None:
         async def spawn() -> AsyncProcessConnection:
             return await connect()
 
-        pool = AsyncWorkerPool("fake", spawn, 2, idle_timeout=0.1)
+        pool = AsyncWorkerPool("fake", spawn, 2, idle_timeout=0.5)
         try:
             await pool.start()
             assert len(pool.pids()) == 2
-            assert await eventually(lambda: pool.pids() == [], 3)
+            assert await eventually(lambda: pool.pids() == [], 10)
             assert await pool.call("add", (1, 2), {}, 5) == 3
         finally:
             await pool.aclose()

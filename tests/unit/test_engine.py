@@ -209,10 +209,10 @@ def test_least_busy_pick_uses_idle_workers_first() -> None:
 
 
 def test_idle_workers_stop() -> None:
-    workers = pool(idle_timeout=0.1)
+    workers = pool(idle_timeout=0.3)
     try:
         workers.call("add", (1, 2), {}, 5)
-        assert wait_for(lambda: workers.pids() == [], 3)
+        assert wait_for(lambda: workers.pids() == [], 10)
         assert workers.call("add", (1, 2), {}, 5) == 3  # started again on demand
     finally:
         workers.close()
@@ -394,3 +394,13 @@ def test_malformed_descriptions_give_plain_proxies() -> None:
         proxy = make_proxy(Caller(), info)  # type: ignore[arg-type]
         assert proxy(1, timeout=2) == ("f", (1,), {"timeout": 2})
         assert proxy.__qualname__ == "f"
+
+
+def test_a_setting_the_backend_would_ignore_is_refused_naming_both() -> None:
+    from pypods._backends import BACKEND_OPTIONS, check_backend_options
+    from pypods._env.layout import PodSettings
+
+    check_backend_options(PodSettings(workers=3, timeout=2.0, idle_timeout=1.0))
+    with pytest.raises(ValueError, match=r"'address'.*'local' backend"):
+        check_backend_options(PodSettings(address="ray://x"))
+    assert "idle_timeout" in BACKEND_OPTIONS["local"]

@@ -8,9 +8,12 @@ factory (a worker process, a Ray actor, a fake in tests). ``Pod`` and ``AsyncPod
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .core import STREAM_WINDOW, StreamCredit, check_hello, error_from_reply
+
+if TYPE_CHECKING:
+    from .._errors import PodError
 
 __all__ = [
     "STREAM_WINDOW",
@@ -56,8 +59,8 @@ class Connection(Protocol):
         """The worker's process id (for ``Pod.pids`` and diagnostics)."""
 
     @property
-    def broken(self) -> Exception | None:
-        """None while usable; else the error that ended it (a ``PodError``: crashed, timed out, closed)."""
+    def broken(self) -> PodError | None:
+        """None while usable; else the error that ended it (crashed, timed out, closed, protocol)."""
 
     def in_flight(self) -> int:
         """Calls sent and not yet answered (the pool picks the least busy connection)."""
@@ -79,7 +82,7 @@ class AsyncConnection(Protocol):
     @property
     def pid(self) -> int: ...
     @property
-    def broken(self) -> Exception | None: ...
+    def broken(self) -> PodError | None: ...
     def in_flight(self) -> int: ...
     async def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any: ...
     async def aclose(self, kill: bool = False) -> None: ...

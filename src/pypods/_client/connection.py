@@ -208,7 +208,7 @@ class ProcessConnection(WorkerConnection):
             with cv:
                 self._reading = False
                 if self._closed:
-                    self.worker.release()
+                    self._release()
                 cv.notify_all()
 
     def _lead(self, call_id: int, deadline: float | None, name: str, timeout: float | None) -> dict[str, Any]:
@@ -302,7 +302,11 @@ class ProcessConnection(WorkerConnection):
         with self._cv:
             self._closed = True
             if not self._reading:
-                self.worker.release()
+                self._release()
+
+    def _release(self) -> None:
+        """Close the output pipe and the pidfd; only when no thread can be polling them (hold ``_cv``)."""
+        self.worker.release()
         if self._pidfd is not None:
             try:
                 os.close(self._pidfd)

@@ -37,7 +37,7 @@ class CrashBrake:
         self.pod = pod
         self._crashes: collections.deque[tuple[float, str]] = collections.deque(maxlen=CRASH_LIMIT)
 
-    def note(self, error: Exception | None) -> PodCrashLoopError | None:
+    def note(self, error: PodError | None) -> PodCrashLoopError | None:
         """Record a crash; return the error that stops restarting, or None to go on."""
         now = time.monotonic()
         first = str(error).split("\n", 1)[0] if error is not None else "died while idle"
@@ -121,6 +121,7 @@ class Slots(Generic[C]):
         return conn
 
     def _install(self, index: int, conn: C) -> C:
+        self._last_used = time.monotonic()  # a worker just started is not idle yet
         self._slots[index] = conn
         if self.description is None:
             self.description = conn.description
@@ -187,7 +188,8 @@ class WorkerPool(Slots[Connection]):
     def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         """Run *name* on the least busy worker; a worker found dead before the send is replaced once."""
         self._check_open()
-        index, conn = self._pick()
+        with self._lock:  # the idle reaper decides under the same lock, after this pick's _last_used
+            index, conn = self._pick()
         if conn is None:
             conn = self._ensure(index)
         try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from .._errors import PodWorkerError
+from .._errors import PodError, PodWorkerError
 from .base import AsyncStream, Stream
 from .raypool import RayConnection, open_ray
 
@@ -38,7 +38,7 @@ class AsyncRayConnection:
         return self._conn.pid
 
     @property
-    def broken(self) -> Exception | None:
+    def broken(self) -> PodError | None:
         return self._conn.broken
 
     def in_flight(self) -> int:

@@ -182,7 +182,7 @@ class PodSettings:
     backend: str = "local"
     address: str | None = None
     env: dict[str, str] = dataclasses.field(default_factory=dict)
-    start_timeout: float = 60.0  # seconds a worker may take to import pod.py and say hello
+    start_timeout: float | None = None  # seconds a worker may take to start (None: the default, 60 s)
 
     @classmethod
     def load(cls, layout: PodLayout, overrides: dict[str, Any]) -> PodSettings:

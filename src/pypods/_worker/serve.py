@@ -204,27 +204,23 @@ class Worker:
         #    with calls: a generator waiting for credit is only suspended, never holds the loop.
         reader = self.reader
         while True:
-            if not self.queue:
-                runnable = self._runnable()
-                if runnable is not None and not reader.readable(0):
-                    self._advance(runnable)
-                    continue
-                if runnable is None:
-                    reader.spin(SPIN)  # a caller in a loop sends the next call within microseconds
-                try:
-                    self._take(reader.read_frame())
-                    # A Ctrl-C in the client may have cancelled a call before we start it: take
-                    # what has already arrived (without waiting), so its cancel is seen first.
-                    while reader.readable(0):
-                        self._take(reader.read_frame())
-                except (PipeClosed, OSError):
-                    return
-                continue
             try:
-                while reader.readable(0):  # a cancel for a queued call may have come meanwhile
+                if not self.queue:
+                    runnable = self._runnable()
+                    if runnable is not None and not reader.readable(0):
+                        self._advance(runnable)
+                        continue
+                    if runnable is None:
+                        reader.spin(SPIN)  # a caller in a loop sends the next call within microseconds
+                    self._take(reader.read_frame())
+                # Take what has already arrived (without waiting) before running a queued call:
+                # a cancel for it (a Ctrl-C or a cancelled task in the client) is then seen first.
+                while reader.readable(0):
                     self._take(reader.read_frame())
             except (PipeClosed, OSError):
                 return
+            if not self.queue:
+                continue  # only controls came
             frame = self.queue.popleft()
             try:
                 request = self.decoder.document(frame)

@@ -1,0 +1,127 @@
+"""Open what serves a pod: prepare its folder, settings and environment, and pick its backend's pool.
+
+``prepare`` is steps 1-4 of opening a pod (shared by ``Pod`` and ``AsyncPod``); ``open_pool`` makes
+the one ``WorkerPool`` over the backend's connections, after ``check_backend_options`` refused any
+setting that backend would not honour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ._client.connection import DEFAULT_START_TIMEOUT, ProcessConnection
+from ._client.pool import WorkerPool
+from ._client.process import WorkerProcess
+from ._env import cache, pythons, store
+from ._env.layout import PodLayout, PodSettings
+from ._env.progress import BuildReport
+
+if TYPE_CHECKING:
+    import os
+
+    from ._client.base import Pool
+    from ._env.pythons import Interpreter
+
+# Options of load()/Pod()/aload() that pod.toml may also set (None means "not given").
+SETTING_OPTIONS = (
+    "python", "workers", "timeout", "env", "start", "idle_timeout", "codec", "log", "backend", "start_timeout",
+)  # fmt: skip
+# Settings each backend honours; any other one set to a non-default value is refused at load.
+BACKEND_OPTIONS = {"local": frozenset(f.name for f in dataclasses.fields(PodSettings)) - {"address"}}
+
+
+class Prepared(NamedTuple):
+    layout: PodLayout
+    settings: PodSettings
+    interpreter: Interpreter
+    env_key: str
+
+
+def prepare(
+    name: str,
+    root: str | os.PathLike[str] | None,
+    create: bool,
+    options: dict[str, Any],
+    progress: bool | None,
+) -> Prepared:
+    """Steps 1-4 of opening a pod: name, folder, settings, a ready environment (shared by Pod and AsyncPod)."""
+    unknown = sorted(set(options) - set(SETTING_OPTIONS))
+    if unknown:
+        raise TypeError(f"unexpected option(s) {', '.join(unknown)}; known: root, create, progress, reload, "
+                        + ", ".join(SETTING_OPTIONS))  # fmt: skip
+    layout = PodLayout.at(name, root)
+    if not layout.exists():
+        if not create:
+            raise FileNotFoundError(f"no pod {name!r}: {layout.pod_py} does not exist")
+        layout.create()
+    settings = PodSettings.load(layout, options)
+    check_backend_options(settings)
+    if settings.backend == "ray":  # the cluster builds the environment (runtime_env), not us
+        return Prepared(layout, settings, pythons.current(), "ray")
+    interpreter = store.ensure_ready(layout, settings.python, BuildReport(name, progress))
+    return Prepared(layout, settings, interpreter, store.env_key(layout, interpreter))
+
+
+def check_backend_options(settings: PodSettings) -> None:
+    """Refuse, naming the option and the backend, every setting the pod's backend would not honour."""
+    supported = BACKEND_OPTIONS.get(settings.backend)
+    if supported is None and settings.backend == "ray":
+        from ._client import raypool
+
+        supported = getattr(raypool, "OPTIONS", None)
+    if supported is None:
+        return
+    defaults = PodSettings()
+    for field in dataclasses.fields(PodSettings):
+        value = getattr(settings, field.name)
+        if field.name not in supported and field.name != "backend" and value != getattr(defaults, field.name):
+            raise ValueError(
+                f"pod setting {field.name!r} (= {value!r}) is not supported by the {settings.backend!r} backend"
+            )
+
+
+def open_pool(layout: PodLayout, settings: PodSettings, env_key: str, describe: bool) -> Pool:
+    """The pool for the pod's backend: one ``WorkerPool`` over that backend's connections."""
+    if settings.backend == "ray":
+        from ._client import raypool
+
+        return WorkerPool(layout.name, raypool.open_ray(layout, settings), settings.workers, settings.idle_timeout)
+    else:
+
+        def spawn() -> ProcessConnection:
+            return spawn_process(layout, settings, env_key, describe)
+
+    return WorkerPool(layout.name, spawn, settings.workers, settings.idle_timeout)
+
+
+def start_deadline(settings: PodSettings) -> float:
+    """Seconds a worker may take to start: ``start_timeout``, else the default (60 s)."""
+    return settings.start_timeout if settings.start_timeout is not None else DEFAULT_START_TIMEOUT
+
+
+def new_worker(layout: PodLayout, settings: PodSettings, describe: bool = True) -> WorkerProcess:
+    """Start a worker process for the pod (its connection is made by the caller)."""
+    return WorkerProcess(
+        str(layout.venv_python),
+        layout.name,
+        str(layout.pod_dir),
+        str(layout.root),
+        env=settings.env,
+        log=settings.log,
+        codec=settings.codec,
+        describe=describe,
+    )
+
+
+def remember(layout: PodLayout, env_key: str, hello: dict[str, Any], description: list[dict[str, Any]]) -> None:
+    """Cache a fresh description for the next load (when the worker described the pod)."""
+    if "functions" in hello:
+        cache.store(layout, env_key, [f for f in hello.get("files") or [] if isinstance(f, str)], description)
+
+
+def spawn_process(layout: PodLayout, settings: PodSettings, env_key: str, describe: bool) -> ProcessConnection:
+    """Start one worker for the pod under the start deadline; a failed start leaves nothing running."""
+    conn = ProcessConnection(new_worker(layout, settings, describe), start_deadline(settings))
+    remember(layout, env_key, conn.hello, conn.description)
+    return conn
