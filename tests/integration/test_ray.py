@@ -242,21 +242,22 @@ def test_the_pool_serves_ray_too_idle_stop_crash_brake_start_timeout(make_pod, r
     assert time.monotonic() - began < 30
 
 
-def test_timeout_and_two_actors(make_pod, root: Path) -> None:
+def test_timeout_and_actors_on_both_nodes(make_pod, root: Path) -> None:
     _pod(make_pod, "pair", None)
-    with pypods.load("pair", root=root, backend="ray", workers=2, start="eager") as pod:
-        with pytest.raises(pypods.PodTimeoutError):
-            pod.call("sleep", 30, timeout=1.0)
+    with pypods.load("pair", root=root, backend="ray", workers=3, start="eager") as pod:
         placed: list[list[object]] = []
-        threads = [threading.Thread(target=lambda: placed.append(pod.placed(1.0))) for _ in range(2)]
+        threads = [threading.Thread(target=lambda: placed.append(pod.placed(1.0))) for _ in range(3)]
         began = time.monotonic()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(60)
-        assert len({pid for pid, _ in placed}) == 2  # both actors served
-        assert len({node for _, node in placed}) == 2  # on the two nodes: calls cross both raylets
+        assert len({pid for pid, _ in placed}) == 3  # every actor served, at once
         assert time.monotonic() - began < 10
+        assert len({node for _, node in placed}) == 2  # spread over the two nodes: calls cross both raylets
+        with pytest.raises(pypods.PodTimeoutError):
+            pod.call("sleep", 30, timeout=1.0)
+        assert pod.where() == "helper of pair"
 
 
 def test_the_pickle_codec_chosen_by_the_client_is_honoured(make_pod, root: Path) -> None:
