@@ -1,12 +1,13 @@
 """The Ray backend for the contract suite: a real two-node Ray cluster on this machine, one per session.
 
 The cluster is two ``ray start --block`` processes started here (a head, then a second node joining
-it), so calls cross two raylets the way they do on a real cluster; each runs in its own session,
-detached (not a child of pytest). The client joins through ``RAY_ADDRESS``. Stopping sends SIGTERM
-to the two ``ray start`` processes (Ray's own shutdown stops what they started) and kills their
-sessions' process groups after a grace period: by the pids we started, unlike ``ray stop --force``,
-which would also stop any other Ray on the machine. The stop runs at the end of the session, at
-interpreter exit, and on SIGTERM/SIGINT of pytest.
+it), so calls cross two raylets the way they do on a real cluster. Each runs under a guard
+(``rayguard.py``) in its own session, detached (not a child of pytest). The client joins through
+``RAY_ADDRESS``. Stopping sends SIGTERM to the two guards, which stop their nodes (Ray's own
+shutdown stops what they started) and kill their sessions after a grace period: by the pids we
+started, unlike ``ray stop --force``, which would also stop any other Ray on the machine. The stop
+runs at the end of the session, at interpreter exit, and on SIGTERM/SIGINT of pytest; if pytest is
+killed outright (SIGKILL), each guard notices within a second and stops its node itself.
 """
 
 from __future__ import annotations
@@ -48,13 +49,15 @@ def _refresh_ray_config() -> None:
         Config.initialize("")
 
 
-# Starts a command in a new session with its output in a file and prints its pid: the node is then
-# nobody's child here (pytest's stray-process check looks at children), yet we know its pid.
+# Starts the node's guard (rayguard.py) in a new session and prints its pid: the node is then nobody's
+# child here (pytest's stray-process check looks at children), yet we know whom to stop, and the guard
+# stops the node even if pytest is killed outright.
 LAUNCHER = (
     "import subprocess, sys; "
-    "p = subprocess.Popen(sys.argv[2:], stdout=open(sys.argv[1], 'wb'), stderr=subprocess.STDOUT, "
-    "stdin=subprocess.DEVNULL, start_new_session=True); print(p.pid)"
+    "p = subprocess.Popen([sys.executable, *sys.argv[1:]], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, "
+    "stderr=subprocess.DEVNULL, start_new_session=True); print(p.pid)"
 )
+GUARD = str(Path(__file__).with_name("rayguard.py"))
 
 
 def _alive(pid: int) -> bool:
@@ -109,12 +112,18 @@ class RayCluster:
             self.stop()
             raise
         _refresh_ray_config()
+        import ray
+
+        # Connect this process now: a Ray driver installs its own SIGTERM handler (which only raises
+        # SystemExit in whatever test runs), so ours goes back on top of it afterwards.
+        ray.init(address=self.address)
+        self._install_signal_handlers()
 
     def _node(self, name: str, args: list[str]) -> None:
-        """Start one ``ray start --block`` detached from pytest (its own session; not our child), wait for it."""
+        """Start one ``ray start --block`` under its guard, detached from pytest (not our child); wait for it."""
         log = self.folder / f"{name}.log"
         launcher = subprocess.run(
-            [sys.executable, "-c", LAUNCHER, str(log), *_ray_command(), *args],
+            [sys.executable, "-c", LAUNCHER, GUARD, str(os.getpid()), str(log), *_ray_command(), *args],
             env=NODE_ENV,
             capture_output=True,
             text=True,
@@ -124,9 +133,9 @@ class RayCluster:
         pid = int(launcher.stdout.strip())
         self.nodes.append(pid)
         deadline = time.monotonic() + START_DEADLINE
-        while b"will now block forever" not in log.read_bytes():
+        while not log.is_file() or b"will now block forever" not in log.read_bytes():
             if not _alive(pid) or time.monotonic() > deadline:
-                tail = log.read_text(errors="replace")[-2000:]
+                tail = log.read_text(errors="replace")[-2000:] if log.is_file() else "(no output)"
                 raise RuntimeError(f"ray node {name!r} did not start:\n{tail}")
             time.sleep(0.2)
 
@@ -147,18 +156,18 @@ class RayCluster:
         """Ctrl-C or SIGTERM of pytest stops the cluster too, then does what it did before."""
 
         def handler(signum: int, frame: Any) -> None:
-            self.stop()
             previous = self._previous.get(signum)
+            self.stop()  # restores the previous handlers too
             if callable(previous):
-                previous(signum, frame)
-            elif signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            else:
-                sys.exit(128 + signum)
+                previous(signum, frame)  # e.g. Python's own SIGINT handler: KeyboardInterrupt
+            elif previous != signal.SIG_IGN:
+                signal.signal(signum, signal.SIG_DFL)  # end as the signal would have ended us
+                os.kill(os.getpid(), signum)
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):  # not the main thread: atexit still covers us
-                self._previous[signum] = signal.signal(signum, handler)
+                previous = signal.signal(signum, handler)
+                self._previous.setdefault(signum, previous)  # the handler from before the cluster
 
     def stop(self) -> None:
         """Disconnect this process, stop both nodes and remove the session folder (idempotent)."""
@@ -169,15 +178,15 @@ class RayCluster:
             import ray
 
             ray.shutdown()
-        for pid in reversed(nodes):  # the second node first, then the head
+        for pid in reversed(nodes):  # the second node first, then the head; each guard stops its node
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while any(_alive(pid) for pid in nodes) and time.monotonic() < deadline:
             time.sleep(0.1)
         for pid in nodes:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)  # the session we made: raylet, GCS and their workers
+                os.killpg(pid, signal.SIGKILL)  # the guard's session: raylet, GCS and their workers
         for key, value in self.environ.items():
             if os.environ.get(key) == value:
                 del os.environ[key]
