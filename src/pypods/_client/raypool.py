@@ -292,7 +292,7 @@ def open_ray(layout: PodLayout, settings: PodSettings) -> Callable[[], RayConnec
         ImportError: Ray is not installed.
     """
     check_python(layout.name, settings.python)
-    rayship.pod_files(layout)  # refuse a pod that ships too much at load, not at its first call
+    rayship.select_files(layout)  # refuse a pod that ships too much at load, not at its first call
     ray = _ray()
     if not ray.is_initialized():
         address = settings.address or os.environ.get("RAY_ADDRESS")

@@ -124,6 +124,15 @@ def pod_files(layout: PodLayout, limit: int | None = None) -> dict[str, bytes]:
         PodBuildError: the files together exceed *limit* bytes (default ``max_bytes()``) or
             ``MAX_FILES`` files; the message names the biggest ones and how to leave them out.
     """
+    return {relative: _read(path, size) for relative, path, size in select_files(layout, limit)}
+
+
+def select_files(layout: PodLayout, limit: int | None = None) -> list[tuple[str, Path, int]]:
+    """What ``pod_files`` would ship, as ``(relative path, file to read, size)``, without reading it.
+
+    Raises:
+        PodBuildError: as ``pod_files``.
+    """
     limit = max_bytes() if limit is None else limit
     top = layout.pod_dir.resolve()
     gitignore = top / ".gitignore"
@@ -153,7 +162,7 @@ def pod_files(layout: PodLayout, limit: int | None = None) -> dict[str, bytes]:
             f"(limit {limit:,} bytes, {MAX_FILES} files); biggest: {biggest}. List data and build output "
             "in the pod's .gitignore, or raise the limit with PYPODS_RAY_MAX_BYTES."
         )
-    return {relative: _read(path, size) for relative, path, size in chosen}
+    return chosen
 
 
 def _regular(path: Path) -> bool:
