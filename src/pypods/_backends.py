@@ -82,10 +82,7 @@ def open_pool(layout: PodLayout, settings: PodSettings, env_key: str, describe: 
     if settings.backend == "ray":
         from ._client import raypool
 
-        open_ray = getattr(raypool, "open_ray", None)
-        if open_ray is None:  # TODO(#12): the Ray backend moves onto WorkerPool (helper ray)
-            return raypool.RayPool(layout, settings)
-        spawn = open_ray(layout, settings)
+        return WorkerPool(layout.name, raypool.open_ray(layout, settings), settings.workers, settings.idle_timeout)
     else:
 
         def spawn() -> ProcessConnection:
