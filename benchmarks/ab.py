@@ -23,7 +23,7 @@ from typing import Any
 
 POD = "def add(a, b):\n    return a + b\n\ndef echo(value):\n    return value\n"
 RECORDS = [{"id": i, "name": f"item-{i}", "score": i * 0.5, "tags": ["a", "b"], "ok": i % 2 == 0} for i in range(200)]
-CASES = ("add fast1", "add pickle", "records fast1", "records pickle", "floats fast1")
+CASES = ("add fast1", "add pickle", "records fast1", "records pickle", "floats fast1", "100KiB fast1")
 
 
 def drive() -> None:
@@ -37,12 +37,14 @@ def drive() -> None:
     fast = pypods.load("bench", root=base, start="eager")
     pickled = pypods.load("bench", root=base, start="eager", codec="pickle")
     floats = {f"k{i}": i * 0.25 for i in range(10_000)}
+    hundred = b"x" * (100 * 1024)
     calls: dict[str, Any] = {
         "add fast1": lambda: fast.add(1, 2),
         "add pickle": lambda: pickled.add(1, 2),
         "records fast1": lambda: fast.echo(RECORDS),
         "records pickle": lambda: pickled.echo(RECORDS),
         "floats fast1": lambda: fast.echo(floats),
+        "100KiB fast1": lambda: fast.echo(hundred),
     }
     assert fast.echo(RECORDS) == RECORDS
     assert pickled.echo(RECORDS) == RECORDS

@@ -31,11 +31,12 @@ class PipeClosed(EOFError):
 class FrameReader:
     """Read whole frames from a file descriptor, one ``os.read`` per call when frames are small."""
 
-    __slots__ = ("_buf", "_poll", "fd", "max_frame")
+    __slots__ = ("_buf", "_poll", "_whole", "fd", "max_frame")
 
     def __init__(self, fd: int, max_frame: int = MAX_FRAME) -> None:
         self.fd = fd
         self._buf = bytearray()
+        self._whole = None  # type: Optional[bytes]  # one whole frame as read, kept without a copy
         self.max_frame = max_frame
         self._poll = None  # type: Optional[select.poll]
 
@@ -49,7 +50,7 @@ class FrameReader:
         processes on one core, or a loaded machine) it runs at once instead of waiting out our spin,
         which made a small call cost two whole spins (~230 µs instead of ~35 µs).
         """
-        if seconds <= 0 or len(self._buf) >= 4:
+        if seconds <= 0 or len(self._buf) >= 4 or self._whole is not None:
             return
         if self._poll is None:
             self._poll = select.poll()
@@ -65,21 +66,17 @@ class FrameReader:
 
     def readable(self, timeout: Optional[float]) -> bool:
         """Wait up to *timeout* seconds for bytes to read (None waits forever)."""
-        if len(self._buf) >= 4:
+        if len(self._buf) >= 4 or self._whole is not None:
             return True
         ready, _, _ = select.select([self.fd], [], [], timeout)
         return bool(ready)
 
     def read_frame(self) -> bytes:
         """Block until one whole frame is in, and return it."""
-        buf = self._buf
-        while len(buf) < 4:
-            self._fill(CHUNK)
-        size = self._declared()
-        while len(buf) < size:
+        frame = self.pop()
+        while frame is None:
             self.fill()
-        frame = bytes(buf[:size]) if len(buf) > size else bytes(buf)
-        del buf[:size]
+            frame = self.pop()
         return frame
 
     def _declared(self) -> int:
@@ -103,10 +100,14 @@ class FrameReader:
 
     def feed(self, data: bytes) -> None:
         """Add bytes read elsewhere (an event loop's reader callback)."""
-        self._buf += data
+        self._keep(data)
 
     def pop(self) -> Optional[bytes]:
         """Return the next whole frame if the buffer holds one, else None (never reads)."""
+        whole = self._whole
+        if whole is not None:
+            self._whole = None
+            return whole
         buf = self._buf
         if len(buf) < 4:
             return None
@@ -121,7 +122,20 @@ class FrameReader:
         data = os.read(self.fd, want)
         if not data:
             raise PipeClosed("pipe closed with %d bytes of a frame unread" % len(self._buf))
-        self._buf += data
+        self._keep(data)
+
+    def _keep(self, data: bytes) -> None:
+        # The usual case, one read bringing exactly one frame into an empty buffer, keeps the bytes
+        # object as the frame: no copy into the buffer and none out of it (a 100 KiB frame costs two).
+        buf = self._buf
+        if not buf and self._whole is None and 5 <= len(data) <= self.max_frame:
+            if _SIZE.unpack_from(data, 0)[0] == len(data):
+                self._whole = bytes(data)  # bytes(b) of a bytes object is b itself: no copy
+                return
+        if self._whole is not None:  # bytes after a kept frame: the buffer takes both, in order
+            buf += self._whole
+            self._whole = None
+        buf += data
 
 
 def write_all(fd: int, data: bytes | bytearray) -> None:
