@@ -47,6 +47,7 @@ _pack_i32 = struct.Struct("<i").pack
 _pack_i32_into = struct.Struct("<i").pack_into
 _FLOATS = {float}
 _STR = {str}
+_BUFFERS = (bytes, bytearray)
 _SCALARS = frozenset({str, float, bool, type(None)})
 _JSON_TYPES = _SCALARS | {int, list, dict}
 _json_decode = json.JSONDecoder().decode
@@ -119,7 +120,11 @@ def _big_buffer(items: Any, big: Optional[OutOfBand]) -> bool:
     """A top-level argument that BSON would move out of band (pickle would copy it into the frame)."""
     if big is None:
         return False
-    return any(type(item) in (bytes, bytearray) and len(item) >= big.threshold for item in items)
+    threshold = big.threshold
+    for item in items:  # a plain loop: a generator costs more than the test for the usual few arguments
+        if type(item) in _BUFFERS and len(item) >= threshold:
+            return True
+    return False
 
 
 def encode_request(
