@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 
 import pytest
 
 from pypods._worker.codec import Encoder
-from pypods._worker.framing import FrameError, FrameReader, PipeClosed
+from pypods._worker.framing import MISSES, REST, FrameError, FrameReader, PipeClosed
 
 
 def frame(n: int, size: int = 10) -> bytes:
@@ -89,3 +90,17 @@ def test_a_whole_frame_larger_than_the_limit_is_not_kept() -> None:
     reader.feed(data)
     with pytest.raises(FrameError):
         reader.pop()
+
+
+def test_the_spin_rests_after_missing_twice_in_a_row(pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    reader = FrameReader(r)
+    for _ in range(MISSES):
+        reader.spin(0.002)  # nothing comes: a miss
+    began = time.monotonic()
+    for _ in range(REST):
+        reader.spin(10.0)  # resting: each returns at once instead of spinning 10 s
+    assert time.monotonic() - began < 5.0
+    os.write(w, frame(1))
+    reader.spin(10.0)  # spinning again, and input is there
+    assert reader.read_frame() == frame(1)

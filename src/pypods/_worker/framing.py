@@ -19,6 +19,7 @@ _SIZE = struct.Struct("<i")
 # more normally travel out of band, so only a forged or runaway frame comes near it.
 MAX_FRAME = 1 << 30
 CHUNK = 1 << 16
+MISSES, REST = 2, 16  # after 2 spins in a row that missed, the next 16 waits block without spinning
 
 
 class FrameError(ValueError):
@@ -32,7 +33,7 @@ class PipeClosed(EOFError):
 class FrameReader:
     """Read whole frames from a file descriptor, one ``os.read`` per call when frames are small."""
 
-    __slots__ = ("_buf", "_poll", "_whole", "fd", "max_frame")
+    __slots__ = ("_buf", "_misses", "_poll", "_rest", "_whole", "fd", "max_frame")
 
     def __init__(self, fd: int, max_frame: int = MAX_FRAME) -> None:
         self.fd = fd
@@ -40,6 +41,8 @@ class FrameReader:
         self._whole = None  # type: Optional[bytes]  # one whole frame as read, kept without a copy
         self.max_frame = max_frame
         self._poll = None  # type: Optional[select.poll]
+        self._misses = 0  # spins in a row that ended without input
+        self._rest = 0  # spins still to skip after MISSES misses in a row
 
     def spin(self, seconds: float) -> None:
         """Busy-wait up to *seconds* for input before a blocking read would put us to sleep.
@@ -49,18 +52,36 @@ class FrameReader:
         is taken without sleeping. Costs CPU only while calls are flowing (see docs/performance.md).
         Each turn of the loop yields the CPU: when the other side is runnable on this CPU (both
         processes on one core, or a loaded machine) it runs at once instead of waiting out our spin,
-        which made a small call cost two whole spins (~230 µs instead of ~35 µs).
+        which made a small call cost two whole spins (~230 µs instead of ~35 µs). A spin misses when
+        no input came in time, or when a yield gave the CPU away for more than a quarter of the spin
+        (another process needed it); after MISSES misses in a row the next REST waits block at once,
+        so long calls and a busy machine stop paying for a spin that does not help.
         """
         if seconds <= 0 or len(self._buf) >= 4 or self._whole is not None:
             return
+        if self._rest:  # the last spins were wasted (long calls, or a busy machine): block instead
+            self._rest -= 1
+            return
         poll = self._poller().poll
         clock = time.perf_counter
-        end = clock() + seconds
         yield_ = getattr(os, "sched_yield", time.perf_counter)  # Unix; elsewhere a no-op
+        now = clock()
+        end = now + seconds
         while not poll(0):
-            if clock() > end:
+            if now > end:
+                self._missed()
                 return
             yield_()
+            turn, now = now, clock()
+            if now - turn > seconds / 4:  # another process ran on this CPU: spinning only competes with it
+                self._missed()
+                return
+        self._misses = 0
+
+    def _missed(self) -> None:
+        self._misses += 1
+        if self._misses >= MISSES:
+            self._misses, self._rest = 0, REST
 
     def readable(self, timeout: Optional[float]) -> bool:
         """Wait up to *timeout* seconds for bytes to read (None waits forever)."""
