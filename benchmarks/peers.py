@@ -30,7 +30,7 @@ def pipe_echo_child(read_fd: int, write_fd: int, spin: float = 0.0) -> None:
         if spin:
             end = time.perf_counter() + spin
             while not poll.poll(0) and time.perf_counter() < end:
-                pass
+                os.sched_yield()  # as FrameReader.spin does
         header = os.read(read_fd, 4)
         if len(header) < 4:
             return

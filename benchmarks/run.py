@@ -39,7 +39,7 @@ POD = "def add(a, b):\n    return a + b\n\ndef echo(value):\n    return value\n"
 
 
 class Floor:
-    """A bare length-prefixed os.pipe round trip to a child Python process."""
+    """A bare length-prefixed os.pipe round trip to a child Python process (spinning, if asked, as pypods does)."""
 
     def __init__(self, spin: float = 0.0) -> None:
         self.proc = subprocess.Popen(
@@ -60,7 +60,7 @@ class Floor:
         if self.spin:
             end = time.perf_counter() + self.spin
             while not self.poll.poll(0) and time.perf_counter() < end:
-                pass
+                os.sched_yield()  # as FrameReader.spin does: the floor spins the way pypods does
         want = len(payload) + 4
         data = bytearray(os.read(self.r, want))
         while len(data) < want:

@@ -69,6 +69,10 @@ class Meters(float):
     pass
 
 
+class Name(str):
+    pass
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -90,6 +94,8 @@ class Meters(float):
         OrderedDict(a=1),
         [b"bytes", bytearray(b"ba"), {1, 2}, frozenset()],
         {True: 1, None: 2},
+        {**{f"k{i}": float(i) for i in range(20)}, 3: 1.5},  # float vectors: a non-str key among str keys
+        {Name(f"k{i}"): float(i) for i in range(20)},  # str subclass keys arrive as str, as with BSON
     ],
 )
 def test_values_json_would_change_fall_back_and_stay_exact(value: Any) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import fcntl
 import logging
 import os
 import signal
@@ -34,6 +35,26 @@ CUT_MARK = " [pypods: line cut]"
 WORKER_DIR = str(Path(__file__).resolve().parent.parent / "_worker")
 _output_lock = threading.Lock()  # one whole line at a time, whichever worker wrote it
 _live: weakref.WeakSet[WorkerProcess] = weakref.WeakSet()
+
+
+PIPE_SIZE = 1 << 18  # bytes each protocol pipe holds (Linux; the default 64 KiB splits 100 KiB frames)
+
+
+def widen_pipes(*fds: int) -> None:
+    """Let each pipe hold PIPE_SIZE bytes, so a frame of up to that size goes in one write and one read.
+
+    A frame bigger than the pipe is written in pieces, each waiting for the reader to drain the
+    last (two context switches per 64 KiB). Best effort: Linux only, and refused past the user's
+    pipe memory (``/proc/sys/fs/pipe-user-pages-soft``), where the default size stays.
+    """
+    setsize = getattr(fcntl, "F_SETPIPE_SZ", 1031 if sys.platform.startswith("linux") else None)
+    if setsize is None:
+        return
+    for fd in fds:
+        try:
+            fcntl.fcntl(fd, setsize, PIPE_SIZE)
+        except OSError:
+            pass
 
 
 class WorkerProcess:
@@ -90,6 +111,7 @@ class WorkerProcess:
         self.pid = self.proc.pid
         self.write_fd = self.proc.stdin.fileno()
         self.read_fd = self.proc.stdout.fileno()
+        widen_pipes(self.write_fd, self.read_fd)
         self.tail: collections.deque[str] = collections.deque()
         self._tail_bytes = 0
         self._tail_lock = threading.Lock()  # the drain thread appends while a crash report reads

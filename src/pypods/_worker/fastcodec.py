@@ -46,6 +46,8 @@ _MODULES = ("pypods._worker.fastcodec", "_pypods_worker.fastcodec")  # this modu
 _pack_i32 = struct.Struct("<i").pack
 _pack_i32_into = struct.Struct("<i").pack_into
 _FLOATS = {float}
+_STR = {str}
+_BUFFERS = (bytes, bytearray)
 _SCALARS = frozenset({str, float, bool, type(None)})
 _JSON_TYPES = _SCALARS | {int, list, dict}
 _json_decode = json.JSONDecoder().decode
@@ -109,11 +111,20 @@ class _Unpickler(pickle.Unpickler):
         return self.decoder.document(data)["v"]
 
 
+def _str_keys(keys: Any) -> bool:
+    """Every key is a ``str`` (subclasses too: BSON sends them as ``str``), checked by type at C speed."""
+    return all(issubclass(kind, str) for kind in set(map(type, keys)))
+
+
 def _big_buffer(items: Any, big: Optional[OutOfBand]) -> bool:
     """A top-level argument that BSON would move out of band (pickle would copy it into the frame)."""
     if big is None:
         return False
-    return any(type(item) in (bytes, bytearray) and len(item) >= big.threshold for item in items)
+    threshold = big.threshold
+    for item in items:  # a plain loop: a generator costs more than the test for the usual few arguments
+        if type(item) in _BUFFERS and len(item) >= threshold:
+            return True
+    return False
 
 
 def encode_request(
@@ -191,7 +202,7 @@ def json_exact(value: Any) -> bool:
         if dict in kinds:
             dicts = level if single else list(compress(level, map(is_, types, repeat(dict))))
             # Distinct keys only (records share theirs); str subclasses are fine (BSON sends them as str too).
-            if not all(isinstance(key, str) for key in set().union(*dicts)):
+            if not _str_keys(set().union(*dicts)):
                 return False
             below.extend(chain.from_iterable(map(dict.values, dicts)))
         if not below:
@@ -250,7 +261,7 @@ def _float_vector(value: Any, big: Optional[OutOfBand]) -> Optional[bytearray]:
     elif kind is dict:
         if len(value) < VECTOR_MIN or set(map(type, value.values())) != _FLOATS:
             return None
-        if not all(isinstance(name, str) for name in value):
+        if not _str_keys(value):
             return None
         text = _json_encode(list(value)).encode("ascii")
         keys = b"\x02k\x00" + _pack_i32(len(text) + 1) + text + b"\x00"
@@ -276,7 +287,7 @@ def _unpack_vector(reply: Dict[str, Any], data: Any) -> Any:
     if text is None:
         return values
     keys = _decode_json(text)
-    if type(keys) is not list or len(keys) != len(values) or not all(type(name) is str for name in keys):
+    if type(keys) is not list or len(keys) != len(values) or not set(map(type, keys)) <= _STR:
         raise DecodeError("field 'k' is not an array of one str key per float")
     return dict(zip(keys, values))
 
