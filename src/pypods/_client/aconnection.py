@@ -19,7 +19,7 @@ from .connection import DEFAULT_START_TIMEOUT, NotSentError, open_pidfd
 from .core import START, Outcome, StreamCursor, WorkerConnection, after_death
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Awaitable, Callable, Coroutine
 
     from .base import WorkerHandle
 
@@ -208,17 +208,27 @@ class AsyncProcessConnection(WorkerConnection):
 
     # -- calls ---------------------------------------------------------------------------------
 
-    async def _next(self, call_id: int, timeout: float | None, name: str) -> dict[str, Any]:
+    async def _next(
+        self, call_id: int, timeout: float | None, name: str, deadline: float | None = None
+    ) -> dict[str, Any]:
         queue = self._calls[call_id]
-        try:
-            reply = await asyncio.wait_for(queue.get(), timeout)
-        except asyncio.TimeoutError:
-            self._break(self.proto.killed_error(name))
-            raise self.proto.timeout_error(name, timeout) from None
+        reply: dict[str, Any] = await self._within(queue.get(), timeout, name, deadline)
         if reply is _BROKEN:
             assert self._broken is not None
             raise copy.copy(self._broken)
         return reply
+
+    async def _within(self, step: Awaitable[Any], timeout: float | None, name: str, deadline: float | None) -> Any:
+        """Await *step* until the call's deadline (*timeout* from now unless *deadline* is given)."""
+        if deadline is not None:
+            timeout_left: float | None = max(deadline - self._loop.time(), 0)
+        else:
+            timeout_left = timeout
+        try:
+            return await asyncio.wait_for(step, timeout_left)
+        except asyncio.TimeoutError:
+            self._break(self.proto.killed_error(name))
+            raise self.proto.timeout_error(name, timeout) from None
 
     def _checked(self, step: Any, name: str, reply: dict[str, Any]) -> Outcome:
         try:
@@ -230,16 +240,18 @@ class AsyncProcessConnection(WorkerConnection):
     async def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         """Send one call and await its reply; a generator's items come as an ``AsyncStream``."""
         proto = self.proto
+        # One deadline covers writing the request too: a worker busy with another call reads nothing.
+        deadline = None if timeout is None else self._loop.time() + timeout
         registry = proto.registry_frame()
         if registry is not None:
-            await self._write(registry)
+            await self._within(self._write(registry), timeout, name, deadline)
         call_id = proto.next_id()
         data, big = proto.encode_call(call_id, name, args, kwargs)
         self._calls[call_id] = asyncio.Queue()
         stream = False
         try:
-            await self._write(data)
-            outcome = self._checked(proto.outcome, name, await self._next(call_id, timeout, name))
+            await self._within(self._write(data), timeout, name, deadline)
+            outcome = self._checked(proto.outcome, name, await self._next(call_id, timeout, name, deadline))
             stream = outcome.kind == Outcome.STREAM
         except asyncio.CancelledError:
             self.send_control(proto.control(call_id, "cancel"))  # the worker drops it if not yet started

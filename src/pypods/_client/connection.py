@@ -56,7 +56,12 @@ class ProcessConnection(WorkerConnection):
     def __init__(self, worker: WorkerHandle, start_timeout: float | None = DEFAULT_START_TIMEOUT) -> None:
         super().__init__(worker)
         self._reader = FrameReader(worker.read_fd)
-        os.set_blocking(worker.write_fd, False)
+        # Our own copy of the input pipe, closed only when no thread writes on it: the worker's
+        # kill() closes its descriptor at once, and a writer blocked on that number could
+        # otherwise wake to find it reused by another file and write the request there.
+        self._wfd: int | None = os.dup(worker.write_fd)
+        os.set_blocking(self._wfd, False)
+        self._writers = 0  # threads writing on _wfd (under _cv)
         self._pidfd = open_pidfd(worker.pid)
         self._poll = select.poll()
         self._poll.register(worker.read_fd, select.POLLIN)
@@ -65,7 +70,7 @@ class ProcessConnection(WorkerConnection):
         self._wlock = threading.Lock()
         self._cv = threading.Condition(threading.Lock())
         self._reading = False
-        self._closed = False  # close() was called: the last reader releases the output pipe
+        self._closed = False  # close() was called: the last reader or writer releases the descriptors
         self._deferred: list[bytearray] = []  # controls from finalizers, sent with the next write
         try:
             self._handshake(start_timeout)
@@ -129,23 +134,39 @@ class ProcessConnection(WorkerConnection):
     def _write(self, data: bytes | bytearray, deadline: float | None, name: str, timeout: float | None) -> None:
         """Write one whole frame, or break the connection: a pipe is never left with half a frame."""
         with self._wlock:
-            if self._broken is not None:
-                raise copy.copy(self._broken)
+            fd = self._enter_write()
             view = memoryview(data)
             deferred, self._deferred = self._deferred, []
             try:
                 for control in deferred:
-                    self._write_frame(memoryview(control), None, name, timeout)
-                self._write_frame(view, deadline, name, timeout)
+                    self._write_frame(fd, memoryview(control), None, name, timeout)
+                self._write_frame(fd, view, deadline, name, timeout)
             except BaseException:
                 if self._broken is None:  # interrupted mid-frame (Ctrl-C): this pipe is out of step
                     self._break(PodWorkerError(f"pod {self.pod!r}: a call was interrupted while sent"), kill=True)
                 raise
+            finally:
+                self._exit_write()
 
-    def _write_frame(self, view: memoryview, deadline: float | None, name: str, timeout: float | None) -> None:
-        # The write fd is non-blocking: a worker that stops reading cannot hold us past the deadline.
-        fd = self.worker.write_fd
+    def _enter_write(self) -> int:
+        """Our input descriptor, counted as in use until ``_exit_write`` (hold ``_wlock``)."""
+        with self._cv:
+            if self._broken is not None or self._wfd is None:
+                raise copy.copy(self._broken or PodClosedError(f"pod {self.pod!r} was closed"))
+            self._writers += 1
+            return self._wfd
+
+    def _exit_write(self) -> None:
+        with self._cv:
+            self._writers -= 1
+            self._release_unused()
+
+    def _write_frame(self, fd: int, view: memoryview, deadline: float | None, name: str, timeout: float | None) -> None:
+        # The write fd is non-blocking: a worker that stops reading cannot hold us past the deadline,
+        # and its death (the pidfd) wakes us even if a child of it keeps the pipe open. poll, not
+        # select: a busy client may have descriptors above 1024, which select refuses.
         written = 0
+        waiter: select.poll | None = None
         while written < len(view):
             try:
                 written += os.write(fd, view[written:])
@@ -158,10 +179,19 @@ class ProcessConnection(WorkerConnection):
                 self._fail(exc)
                 raise NotSentError(f"pod {self.pod!r}: worker was gone before the call was sent") from exc
             remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and (remaining <= 0 or not select.select([], [fd], [], remaining)[1]):
+            if remaining is not None and remaining <= 0:
                 raise self._timed_out(name, timeout)
-            if remaining is None:
-                select.select([], [fd], [])
+            if waiter is None:
+                waiter = select.poll()
+                waiter.register(fd, select.POLLOUT)
+                if self._pidfd is not None:
+                    waiter.register(self._pidfd, select.POLLIN)
+            events = dict(waiter.poll(None if remaining is None else remaining * 1000))
+            if self._pidfd is not None and self._pidfd in events:
+                if self._broken is not None or written:
+                    raise self._fail(PipeClosed("the worker exited"))
+                self._fail(PipeClosed("the worker exited"))
+                raise NotSentError(f"pod {self.pod!r}: worker was gone before the call was sent")
 
     def send_control(self, message: bytearray, deferred: bool = False) -> None:
         """Send a message that expects no reply (credit, cancel); *deferred* from finalizers never blocks."""
@@ -171,8 +201,11 @@ class ProcessConnection(WorkerConnection):
             self._deferred.append(message)
             return
         try:
-            if self._broken is None:
-                self._write_frame(memoryview(message), None, "(control)", None)
+            fd = self._enter_write()
+            try:
+                self._write_frame(fd, memoryview(message), None, "(control)", None)
+            finally:
+                self._exit_write()
         except PodError:
             pass
         finally:
@@ -207,8 +240,7 @@ class ProcessConnection(WorkerConnection):
         finally:
             with cv:
                 self._reading = False
-                if self._closed:
-                    self._release()
+                self._release_unused()
                 cv.notify_all()
 
     def _lead(self, call_id: int, deadline: float | None, name: str, timeout: float | None) -> dict[str, Any]:
@@ -295,17 +327,33 @@ class ProcessConnection(WorkerConnection):
         """Stop the worker (killed at once if calls are in flight); waiting calls get PodClosedError."""
         busy = self.in_flight() > 0
         self._set_broken(PodClosedError(f"pod {self.pod!r} was closed"))
+        with self._cv:
+            self._closed = True
+            if not self._writers:
+                self._close_input()  # first, so that stop() closing the worker's copy is an end of file
         if kill or busy:
             self.worker.kill()
         else:
             self.worker.stop(grace=0.5)
         with self._cv:
-            self._closed = True
-            if not self._reading:
-                self._release()
+            self._release_unused()
+
+    def _close_input(self) -> None:
+        if self._wfd is not None:
+            try:
+                os.close(self._wfd)
+            except OSError:
+                pass
+            self._wfd = None
+
+    def _release_unused(self) -> None:
+        """After close(): release the descriptors once no thread reads or writes them (hold ``_cv``)."""
+        if self._closed and not self._reading and not self._writers:
+            self._release()
 
     def _release(self) -> None:
-        """Close the output pipe and the pidfd; only when no thread can be polling them (hold ``_cv``)."""
+        """Close our pipes and the pidfd; only when no thread can be polling them (hold ``_cv``)."""
+        self._close_input()
         self.worker.release()
         if self._pidfd is not None:
             try:

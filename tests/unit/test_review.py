@@ -1,0 +1,149 @@
+"""Review findings against the call engine: descriptor reuse, high descriptor numbers, deadlines on writes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import textwrap
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+import pypods
+from pypods._client.aconnection import AsyncProcessConnection
+from pypods._client.connection import ProcessConnection
+from pypods._client.process import WorkerProcess
+
+from .fakeworker import ThreadWorker
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+BIG = ["x" * 100] * 100_000  # ~10 MB inline: far more than a pipe or socket buffer holds
+
+
+def _outcome(function: Any, *args: Any) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["value"] = function(*args)
+        except BaseException as exc:
+            result["error"] = exc
+
+    result["thread"] = threading.Thread(target=run, daemon=True)
+    result["thread"].start()
+    return result
+
+
+def test_a_blocked_write_never_lands_in_a_file_that_reused_the_pipe_number(tmp_path: Path) -> None:
+    # A thread blocked writing a large request while the connection is closed: once the input pipe's
+    # number is free again, another file may get it; the blocked writer must not write into that file.
+    root = tmp_path / "project"
+    pod_dir = root / "pods" / "holder"
+    pod_dir.mkdir(parents=True)
+    (root / "pods" / "__init__.py").write_text("")
+    (pod_dir / "__init__.py").write_text("")
+    (pod_dir / "pod.py").write_text(
+        textwrap.dedent(
+            """
+            import os, time
+
+            def hold():
+                if os.fork() == 0:  # a child keeps the request pipe open (and unread) for a while
+                    time.sleep(2.0)
+                    os._exit(0)
+                time.sleep(30)
+
+            def add(a, b):
+                return a + b
+            """
+        )
+    )
+    worker = WorkerProcess(sys.executable, "holder", str(pod_dir), str(root))
+    conn = ProcessConnection(worker, start_timeout=20)
+    number = worker.write_fd
+    holder = _outcome(conn.call, "hold", (), {}, None)
+    time.sleep(0.5)
+    writer = _outcome(conn.call, "add", (BIG, []), {}, None)
+    time.sleep(0.5)  # the writer is now blocked: the pipe is full and nobody reads it
+    conn.close()
+    victim = tmp_path / "victim"
+    others = []  # lower free numbers are taken first: open until the pipe's number comes up
+    while True:
+        file = open(victim, "ab")
+        if file.fileno() >= number:
+            break
+        others.append(file)
+    for other in others:
+        other.close()
+    with file:
+        if file.fileno() != number:
+            pytest.skip("the pipe's number was not free again")
+        writer["thread"].join(10)
+        holder["thread"].join(10)
+    assert not writer["thread"].is_alive()
+    worker._drain.join(5)  # the child held the stderr pipe too; it has exited now
+    assert worker.proc.stderr is not None
+    worker.proc.stderr.close()
+    assert victim.stat().st_size == 0, "the request went into an unrelated file"
+    assert isinstance(writer.get("error"), pypods.PodError)
+
+
+@contextlib.contextmanager
+def _descriptors_above_1024() -> Iterator[None]:
+    """New descriptors get numbers above 1024, where ``select.select`` refuses them (a busy server's)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip("the descriptor limit is too low")
+    if soft != resource.RLIM_INFINITY and soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1200 if hard == resource.RLIM_INFINITY else min(2048, hard), hard))
+    null = os.open(os.devnull, os.O_RDONLY)
+    held = [os.dup(null) for _ in range(1100)]
+    try:
+        yield
+    finally:
+        for fd in [*held, null]:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_large_argument_on_a_descriptor_above_1024() -> None:
+    worker = ThreadWorker()  # the worker's own end stays low (a real worker's are 0 and 1)
+    with _descriptors_above_1024():
+        client = os.dup(worker.write_fd)
+    worker.read_fd = worker.write_fd = client
+    conn = ProcessConnection(worker, start_timeout=5)
+    try:
+        assert conn.call("add", (BIG, []), {}, 20) == BIG
+        assert conn.call("add", (2, 2), {}, 5) == 4
+    finally:
+        conn.close()
+        os.close(client)
+
+
+def test_an_async_call_deadline_covers_writing_the_request() -> None:
+    # One worker stuck in a call reads nothing more: a large request cannot be written, and its
+    # deadline must still fire (as on the sync side), not when the other call ends.
+    async def main() -> None:
+        worker = ThreadWorker()
+        conn = AsyncProcessConnection(worker)
+        await conn.start(5)
+        blocked = asyncio.ensure_future(conn.call("block", (8.0,), {}, None))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        with pytest.raises(pypods.PodTimeoutError):
+            await conn.call("add", (BIG, []), {}, 0.3)
+        assert time.monotonic() - started < 2.0
+        with pytest.raises(pypods.PodWorkerError):
+            await blocked
+        await conn.aclose()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
