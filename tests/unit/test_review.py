@@ -16,6 +16,7 @@ import pytest
 import pypods
 from pypods._client.aconnection import AsyncProcessConnection
 from pypods._client.connection import ProcessConnection
+from pypods._client.pool import AsyncWorkerPool, WorkerPool
 from pypods._client.process import WorkerProcess
 
 from .fakeworker import ThreadWorker
@@ -145,5 +146,54 @@ def test_an_async_call_deadline_covers_writing_the_request() -> None:
         with pytest.raises(pypods.PodWorkerError):
             await blocked
         await conn.aclose()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def _slow_spawn(spawned: list[Any], seconds: float = 1.5) -> Any:
+    def spawn() -> ProcessConnection:
+        time.sleep(seconds)  # a pod whose import takes a while
+        conn = ProcessConnection(ThreadWorker(), start_timeout=5)
+        spawned.append(conn)
+        return conn
+
+    return spawn
+
+
+def test_close_does_not_wait_for_a_worker_start_and_leaves_no_worker() -> None:
+    spawned: list[Any] = []
+    workers = WorkerPool("fake", _slow_spawn(spawned), 1)
+    caller = _outcome(workers.call, "add", (1, 2), {}, None)
+    time.sleep(0.3)  # the caller is starting the worker
+    started = time.monotonic()
+    workers.close()
+    assert time.monotonic() - started < 0.5, "close() waited for a worker to start"
+    caller["thread"].join(5)
+    assert isinstance(caller.get("error"), pypods.PodClosedError), caller
+    assert spawned
+    assert all(conn.broken is not None for conn in spawned), "a worker outlived close()"
+
+
+def test_async_close_during_a_worker_start_leaves_no_worker_and_no_call_runs() -> None:
+    async def main() -> None:
+        spawned: list[Any] = []
+
+        async def spawn() -> AsyncProcessConnection:
+            await asyncio.sleep(0.5)
+            conn = AsyncProcessConnection(ThreadWorker())
+            await conn.start(5)
+            spawned.append(conn)
+            return conn
+
+        workers = AsyncWorkerPool("fake", spawn, 1)
+        call = asyncio.ensure_future(workers.call("add", (1, 2), {}, None))
+        await asyncio.sleep(0.1)
+        await workers.aclose()
+        with pytest.raises(pypods.PodClosedError):
+            await call
+        assert spawned
+        assert all(conn.broken is not None for conn in spawned), "a worker outlived aclose()"
+        for conn in spawned:
+            await conn.aclose()
 
     asyncio.run(asyncio.wait_for(main(), 20))

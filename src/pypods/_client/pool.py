@@ -120,12 +120,15 @@ class Slots(Generic[C]):
                 self._closed = stop
         return conn
 
-    def _install(self, index: int, conn: C) -> C:
+    def _install(self, index: int, conn: C) -> bool:
+        """Put a fresh connection in slot *index*; False if the pool was closed while it started."""
+        if self._closed is not None:
+            return False  # the caller closes it and raises: no worker outlives close()
         self._last_used = time.monotonic()  # a worker just started is not idle yet
         self._slots[index] = conn
         if self.description is None:
             self.description = conn.description
-        return conn
+        return True
 
     def _idle(self) -> list[C]:
         """Connections to stop because the pod has been idle for ``idle_timeout``."""
@@ -165,7 +168,8 @@ class WorkerPool(Slots[Connection]):
     ) -> None:
         super().__init__(pod, size, idle_timeout)
         self._spawn = spawn
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held only for decisions, never while a worker starts
+        self._starting = [threading.Lock() for _ in range(size)]  # one start per slot at a time
         if idle_timeout is not None:
             threading.Thread(target=self._reap_idle, name=f"pypods-{pod}-idle", daemon=True).start()
 
@@ -175,15 +179,22 @@ class WorkerPool(Slots[Connection]):
             self._ensure(index)
 
     def _ensure(self, index: int) -> Connection:
-        """The live connection in slot *index*, starting or replacing it."""
-        with self._lock:
-            conn, old = self._live(index)
+        """The live connection in slot *index*, starting or replacing it (close() does not wait for a start)."""
+        with self._starting[index]:
+            with self._lock:
+                conn, old = self._live(index)
             if conn is not None:
                 return conn
             if old is not None:
                 old.close(kill=True)
             self._check_open()  # the brake may have tripped on that one
-            return self._install(index, self._spawn())
+            fresh = self._spawn()
+            with self._lock:
+                installed = self._install(index, fresh)
+            if not installed:
+                fresh.close(kill=True)
+                self._check_open()
+            return fresh
 
     def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         """Run *name* on the least busy worker; a worker found dead before the send is replaced once."""
@@ -237,6 +248,7 @@ class AsyncWorkerPool(Slots[AsyncConnection]):
         super().__init__(pod, size, idle_timeout)
         self._spawn = spawn
         self._lock = asyncio.Lock()
+        self._starting = [asyncio.Lock() for _ in range(size)]  # one start per slot at a time
         self._tasks: set[asyncio.Task[Any]] = set()  # strong references: the loop keeps only weak ones
         if idle_timeout is not None:
             self._keep(asyncio.get_running_loop().create_task(self._reap_idle()))
@@ -250,14 +262,18 @@ class AsyncWorkerPool(Slots[AsyncConnection]):
             await self._ensure(index)
 
     async def _ensure(self, index: int) -> AsyncConnection:
-        async with self._lock:
+        async with self._starting[index]:
             conn, old = self._live(index)
             if conn is not None:
                 return conn
             if old is not None:
                 await old.aclose(kill=True)
             self._check_open()  # the brake may have tripped on that one
-            return self._install(index, await self._spawn())
+            fresh = await self._spawn()
+            if not self._install(index, fresh):
+                await fresh.aclose(kill=True)
+                self._check_open()
+            return fresh
 
     async def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         self._check_open()
