@@ -8,9 +8,11 @@ worker's hello) and build one proxy per function. ``PodBase`` holds all of it; `
 
 from __future__ import annotations
 
+import contextlib
 import keyword
 import logging
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -200,9 +202,10 @@ class Pod(PodBase):
             # and with start="auto" no worker is needed until the first call.
             description = cache.load(self._layout, self._env_key)
         pool = open_pool(self._layout, settings, self._env_key, describe=description is None)
-        old, self._holder[:] = self._holder[:], [pool]
-        for stale in old:
-            stale.close()
+        old = self._holder[:]
+        self._holder[:] = [pool, *old]  # the current pool first; old ones stay held until closed
+        for stale in old[:1]:
+            _close_when_idle(self._holder, stale)
         if description is None or settings.start == "eager":
             pool.start(1 if settings.start == "lazy" else None)
         return description if description is not None else (pool.description or [])
@@ -227,7 +230,7 @@ class Pod(PodBase):
 
     def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         """The one entry of every call (proxies, ``call``): deadline apart, arguments go to the function."""
-        if self._watch is not None and self._watch.changed():
+        if self._watch is not None and not self._closed and self._watch.changed():
             self._reload()
         self._check_call(name)
         return self._pool.call(name, args, kwargs, self._timeout(timeout))
@@ -235,6 +238,8 @@ class Pod(PodBase):
     def _reload(self) -> None:
         """The pod's code changed: restart its workers, describe it again, refresh the proxies."""
         with self._lock:
+            if self._closed:
+                return  # a closed pod starts no worker
             log.info("pod %r changed: reloading it", self._name)
             self._set_functions(self._open(describe=True), make_proxy)
 
@@ -258,8 +263,29 @@ class Pod(PodBase):
 
 
 def _close_held(holder: list[Pool]) -> None:
-    for pool in holder:
+    for pool in list(holder):
         pool.close()
+
+
+def _close_when_idle(holder: list[Pool], stale: Pool) -> None:
+    """Close a pool replaced by a reload once the calls it still runs are over.
+
+    Those calls were the user's, made before the edit: they finish on the old code rather than fail
+    with ``PodClosedError`` (which means "you closed the pod"). ``Pod.close`` closes it at once.
+    """
+    busy = getattr(stale, "in_flight", None)
+
+    def close() -> None:
+        while busy is not None and busy() > 0 and stale in holder:
+            time.sleep(0.05)
+        stale.close()
+        with contextlib.suppress(ValueError):
+            holder.remove(stale)
+
+    if busy is None or busy() == 0:
+        close()
+    else:
+        threading.Thread(target=close, name="pypods-reload-drain", daemon=True).start()
 
 
 def load(name: str, **options: Any) -> Pod:

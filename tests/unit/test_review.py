@@ -197,3 +197,58 @@ def test_async_close_during_a_worker_start_leaves_no_worker_and_no_call_runs() -
             await conn.aclose()
 
     asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def _edit(pod_py: Path, source: str) -> None:
+    pod_py.write_text(source)
+    stat = pod_py.stat()
+    os.utime(pod_py, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**10))
+    time.sleep(0.6)  # the sources are looked at no more than every half second
+
+
+RELOADED = "import time\n\ndef slow():\n    time.sleep(2)\n    return 'old'\n\ndef f():\n    return {}\n"
+
+
+def test_a_reload_lets_calls_in_flight_finish(make_pod: Any, root: Path) -> None:
+    # Another thread's edit must not end this thread's call with PodClosedError: nobody closed the pod.
+    pod_py = make_pod("drained", RELOADED.format(1)) / "pod.py"
+    with pypods.load("drained", root=root, reload=True) as pod:
+        assert pod.f() == 1
+        slow = _outcome(pod.slow)
+        time.sleep(0.3)
+        _edit(pod_py, RELOADED.format(2))
+        assert pod.f() == 2
+        slow["thread"].join(10)
+        assert slow.get("value") == "old", slow
+        assert len(pypods.Pod.pids(pod)) == 1
+
+
+def test_a_closed_pod_never_reloads(make_pod: Any, root: Path) -> None:
+    pod_py = make_pod("shut", RELOADED.format(1)) / "pod.py"
+    pod = pypods.load("shut", root=root, reload=True)
+    assert pod.f() == 1
+    pod.close()
+    _edit(pod_py, RELOADED.format(2))
+    with pytest.raises(pypods.PodClosedError):
+        pod.f()
+    assert pypods.Pod.pids(pod) == [], "a closed pod started a worker"
+
+
+def test_async_a_reload_lets_calls_in_flight_finish_and_a_closed_pod_never_reloads(make_pod: Any, root: Path) -> None:
+    pod_py = make_pod("adrained", RELOADED.format(1)) / "pod.py"
+
+    async def main() -> None:
+        pod = await pypods.aload("adrained", root=root, reload=True)
+        assert await pod.f() == 1
+        slow = asyncio.ensure_future(pod.slow())
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(_edit, pod_py, RELOADED.format(2))
+        assert await pod.f() == 2
+        assert await slow == "old"
+        await pod.aclose()
+        await asyncio.to_thread(_edit, pod_py, RELOADED.format(3))
+        with pytest.raises(pypods.PodClosedError):
+            await pod.f()
+        assert pod.pids() == [], "a closed pod started a worker"
+
+    asyncio.run(asyncio.wait_for(main(), 60))
