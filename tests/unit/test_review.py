@@ -252,3 +252,37 @@ def test_async_a_reload_lets_calls_in_flight_finish_and_a_closed_pod_never_reloa
         assert pod.pids() == [], "a closed pod started a worker"
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def _fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts /proc/self/fd")
+def test_many_pods_opened_and_closed_leave_no_descriptor_nor_thread(make_pod: Any, root: Path) -> None:
+    make_pod("leaky", "def f(x):\n    return x\n\ndef g(n):\n    yield from range(n)\n")
+    with pypods.load("leaky", root=root) as pod:  # builds the environment and the description cache
+        pod.f(1)
+    time.sleep(0.5)
+    fds, threads = _fd_count(), threading.active_count()
+    for i in range(8):
+        pod = pypods.load("leaky", root=root, workers=2, idle_timeout=30)
+        assert pod.f(i) == i
+        stream = pod.g(100)
+        next(stream)
+        pod.close()
+
+    async def main() -> None:
+        for i in range(8):
+            pod = await pypods.aload("leaky", root=root, workers=2, idle_timeout=30)
+            assert await pod.f(i) == i
+            async for _ in pod.g(100):
+                break
+            await pod.aclose()
+
+    asyncio.run(main())
+    deadline = time.monotonic() + 2  # about a second after close, not the idle reaper's next look
+    while time.monotonic() < deadline and (_fd_count() > fds or threading.active_count() > threads):
+        time.sleep(0.05)
+    assert _fd_count() <= fds
+    assert threading.active_count() <= threads, [t.name for t in threading.enumerate()]

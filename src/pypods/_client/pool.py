@@ -170,6 +170,7 @@ class WorkerPool(Slots[Connection]):
         self._spawn = spawn
         self._lock = threading.Lock()  # held only for decisions, never while a worker starts
         self._starting = [threading.Lock() for _ in range(size)]  # one start per slot at a time
+        self._stopped = threading.Event()  # set by close(): the idle reaper ends at once, not at its next look
         if idle_timeout is not None:
             threading.Thread(target=self._reap_idle, name=f"pypods-{pod}-idle", daemon=True).start()
 
@@ -220,8 +221,7 @@ class WorkerPool(Slots[Connection]):
             old.close(kill=True)
 
     def _reap_idle(self) -> None:
-        while self._closed is None:
-            time.sleep(self._idle_step())
+        while not self._stopped.wait(self._idle_step()) and self._closed is None:
             with self._lock:
                 idle = self._idle()
             for conn in idle:
@@ -231,6 +231,7 @@ class WorkerPool(Slots[Connection]):
         """Stop every worker; later calls raise PodClosedError."""
         with self._lock:
             conns = self._close_all()
+        self._stopped.set()
         for conn in conns:
             conn.close()
 
