@@ -286,3 +286,39 @@ def test_many_pods_opened_and_closed_leave_no_descriptor_nor_thread(make_pod: An
         time.sleep(0.05)
     assert _fd_count() <= fds
     assert threading.active_count() <= threads, [t.name for t in threading.enumerate()]
+
+
+def _flood(call_id: int, count: int) -> bytes:
+    from pypods._worker.codec import Encoder
+
+    return b"".join(bytes(Encoder().document({"id": call_id, "yield": i})) for i in range(count))
+
+
+def test_a_pod_sending_stream_items_it_was_not_granted_cannot_grow_client_memory() -> None:
+    # Flow control bounds what a stream may hold (its window); a pod that ignores it is hostile.
+    conn = ProcessConnection(ThreadWorker(), start_timeout=5)
+    try:
+        stream = conn.call("countdown", (3,), {}, 5)
+        stream_id = stream._cursor.call_id  # type: ignore[attr-defined]
+        with pytest.raises(pypods.PodProtocolError):
+            conn.call("forge", (_flood(stream_id, 2000),), {}, 5)
+        assert isinstance(conn.broken, pypods.PodProtocolError)
+        assert len(conn._calls.get(stream_id) or ()) < 200
+    finally:
+        conn.close()
+
+
+def test_async_a_pod_sending_stream_items_it_was_not_granted_cannot_grow_client_memory() -> None:
+    async def main() -> None:
+        conn = AsyncProcessConnection(ThreadWorker())
+        await conn.start(5)
+        stream = await conn.call("countdown", (3,), {}, 5)
+        stream_id = stream._cursor.call_id
+        with pytest.raises(pypods.PodProtocolError):
+            await conn.call("forge", (_flood(stream_id, 2000),), {}, 5)
+        assert isinstance(conn.broken, pypods.PodProtocolError)
+        queue = conn._calls.get(stream_id)
+        assert queue is None or queue.qsize() < 200
+        await conn.aclose()
+
+    asyncio.run(asyncio.wait_for(main(), 20))

@@ -16,7 +16,7 @@ from .._errors import PodClosedError, PodError, PodProtocolError
 from .._worker.framing import FrameError, FrameReader
 from .base import AsyncStream
 from .connection import DEFAULT_START_TIMEOUT, NotSentError, open_pidfd
-from .core import START, Outcome, StreamCursor, WorkerConnection, after_death
+from .core import MAX_PENDING, START, Outcome, StreamCursor, WorkerConnection, after_death
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
@@ -109,6 +109,9 @@ class AsyncProcessConnection(WorkerConnection):
                 return
             queue = self._calls.get(reply["id"])
             if queue is not None:
+                if queue.qsize() >= MAX_PENDING:
+                    self._break(self.proto.flooded(reply["id"]))
+                    return
                 queue.put_nowait(reply)
             # else: a reply to an abandoned call or a stray id: dropped.
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import PodClosedError, PodCrashedError, PodError, PodProtocolError, PodWorkerError
 from .._worker.framing import FrameError, FrameReader, PipeClosed
 from .base import Stream
-from .core import START, Outcome, StreamCursor, WorkerConnection, after_death
+from .core import MAX_PENDING, START, Outcome, StreamCursor, WorkerConnection, after_death
 
 if TYPE_CHECKING:
     from .base import WorkerHandle
@@ -266,6 +266,8 @@ class ProcessConnection(WorkerConnection):
                 if box is not None:
                     box.append(reply)
                     self._cv.notify_all()
+            if box is not None and len(box) > MAX_PENDING:
+                raise self._break(proto.flooded(reply_id), kill=True)
                 # else: a reply to an abandoned call (interrupted, closed stream) or a stray id: dropped.
             if deadline is not None and time.monotonic() > deadline:
                 raise self._timed_out(name, timeout)  # a flood of other frames cannot stretch it
