@@ -322,3 +322,41 @@ def test_async_a_pod_sending_stream_items_it_was_not_granted_cannot_grow_client_
         await conn.aclose()
 
     asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_two_workers_started_on_demand_serve_two_calls_at_once() -> None:
+    # Lazy start, two threads at once: the second call must start the second worker, not queue
+    # behind the first call on the worker being started.
+    spawned: list[Any] = []
+    workers = WorkerPool("fake", _slow_spawn(spawned, 0.3), 2)
+    try:
+        started = time.monotonic()
+        calls = [_outcome(workers.call, "sleep", (1.0,), {}, None) for _ in range(2)]
+        for call in calls:
+            call["thread"].join(10)
+        assert [call.get("value") for call in calls] == [1.0, 1.0]
+        assert len(spawned) == 2
+        assert time.monotonic() - started < 1.9, "the two calls ran one after the other"
+    finally:
+        workers.close()
+
+
+def test_async_two_workers_started_on_demand_serve_two_calls_at_once() -> None:
+    async def main() -> None:
+        spawned: list[Any] = []
+
+        async def spawn() -> AsyncProcessConnection:
+            await asyncio.sleep(0.3)
+            conn = AsyncProcessConnection(ThreadWorker())
+            await conn.start(5)
+            spawned.append(conn)
+            return conn
+
+        workers = AsyncWorkerPool("fake", spawn, 2)
+        started = time.monotonic()
+        assert await asyncio.gather(*(workers.call("sleep", (1.0,), {}, None) for _ in range(2))) == [1.0, 1.0]
+        assert len(spawned) == 2
+        assert time.monotonic() - started < 1.9, "the two calls ran one after the other"
+        await workers.aclose()
+
+    asyncio.run(asyncio.wait_for(main(), 20))

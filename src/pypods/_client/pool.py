@@ -63,6 +63,7 @@ class Slots(Generic[C]):
         self._closed: PodError | None = None
         self._idle_timeout = idle_timeout
         self._last_used = time.monotonic()
+        self._pending: set[int] = set()  # slots whose worker is starting
         self.description: list[dict[str, Any]] | None = None
 
     @property
@@ -80,16 +81,21 @@ class Slots(Generic[C]):
             raise copy.copy(self._closed)
 
     def _pick(self) -> tuple[int, C | None]:
-        """The slot to use: an idle live worker, else an empty slot (start one), else the least busy.
+        """The slot to use: an idle live worker, else an empty slot (start one), else the least busy,
+        else a slot whose worker is starting (wait for it).
 
-        Returns the slot and its connection, or None when the caller must start one there.
+        Returns the slot and its connection, or None when the caller must start one there (or
+        wait for the start under way).
         """
         self._last_used = time.monotonic()
         free: int | None = None
+        starting: int | None = None
         best, best_load = 0, -1
         for index, conn in enumerate(self._slots):
             if conn is None or conn.broken is not None:
-                if free is None:
+                if index in self._pending:
+                    starting = index if starting is None else starting
+                elif free is None:
                     free = index
                 continue
             load = conn.in_flight()
@@ -99,6 +105,8 @@ class Slots(Generic[C]):
                 best, best_load = index, load
         if free is not None:
             return free, None
+        if best_load < 0 and starting is not None:
+            return starting, None
         return best, self._slots[best]
 
     def _live(self, index: int) -> tuple[C | None, C | None]:
@@ -189,8 +197,16 @@ class WorkerPool(Slots[Connection]):
             if old is not None:
                 old.close(kill=True)
             self._check_open()  # the brake may have tripped on that one
-            fresh = self._spawn()
             with self._lock:
+                self._pending.add(index)
+            try:
+                fresh = self._spawn()
+            except BaseException:
+                with self._lock:
+                    self._pending.discard(index)
+                raise
+            with self._lock:
+                self._pending.discard(index)
                 installed = self._install(index, fresh)
             if not installed:
                 fresh.close(kill=True)
@@ -270,7 +286,11 @@ class AsyncWorkerPool(Slots[AsyncConnection]):
             if old is not None:
                 await old.aclose(kill=True)
             self._check_open()  # the brake may have tripped on that one
-            fresh = await self._spawn()
+            self._pending.add(index)
+            try:
+                fresh = await self._spawn()
+            finally:
+                self._pending.discard(index)
             if not self._install(index, fresh):
                 await fresh.aclose(kill=True)
                 self._check_open()
