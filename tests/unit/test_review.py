@@ -360,3 +360,59 @@ def test_async_two_workers_started_on_demand_serve_two_calls_at_once() -> None:
         await workers.aclose()
 
     asyncio.run(asyncio.wait_for(main(), 20))
+
+
+class _Recorded(ThreadWorker):
+    """A thread worker that counts the SIGINTs a real worker would get."""
+
+    interrupts = 0
+
+    def interrupt(self) -> None:
+        self.interrupts += 1
+
+
+def test_ctrl_c_on_a_queued_call_does_not_interrupt_the_running_one() -> None:
+    import signal
+
+    worker = _Recorded()
+    conn = ProcessConnection(worker, start_timeout=5)
+    running = _outcome(conn.call, "sleep", (1.0,), {}, None)  # another thread's call, running
+    time.sleep(0.2)
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(KeyboardInterrupt):
+            conn.call("add", (1, 2), {}, None)  # queued behind it in the worker
+        running["thread"].join(5)
+        assert worker.interrupts == 0, "the Ctrl-C was passed on to another thread's running call"
+        assert running.get("value") == 1.0
+        assert conn.call("add", (2, 2), {}, 5) == 4
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        conn.close()
+
+
+def test_ctrl_c_on_the_running_call_interrupts_it() -> None:
+    import signal
+
+    worker = _Recorded()
+    conn = ProcessConnection(worker, start_timeout=5)
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(KeyboardInterrupt):
+            conn.call("sleep", (0.5,), {}, None)
+        assert worker.interrupts == 1
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        conn.close()

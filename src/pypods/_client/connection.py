@@ -72,6 +72,8 @@ class ProcessConnection(WorkerConnection):
         self._reading = False
         self._closed = False  # close() was called: the last reader or writer releases the descriptors
         self._deferred: list[bytearray] = []  # controls from finalizers, sent with the next write
+        # Calls written and not yet answered, in the order the worker queues (and runs) them.
+        self._unanswered: dict[int, None] = {}
         try:
             self._handshake(start_timeout)
         except BaseException:
@@ -104,15 +106,18 @@ class ProcessConnection(WorkerConnection):
         try:
             if registry is not None:
                 self._write(registry, deadline, name, timeout)
-            self._write(data, deadline, name, timeout)
+            self._write(data, deadline, name, timeout, call_id)
             reply = self._receive(call_id, deadline, name, timeout)
             outcome = self._checked(proto.outcome, name, reply)
             stream = outcome.kind == Outcome.STREAM
         except KeyboardInterrupt:
             # The pod function gets the Ctrl-C too (SIGINT if it runs, cancel if not yet started);
-            # the worker lives on, and the reply, if any, is dropped.
+            # the worker lives on, and the reply, if any, is dropped. A call queued behind another
+            # thread's gets only the cancel: the SIGINT would stop that other call.
+            with self._cv:
+                running = next(iter(self._unanswered), None) == call_id
             self.send_control(proto.control(call_id, "cancel"))
-            if self._broken is None:
+            if self._broken is None and running:
                 self.worker.interrupt()
             raise
         finally:
@@ -131,7 +136,14 @@ class ProcessConnection(WorkerConnection):
             self._break(exc, kill=True)
             raise
 
-    def _write(self, data: bytes | bytearray, deadline: float | None, name: str, timeout: float | None) -> None:
+    def _write(
+        self,
+        data: bytes | bytearray,
+        deadline: float | None,
+        name: str,
+        timeout: float | None,
+        call_id: int | None = None,
+    ) -> None:
         """Write one whole frame, or break the connection: a pipe is never left with half a frame."""
         with self._wlock:
             fd = self._enter_write()
@@ -141,6 +153,9 @@ class ProcessConnection(WorkerConnection):
                 for control in deferred:
                     self._write_frame(fd, memoryview(control), None, name, timeout)
                 self._write_frame(fd, view, deadline, name, timeout)
+                if call_id is not None:
+                    with self._cv:
+                        self._unanswered[call_id] = None  # under _wlock: in the order written
             except BaseException:
                 if self._broken is None:  # interrupted mid-frame (Ctrl-C): this pipe is out of step
                     self._break(PodWorkerError(f"pod {self.pod!r}: a call was interrupted while sent"), kill=True)
@@ -214,6 +229,7 @@ class ProcessConnection(WorkerConnection):
     def _abandon(self, call_id: int) -> None:
         with self._cv:
             self._calls.pop(call_id, None)
+            self._unanswered.pop(call_id, None)
 
     def _receive(self, call_id: int, deadline: float | None, name: str, timeout: float | None) -> dict[str, Any]:
         """Wait for the next reply to *call_id*, reading the pipe ourselves if nobody else is."""
@@ -259,16 +275,17 @@ class ProcessConnection(WorkerConnection):
             except PodProtocolError as exc:
                 raise self._break(exc, kill=True) from exc
             reply_id = reply["id"]
-            if reply_id == call_id:
-                return reply
             with self._cv:
+                self._unanswered.pop(reply_id, None)
+                if reply_id == call_id:
+                    return reply
                 box = self._calls.get(reply_id)
                 if box is not None:
                     box.append(reply)
                     self._cv.notify_all()
+                # else: a reply to an abandoned call (interrupted, closed stream) or a stray id: dropped.
             if box is not None and len(box) > MAX_PENDING:
                 raise self._break(proto.flooded(reply_id), kill=True)
-                # else: a reply to an abandoned call (interrupted, closed stream) or a stray id: dropped.
             if deadline is not None and time.monotonic() > deadline:
                 raise self._timed_out(name, timeout)  # a flood of other frames cannot stretch it
 
