@@ -416,3 +416,32 @@ def test_ctrl_c_on_the_running_call_interrupts_it() -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         conn.close()
+
+
+def test_pickle_codec_a_stream_item_that_cannot_be_pickled_closes_the_generator() -> None:
+    worker = ThreadWorker(codec="pickle")
+    closed: list[str] = []
+
+    def locks() -> Any:
+        try:
+            yield 1
+            yield threading.Lock()  # cannot be pickled
+            yield from range(1000)  # more than the stream window: the worker would wait for credit
+        finally:
+            closed.append("closed")
+
+    worker.worker.functions["locks"] = locks
+    conn = ProcessConnection(worker, start_timeout=5)
+    try:
+        stream = conn.call("locks", (), {}, 5)
+        assert next(stream) == 1
+        with pytest.raises(pypods.PodSerializationError):
+            next(stream)
+        assert conn.call("add", (1, 1), {}, 5) == 2
+        deadline = time.monotonic() + 5
+        while not closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert closed == ["closed"], "the generator was left suspended in the worker"
+        assert not worker.worker.streams
+    finally:
+        conn.close()

@@ -281,7 +281,8 @@ class Worker:
             kind = "interrupted" if isinstance(exc, KeyboardInterrupt) else "remote"
             self.send({"id": call_id, "ok": False, "error": messages.error_info(exc, kind)})
             return
-        if not self.send(self.result(call_id, item, "yield")):
+        reply = self.result(call_id, item, "yield")
+        if not self.send(reply) or "error" in reply:
             self._run(stream[0].close)  # the item could not cross: the stream ended with that error
             return
         stream[1] -= 1
