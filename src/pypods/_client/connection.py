@@ -347,7 +347,6 @@ class ProcessConnection(WorkerConnection):
         busy = self.in_flight() > 0
         self._set_broken(PodClosedError(f"pod {self.pod!r} was closed"))
         with self._cv:
-            self._closed = True
             if not self._writers:
                 self._close_input()  # first, so that stop() closing the worker's copy is an end of file
         if kill or busy:
@@ -355,6 +354,7 @@ class ProcessConnection(WorkerConnection):
         else:
             self.worker.stop(grace=0.5)
         with self._cv:
+            self._closed = True
             self._release_unused()
 
     def _close_input(self) -> None:
