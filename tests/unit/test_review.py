@@ -445,3 +445,32 @@ def test_pickle_codec_a_stream_item_that_cannot_be_pickled_closes_the_generator(
         assert not worker.worker.streams
     finally:
         conn.close()
+
+
+def test_closing_a_stream_never_waits_for_a_busy_worker_to_read() -> None:
+    from pypods._worker.codec import Encoder
+
+    worker = ThreadWorker()
+    conn = ProcessConnection(worker, start_timeout=5)
+    try:
+        stream = conn.call("countdown", (1000,), {}, 5)
+        assert next(stream) == 1000
+        busy = _outcome(conn.call, "block", (10.0,), {}, None)
+        time.sleep(0.2)
+        filler = bytes(Encoder().document({"id": 999_999, "op": "more", "n": 1}))  # harmless: no such stream
+        with contextlib.suppress(BlockingIOError):
+            while True:  # the worker reads nothing while busy: fill its input to the brim
+                os.write(conn._wfd, filler)  # type: ignore[arg-type]
+        started = time.monotonic()
+        stream.close()
+        assert time.monotonic() - started < 0.5, "close() waited for the busy worker"
+        worker.pod.gate.set()
+        busy["thread"].join(5)
+        assert busy.get("value") == "unblocked"
+        assert conn.call("add", (1, 1), {}, 5) == 2  # sends the cancel that was waiting
+        deadline = time.monotonic() + 5
+        while 1000 not in worker.pod.closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert 1000 in worker.pod.closed
+    finally:
+        conn.close()

@@ -209,7 +209,12 @@ class ProcessConnection(WorkerConnection):
                 raise NotSentError(f"pod {self.pod!r}: worker was gone before the call was sent")
 
     def send_control(self, message: bytearray, deferred: bool = False) -> None:
-        """Send a message that expects no reply (credit, cancel); *deferred* from finalizers never blocks."""
+        """Send a message that expects no reply (credit, cancel).
+
+        With *deferred* (closing a stream, from user code or a finalizer) it never blocks: if another
+        thread is writing, or the pipe is full because the worker is busy, the message goes out
+        with the next write.
+        """
         if self._broken is not None:
             return
         if not self._wlock.acquire(blocking=not deferred):
@@ -218,7 +223,17 @@ class ProcessConnection(WorkerConnection):
         try:
             fd = self._enter_write()
             try:
-                self._write_frame(fd, memoryview(message), None, "(control)", None)
+                view = memoryview(message)
+                if deferred:
+                    try:
+                        view = view[os.write(fd, view) :]  # a control frame is far below PIPE_BUF: all or none
+                    except BlockingIOError:
+                        self._deferred.append(message)
+                        return
+                    except OSError:
+                        return  # the worker is gone; its reader reports how
+                if len(view):
+                    self._write_frame(fd, view, None, "(control)", None)
             finally:
                 self._exit_write()
         except PodError:
@@ -408,16 +423,13 @@ class ProcessStream(Stream):
         conn._abandon(cursor.call_id)
         raise StopIteration
 
-    def close(self, deferred: bool = False) -> None:
-        """Stop the generator in the pod (it sees GeneratorExit); items still in transit are dropped."""
+    def close(self) -> None:
+        """Stop the generator in the pod (it sees GeneratorExit); items still in transit are dropped.
+
+        Never blocks (also from the garbage collector, possibly while this thread holds the write
+        lock): the cancel waits for the next write if it cannot go now.
+        """
         cancel = self._cursor.cancel()
         if cancel is not None:
             self._conn._abandon(self._cursor.call_id)
-            self._conn.send_control(cancel, deferred=deferred)
-
-    def __del__(self) -> None:
-        # From the garbage collector, possibly while this thread holds the write lock: never block.
-        try:
-            self.close(deferred=True)
-        except Exception:
-            pass
+            self._conn.send_control(cancel, deferred=True)
