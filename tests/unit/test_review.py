@@ -474,3 +474,25 @@ def test_closing_a_stream_never_waits_for_a_busy_worker_to_read() -> None:
         assert 1000 in worker.pod.closed
     finally:
         conn.close()
+
+
+def test_a_waiting_cancel_does_not_stretch_the_next_call_deadline() -> None:
+    from pypods._worker.codec import Encoder
+
+    conn = ProcessConnection(ThreadWorker(), start_timeout=5)
+    try:
+        stream = conn.call("countdown", (1000,), {}, 5)
+        next(stream)
+        _outcome(conn.call, "block", (10.0,), {}, None)
+        time.sleep(0.2)
+        filler = bytes(Encoder().document({"id": 999_999, "op": "more", "n": 1}))
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(conn._wfd, filler)  # type: ignore[arg-type]
+        stream.close()  # its cancel waits for the next write
+        started = time.monotonic()
+        with pytest.raises(pypods.PodTimeoutError):
+            conn.call("add", (1, 1), {}, 0.3)
+        assert time.monotonic() - started < 1.5
+    finally:
+        conn.close()

@@ -151,7 +151,7 @@ class ProcessConnection(WorkerConnection):
             deferred, self._deferred = self._deferred, []
             try:
                 for control in deferred:
-                    self._write_frame(fd, memoryview(control), None, name, timeout)
+                    self._write_frame(fd, memoryview(control), deadline, name, timeout)
                 self._write_frame(fd, view, deadline, name, timeout)
                 if call_id is not None:
                     with self._cv:
