@@ -15,7 +15,7 @@ import pytest
 
 import pypods
 from pypods._client.aconnection import AsyncProcessConnection
-from pypods._client.connection import ProcessConnection
+from pypods._client.connection import NotSentError, ProcessConnection
 from pypods._client.pool import AsyncWorkerPool, WorkerPool
 from pypods._client.process import WorkerProcess
 
@@ -496,3 +496,40 @@ def test_a_waiting_cancel_does_not_stretch_the_next_call_deadline() -> None:
         assert time.monotonic() - started < 1.5
     finally:
         conn.close()
+
+
+def test_a_call_never_sent_because_another_call_broke_the_worker_goes_to_a_fresh_one() -> None:
+    from .fakeworker import pool
+
+    workers = pool()
+    try:
+        workers.call("add", (1, 1), {}, 5)
+        _outcome(workers.call, "block", (10.0,), {}, None)  # the worker stops reading
+        time.sleep(0.2)
+        big = _outcome(workers.call, "add", (BIG, []), {}, 0.5)  # blocks writing, then times out
+        conn = workers.spawned[0]  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 5
+        while not conn._writers and time.monotonic() < deadline:
+            time.sleep(0.005)
+        small = _outcome(workers.call, "add", (1, 2), {}, 5)  # waits for the write lock: never sent
+        big["thread"].join(5)
+        small["thread"].join(5)
+        assert isinstance(big.get("error"), pypods.PodTimeoutError)
+        assert small.get("value") == 3, small
+    finally:
+        workers.close()
+
+
+def test_async_a_call_on_a_worker_another_call_broke_is_marked_not_sent() -> None:
+    # The pool resends a call that never reached a worker (NotSentError, internal); on a worker that
+    # another call's timeout killed, nothing of this call was sent.
+    async def main() -> None:
+        conn = AsyncProcessConnection(ThreadWorker())
+        await conn.start(5)
+        with pytest.raises(pypods.PodTimeoutError):
+            await conn.call("sleep", (5.0,), {}, 0.2)
+        with pytest.raises(NotSentError):
+            await conn.call("add", (1, 2), {}, 5)
+        await conn.aclose()
+
+    asyncio.run(asyncio.wait_for(main(), 20))

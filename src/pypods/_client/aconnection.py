@@ -163,7 +163,10 @@ class AsyncProcessConnection(WorkerConnection):
 
     async def _write(self, data: bytes | bytearray) -> None:
         if self._broken is not None:
-            raise copy.copy(self._broken)
+            if isinstance(self._broken, PodClosedError):
+                raise copy.copy(self._broken)
+            # Another call ended this worker first: this frame was never sent (the pool resends it).
+            raise NotSentError(f"pod {self.pod!r}: the worker was lost before the call was sent ({self._broken})")
         if not self._out:
             try:
                 sent = os.write(self.worker.write_fd, data)

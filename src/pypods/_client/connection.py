@@ -166,8 +166,13 @@ class ProcessConnection(WorkerConnection):
     def _enter_write(self) -> int:
         """Our input descriptor, counted as in use until ``_exit_write`` (hold ``_wlock``)."""
         with self._cv:
-            if self._broken is not None or self._wfd is None:
-                raise copy.copy(self._broken or PodClosedError(f"pod {self.pod!r} was closed"))
+            broken = self._broken
+            if broken is not None and not isinstance(broken, PodClosedError):
+                # Another call ended this worker while we waited to write: ours was never sent,
+                # so the pool may send it to a fresh worker.
+                raise NotSentError(f"pod {self.pod!r}: the worker was lost before the call was sent ({broken})")
+            if broken is not None or self._wfd is None:
+                raise copy.copy(broken or PodClosedError(f"pod {self.pod!r} was closed"))
             self._writers += 1
             return self._wfd
 
