@@ -533,3 +533,40 @@ def test_async_a_call_on_a_worker_another_call_broke_is_marked_not_sent() -> Non
         await conn.aclose()
 
     asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_workers_that_crash_while_starting_trip_the_brake() -> None:
+    started: list[int] = []
+
+    def spawn() -> ProcessConnection:
+        started.append(1)
+        raise pypods.PodCrashedError("pod 'fake': worker (pid 1) died: signal SIGSEGV", returncode=-11)
+
+    workers = WorkerPool("fake", spawn, 1)
+    for _ in range(5):
+        with pytest.raises(pypods.PodCrashedError):
+            workers.call("add", (1, 2), {}, 5)
+    with pytest.raises(pypods.PodCrashLoopError):
+        workers.call("add", (1, 2), {}, 5)
+    assert len(started) == 5, "the pod kept starting workers that die at once"
+    workers.close()
+
+
+def test_async_workers_that_crash_while_starting_trip_the_brake() -> None:
+    async def main() -> None:
+        started: list[int] = []
+
+        async def spawn() -> AsyncProcessConnection:
+            started.append(1)
+            raise pypods.PodCrashedError("pod 'fake': worker (pid 1) died: signal SIGSEGV", returncode=-11)
+
+        workers = AsyncWorkerPool("fake", spawn, 1)
+        for _ in range(5):
+            with pytest.raises(pypods.PodCrashedError):
+                await workers.call("add", (1, 2), {}, 5)
+        with pytest.raises(pypods.PodCrashLoopError):
+            await workers.call("add", (1, 2), {}, 5)
+        assert len(started) == 5, "the pod kept starting workers that die at once"
+        await workers.aclose()
+
+    asyncio.run(asyncio.wait_for(main(), 20))

@@ -30,7 +30,8 @@ C = TypeVar("C", bound=Union[Connection, AsyncConnection])
 class CrashBrake:
     """Stop restarting a pod whose workers keep dying: CRASH_LIMIT crashes within CRASH_WINDOW seconds.
 
-    Only crashes count (a worker that died); timeouts, protocol errors and closes never do.
+    Only crashes count (a worker that died, also while starting); timeouts, protocol errors and
+    closes never do.
     """
 
     def __init__(self, pod: str) -> None:
@@ -118,6 +119,13 @@ class Slots(Generic[C]):
         old = self._retire(index) if conn is not None else None
         return None, old
 
+    def _start_failed(self, error: BaseException) -> None:
+        """A worker died while it started: that is a crash too (a pod that segfaults on import)."""
+        if isinstance(error, PodCrashedError) and self._closed is None:
+            stop = self._brake.note(error)
+            if stop is not None:
+                self._closed = stop
+
     def _retire(self, index: int) -> C | None:
         """Take a dead connection out of slot *index* (the caller closes it); a crash feeds the brake."""
         conn = self._slots[index]
@@ -201,9 +209,10 @@ class WorkerPool(Slots[Connection]):
                 self._pending.add(index)
             try:
                 fresh = self._spawn()
-            except BaseException:
+            except BaseException as exc:
                 with self._lock:
                     self._pending.discard(index)
+                    self._start_failed(exc)
                 raise
             with self._lock:
                 self._pending.discard(index)
@@ -289,6 +298,9 @@ class AsyncWorkerPool(Slots[AsyncConnection]):
             self._pending.add(index)
             try:
                 fresh = await self._spawn()
+            except BaseException as exc:
+                self._start_failed(exc)
+                raise
             finally:
                 self._pending.discard(index)
             if not self._install(index, fresh):
