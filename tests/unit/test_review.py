@@ -570,3 +570,32 @@ def test_async_workers_that_crash_while_starting_trip_the_brake() -> None:
         await workers.aclose()
 
     asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_a_client_that_exits_without_closing_its_workers_exits_at_once(tmp_path: Path) -> None:
+    import subprocess
+
+    pod_dir = tmp_path / "pods" / "p"
+    pod_dir.mkdir(parents=True)
+    for init in (tmp_path / "pods" / "__init__.py", pod_dir / "__init__.py"):
+        init.write_text("")
+    (pod_dir / "pod.py").write_text("def f(x):\n    return x\n")
+    client = textwrap.dedent(
+        f"""
+        import sys
+        from pypods._client.connection import ProcessConnection
+        from pypods._client.process import WorkerProcess
+
+        conns = [
+            ProcessConnection(WorkerProcess(sys.executable, "p", {str(pod_dir)!r}, {str(tmp_path)!r}), start_timeout=20)
+            for _ in range(3)
+        ]
+        print(sum(conn.call("f", (1,), {{}}, 5) for conn in conns), flush=True)
+        """
+    )
+    with subprocess.Popen([sys.executable, "-c", client], stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "3"
+        started = time.monotonic()
+        proc.wait(30)
+    assert time.monotonic() - started < 1.5, "exit waited for workers to be killed one by one"

@@ -9,12 +9,14 @@ child that keeps the pipe open cannot hide it), and every call in flight then fa
 
 from __future__ import annotations
 
+import atexit
 import collections
 import copy
 import os
 import select
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from .._errors import PodClosedError, PodCrashedError, PodError, PodProtocolError, PodWorkerError
@@ -48,6 +50,19 @@ def open_pidfd(pid: int) -> int | None:
         return None
 
 
+_open: weakref.WeakSet[ProcessConnection] = weakref.WeakSet()
+_at_exit: list[bool] = []
+
+
+def _close_inputs() -> None:
+    """At exit, before the process module ends the workers: close our input copies, so each worker
+    sees the end of its input at once rather than waiting to be killed."""
+    for conn in list(_open):
+        with conn._cv:
+            if not conn._writers:
+                conn._close_input()
+
+
 class ProcessConnection(WorkerConnection):
     """Calls to one worker process; any number of threads may use it at once."""
 
@@ -61,6 +76,9 @@ class ProcessConnection(WorkerConnection):
         # otherwise wake to find it reused by another file and write the request there.
         self._wfd: int | None = os.dup(worker.write_fd)
         os.set_blocking(self._wfd, False)
+        if not _at_exit:  # registered after process.py's handler, so it runs before it
+            _at_exit.append(atexit.register(_close_inputs) is not None)
+        _open.add(self)
         self._writers = 0  # threads writing on _wfd (under _cv)
         self._pidfd = open_pidfd(worker.pid)
         self._poll = select.poll()
