@@ -599,3 +599,34 @@ def test_a_client_that_exits_without_closing_its_workers_exits_at_once(tmp_path:
         started = time.monotonic()
         proc.wait(30)
     assert time.monotonic() - started < 1.5, "exit waited for workers to be killed one by one"
+
+
+def test_an_interrupted_reader_hands_the_pipe_to_a_waiting_thread() -> None:
+    import signal
+
+    conn = ProcessConnection(_Recorded(), start_timeout=5)
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        waiting: dict[str, Any] = {}
+
+        def later() -> None:
+            time.sleep(0.1)  # the main thread is the reader by now
+            waiting["call"] = _outcome(conn.call, "add", (1, 2), {}, 5)
+
+        threading.Thread(target=later).start()
+        with pytest.raises(KeyboardInterrupt):
+            conn.call("sleep", (0.6,), {}, None)
+        deadline = time.monotonic() + 5
+        while "call" not in waiting and time.monotonic() < deadline:
+            time.sleep(0.01)
+        waiting["call"]["thread"].join(5)
+        assert waiting["call"].get("value") == 3, waiting
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        conn.close()
