@@ -630,3 +630,40 @@ def test_an_interrupted_reader_hands_the_pipe_to_a_waiting_thread() -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         conn.close()
+
+
+def test_ctrl_c_while_waiting_for_a_stream_item_stops_the_generator() -> None:
+    import signal
+
+    worker = ThreadWorker()
+    closed: list[str] = []
+
+    def slow() -> Any:
+        try:
+            for i in range(1000):
+                time.sleep(0.2)
+                yield i
+        finally:
+            closed.append("closed")
+
+    worker.worker.functions["slow"] = slow
+    conn = ProcessConnection(worker, start_timeout=5)
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        stream = conn.call("slow", (), {}, None)
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(KeyboardInterrupt):
+            next(stream)
+        assert conn.call("add", (1, 1), {}, 5) == 2
+        deadline = time.monotonic() + 5
+        while not closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert closed == ["closed"], "the generator ran on in the worker"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        conn.close()

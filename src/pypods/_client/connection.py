@@ -435,9 +435,12 @@ class ProcessStream(Stream):
         try:
             reply = conn._receive(cursor.call_id, deadline, cursor.name, cursor.timeout)
             more, item, grant = cursor.advance(conn._checked(conn.proto.stream_item, cursor.name, reply))
-        except BaseException:
-            cursor.done = True
+        except PodError:
+            cursor.done = True  # the generator ended in the pod, or the worker did
             conn._abandon(cursor.call_id)
+            raise
+        except BaseException:
+            self.close()  # interrupted while waiting (Ctrl-C): stop the generator in the pod too
             raise
         if grant is not None:
             conn.send_control(grant)
