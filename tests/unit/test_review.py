@@ -667,3 +667,32 @@ def test_ctrl_c_while_waiting_for_a_stream_item_stops_the_generator() -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         conn.close()
+
+
+def test_a_default_that_cannot_be_shown_or_sent_does_not_stop_the_pod_loading() -> None:
+    from .fakeworker import Pod as FakePod
+
+    class Unshowable:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    odd = Unshowable()
+
+    class OddDefaults(FakePod):
+        def functions(self) -> dict[str, Any]:
+            def huge(x: int = 10**5000) -> int:
+                return x % 7
+
+            def unshowable(x: Any = odd) -> str:
+                return "ok"
+
+            return {**super().functions(), "huge": huge, "unshowable": unshowable}
+
+    conn = ProcessConnection(ThreadWorker(pod=OddDefaults()), start_timeout=5)
+    try:
+        names = {info["name"] for info in conn.description}
+        assert {"huge", "unshowable", "add"} <= names
+        assert conn.call("unshowable", (), {}, 5) == "ok"
+        assert conn.call("add", (1, 2), {}, 5) == 3
+    finally:
+        conn.close()

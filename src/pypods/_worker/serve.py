@@ -186,9 +186,17 @@ class Worker:
         if self.import_error is not None:
             message["error"] = self.import_error
         elif self.describe:
-            message["functions"] = [messages.describe(name, fn) for name, fn in self.functions.items()]
+            message["functions"] = [self._described(name, fn) for name, fn in self.functions.items()]
             message["files"] = self.own_files()
         self.send(message)
+
+    @staticmethod
+    def _described(name: str, function: Callable[..., Any]) -> Dict[str, Any]:
+        """A function's description, or just its name if describing it failed (the pod still loads)."""
+        try:
+            return messages.describe(name, function)
+        except Exception:
+            return {"name": name, "params": None}
 
     def own_files(self) -> List[str]:
         """Source files of the pod's own modules that are loaded (the describe cache hashes them)."""
