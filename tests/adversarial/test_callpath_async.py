@@ -12,7 +12,7 @@ import pytest
 
 import pypods
 from adversarial.forge import FORGE
-from adversarial.test_callpath import HOSTILE, assert_within
+from adversarial.test_callpath import HOSTILE, MALFORMED, assert_within
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -75,16 +75,7 @@ def test_a_pickled_reply_runs_no_code(hostile: Path, tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-@pytest.mark.parametrize(
-    "fields",
-    [
-        {"ok": True},
-        {"ok": 1, "value": 2},
-        {"ok": False, "error": 7},
-        {"ok": False, "error": {"mro": "builtins.ValueError"}},
-        {"stream": "yes"},
-    ],
-)
+@pytest.mark.parametrize("fields", MALFORMED)
 def test_malformed_reply_fields_are_protocol_errors(hostile: Path, fields: dict[str, object]) -> None:
     async def body(pod: Any) -> None:
         with pytest.raises(pypods.PodProtocolError):

@@ -174,18 +174,21 @@ def test_close_does_not_wait_for_a_worker_start_and_leaves_no_worker() -> None:
     assert all(conn.broken is not None for conn in spawned), "a worker outlived close()"
 
 
+def _aslow_spawn(spawned: list[Any], seconds: float) -> Any:
+    async def spawn() -> AsyncProcessConnection:
+        await asyncio.sleep(seconds)  # a pod whose import takes a while
+        conn = AsyncProcessConnection(ThreadWorker())
+        await conn.start(5)
+        spawned.append(conn)
+        return conn
+
+    return spawn
+
+
 def test_async_close_during_a_worker_start_leaves_no_worker_and_no_call_runs() -> None:
     async def main() -> None:
         spawned: list[Any] = []
-
-        async def spawn() -> AsyncProcessConnection:
-            await asyncio.sleep(0.5)
-            conn = AsyncProcessConnection(ThreadWorker())
-            await conn.start(5)
-            spawned.append(conn)
-            return conn
-
-        workers = AsyncWorkerPool("fake", spawn, 1)
+        workers = AsyncWorkerPool("fake", _aslow_spawn(spawned, 0.5), 1)
         call = asyncio.ensure_future(workers.call("add", (1, 2), {}, None))
         await asyncio.sleep(0.1)
         await workers.aclose()
@@ -344,15 +347,7 @@ def test_two_workers_started_on_demand_serve_two_calls_at_once() -> None:
 def test_async_two_workers_started_on_demand_serve_two_calls_at_once() -> None:
     async def main() -> None:
         spawned: list[Any] = []
-
-        async def spawn() -> AsyncProcessConnection:
-            await asyncio.sleep(0.3)
-            conn = AsyncProcessConnection(ThreadWorker())
-            await conn.start(5)
-            spawned.append(conn)
-            return conn
-
-        workers = AsyncWorkerPool("fake", spawn, 2)
+        workers = AsyncWorkerPool("fake", _aslow_spawn(spawned, 0.3), 2)
         started = time.monotonic()
         assert await asyncio.gather(*(workers.call("sleep", (1.0,), {}, None) for _ in range(2))) == [1.0, 1.0]
         assert len(spawned) == 2
@@ -360,6 +355,23 @@ def test_async_two_workers_started_on_demand_serve_two_calls_at_once() -> None:
         await workers.aclose()
 
     asyncio.run(asyncio.wait_for(main(), 20))
+
+
+@contextlib.contextmanager
+def _ctrl_c_after(seconds: float) -> Iterator[None]:
+    """A Ctrl-C (KeyboardInterrupt in this thread) after *seconds*, as a terminal would deliver it."""
+    import signal
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class _Recorded(ThreadWorker):
@@ -372,49 +384,29 @@ class _Recorded(ThreadWorker):
 
 
 def test_ctrl_c_on_a_queued_call_does_not_interrupt_the_running_one() -> None:
-    import signal
-
     worker = _Recorded()
     conn = ProcessConnection(worker, start_timeout=5)
-    running = _outcome(conn.call, "sleep", (1.0,), {}, None)  # another thread's call, running
-    time.sleep(0.2)
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGALRM, interrupt)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.2)
-        with pytest.raises(KeyboardInterrupt):
+        running = _outcome(conn.call, "sleep", (1.0,), {}, None)  # another thread's call, running
+        time.sleep(0.2)
+        with _ctrl_c_after(0.2), pytest.raises(KeyboardInterrupt):
             conn.call("add", (1, 2), {}, None)  # queued behind it in the worker
         running["thread"].join(5)
         assert worker.interrupts == 0, "the Ctrl-C was passed on to another thread's running call"
         assert running.get("value") == 1.0
         assert conn.call("add", (2, 2), {}, 5) == 4
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
         conn.close()
 
 
 def test_ctrl_c_on_the_running_call_interrupts_it() -> None:
-    import signal
-
     worker = _Recorded()
     conn = ProcessConnection(worker, start_timeout=5)
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGALRM, interrupt)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.2)
-        with pytest.raises(KeyboardInterrupt):
+        with _ctrl_c_after(0.2), pytest.raises(KeyboardInterrupt):
             conn.call("sleep", (0.5,), {}, None)
         assert worker.interrupts == 1
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
         conn.close()
 
 
@@ -602,24 +594,16 @@ def test_a_client_that_exits_without_closing_its_workers_exits_at_once(tmp_path:
 
 
 def test_an_interrupted_reader_hands_the_pipe_to_a_waiting_thread() -> None:
-    import signal
-
     conn = ProcessConnection(_Recorded(), start_timeout=5)
+    waiting: dict[str, Any] = {}
 
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+    def later() -> None:
+        time.sleep(0.1)  # the main thread is the reader by now
+        waiting["call"] = _outcome(conn.call, "add", (1, 2), {}, 5)
 
-    previous = signal.signal(signal.SIGALRM, interrupt)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.3)
-        waiting: dict[str, Any] = {}
-
-        def later() -> None:
-            time.sleep(0.1)  # the main thread is the reader by now
-            waiting["call"] = _outcome(conn.call, "add", (1, 2), {}, 5)
-
         threading.Thread(target=later).start()
-        with pytest.raises(KeyboardInterrupt):
+        with _ctrl_c_after(0.3), pytest.raises(KeyboardInterrupt):
             conn.call("sleep", (0.6,), {}, None)
         deadline = time.monotonic() + 5
         while "call" not in waiting and time.monotonic() < deadline:
@@ -627,14 +611,10 @@ def test_an_interrupted_reader_hands_the_pipe_to_a_waiting_thread() -> None:
         waiting["call"]["thread"].join(5)
         assert waiting["call"].get("value") == 3, waiting
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
         conn.close()
 
 
 def test_ctrl_c_while_waiting_for_a_stream_item_stops_the_generator() -> None:
-    import signal
-
     worker = ThreadWorker()
     closed: list[str] = []
 
@@ -648,15 +628,9 @@ def test_ctrl_c_while_waiting_for_a_stream_item_stops_the_generator() -> None:
 
     worker.worker.functions["slow"] = slow
     conn = ProcessConnection(worker, start_timeout=5)
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGALRM, interrupt)
     try:
         stream = conn.call("slow", (), {}, None)
-        signal.setitimer(signal.ITIMER_REAL, 0.1)
-        with pytest.raises(KeyboardInterrupt):
+        with _ctrl_c_after(0.1), pytest.raises(KeyboardInterrupt):
             next(stream)
         assert conn.call("add", (1, 1), {}, 5) == 2
         deadline = time.monotonic() + 5
@@ -664,8 +638,6 @@ def test_ctrl_c_while_waiting_for_a_stream_item_stops_the_generator() -> None:
             time.sleep(0.01)
         assert closed == ["closed"], "the generator ran on in the worker"
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
         conn.close()
 
 

@@ -396,12 +396,8 @@ class ProcessConnection(WorkerConnection):
             self._release_unused()
 
     def _close_input(self) -> None:
-        if self._wfd is not None:
-            try:
-                os.close(self._wfd)
-            except OSError:
-                pass
-            self._wfd = None
+        _close_fd(self._wfd)
+        self._wfd = None
 
     def _release_unused(self) -> None:
         """After close(): release the descriptors once no thread reads or writes them (hold ``_cv``)."""
@@ -412,12 +408,16 @@ class ProcessConnection(WorkerConnection):
         """Close our pipes and the pidfd; only when no thread can be polling them (hold ``_cv``)."""
         self._close_input()
         self.worker.release()
-        if self._pidfd is not None:
-            try:
-                os.close(self._pidfd)
-            except OSError:
-                pass
-            self._pidfd = None
+        _close_fd(self._pidfd)
+        self._pidfd = None
+
+
+def _close_fd(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 class ProcessStream(Stream):
