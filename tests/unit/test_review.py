@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import sys
 import textwrap
@@ -666,5 +667,23 @@ def test_a_default_that_cannot_be_shown_or_sent_does_not_stop_the_pod_loading() 
         assert {"huge", "unshowable", "add"} <= names
         assert conn.call("unshowable", (), {}, 5) == "ok"
         assert conn.call("add", (1, 2), {}, 5) == 3
+    finally:
+        conn.close()
+
+
+@dataclasses.dataclass
+class Point:
+    """A class registered with pypods.register (the worker imports it by name)."""
+
+    x: int = 0
+
+
+def test_a_call_that_cannot_be_encoded_does_not_lose_the_class_registry() -> None:
+    conn = ProcessConnection(ThreadWorker(), start_timeout=5)
+    try:
+        pypods.register(Point)
+        with pytest.raises(pypods.PodSerializationError):
+            conn.call("add", (object(), 1), {}, 5)  # fails before anything is sent
+        assert conn.proto.registry_frame() is not None, "the worker was never told about Point"
     finally:
         conn.close()

@@ -114,9 +114,9 @@ class ProcessConnection(WorkerConnection):
     def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         """Send one call and wait for its reply (see ``Connection.call``)."""
         proto = self.proto
-        registry = proto.registry_frame()
         call_id = proto.next_id()
         data, big = proto.encode_call(call_id, name, args, kwargs)
+        registry = proto.registry_frame()  # after encoding: a call that cannot be sent must not use it up
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
             self._calls[call_id] = collections.deque()
