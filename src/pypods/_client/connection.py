@@ -116,14 +116,11 @@ class ProcessConnection(WorkerConnection):
         proto = self.proto
         call_id = proto.next_id()
         data, big = proto.encode_call(call_id, name, args, kwargs)
-        registry = proto.registry_frame()  # after encoding: a call that cannot be sent must not use it up
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
             self._calls[call_id] = collections.deque()
         stream = False
         try:
-            if registry is not None:
-                self._write(registry, deadline, name, timeout)
             self._write(data, deadline, name, timeout, call_id)
             reply = self._receive(call_id, deadline, name, timeout)
             outcome = self._checked(proto.outcome, name, reply)
@@ -167,6 +164,12 @@ class ProcessConnection(WorkerConnection):
             fd = self._enter_write()
             view = memoryview(data)
             deferred, self._deferred = self._deferred, []
+            if call_id is not None:
+                # Under the write lock, so the worker learns of registered classes before any call
+                # that uses them, whichever thread sends first (and only once encoding succeeded).
+                registry = self.proto.registry_frame()
+                if registry is not None:
+                    deferred.append(registry)
             try:
                 for control in deferred:
                     self._write_frame(fd, memoryview(control), deadline, name, timeout)
