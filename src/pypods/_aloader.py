@@ -7,6 +7,7 @@ Everything but ``await`` is shared with ``Pod`` (``_loader.PodBase``, ``_client.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from ._backends import Prepared, new_worker, prepare, remember, start_deadline
@@ -32,6 +33,9 @@ class AsyncPod(PodBase):
         self._pool: AsyncWorkerPool | None = None
         self._draining: set[AsyncWorkerPool] = set()  # replaced by a reload, closed when their calls end
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Every pool not yet closed: dropping the pod without aclose() ends their workers (as for Pod).
+        self._held: list[AsyncWorkerPool] = []
+        weakref.finalize(self, _abandon, self._held)
 
     @classmethod
     async def open(
@@ -74,6 +78,7 @@ class AsyncPod(PodBase):
             return conn
 
         old, self._pool = self._pool, AsyncWorkerPool(self._name, spawn, settings.workers, settings.idle_timeout)
+        self._held.append(self._pool)
         if old is not None:
             # Calls still running on the old code finish there (nobody closed the pod); aclose() ends it.
             self._draining.add(old)
@@ -96,6 +101,8 @@ class AsyncPod(PodBase):
             await asyncio.sleep(0.05)
         self._draining.discard(old)
         await old.aclose()
+        if old in self._held:
+            self._held.remove(old)
 
     async def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         if self._watch is not None and not self._closed and self._watch.changed():
@@ -115,12 +122,19 @@ class AsyncPod(PodBase):
         for pool in [*draining, self._pool]:
             if pool is not None:
                 await pool.aclose()
+        self._held.clear()
 
     async def __aenter__(self) -> AsyncPod:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await AsyncPod.aclose(self)
+
+
+def _abandon(pools: list[AsyncWorkerPool]) -> None:
+    for pool in pools:
+        pool.abandon()
+    pools.clear()
 
 
 async def aload(name: str, **options: Any) -> AsyncPod:

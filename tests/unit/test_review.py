@@ -687,3 +687,44 @@ def test_a_call_that_cannot_be_encoded_does_not_lose_the_class_registry() -> Non
         assert conn.proto.registry_frame() is not None, "the worker was never told about Point"
     finally:
         conn.close()
+
+
+def _gone(pid: int, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_dropped_pod_stops_its_workers_sync_and_async(make_pod: Any, root: Path) -> None:
+    import gc
+
+    make_pod("dropped", "def f(x):\n    return x\n")
+    pod = pypods.load("dropped", root=root)
+    assert pod.f(1) == 1
+    (pid,) = pypods.Pod.pids(pod)
+    del pod
+    gc.collect()
+    assert _gone(pid), "a dropped Pod left its worker running"
+
+    async def main() -> int:
+        apod = await pypods.aload("dropped", root=root)
+        assert await apod.f(2) == 2
+        (apid,) = apod.pids()
+        del apod
+        gc.collect()
+        await asyncio.sleep(0.1)
+        return apid
+
+    async def check() -> None:
+        apid = await main()
+        assert await asyncio.to_thread(_gone, apid), "a dropped AsyncPod left its worker running"
+
+    asyncio.run(asyncio.wait_for(check(), 30))

@@ -284,6 +284,24 @@ class AsyncProcessConnection(WorkerConnection):
             os.close(self._pidfd)
             self._pidfd = None
 
+    def abandon(self) -> None:
+        """Its pod was dropped without aclose(): kill the worker now (from any thread, as the garbage
+        collector may run anywhere) and release the descriptors on the loop."""
+        self.worker.kill()
+        if not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._release_abandoned)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
+
+    def _release_abandoned(self) -> None:
+        self._fail(PodClosedError(f"pod {self.pod!r} was dropped without aclose()"))
+        self._unwatch()
+        self.worker.release()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
 
 class AsyncProcessStream(AsyncStream):
     """The items of a generator running in a worker, awaited; dropped or closed, it cancels the generator."""

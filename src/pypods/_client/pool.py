@@ -332,6 +332,11 @@ class AsyncWorkerPool(Slots[AsyncConnection]):
             for conn in self._idle():
                 await conn.aclose()
 
+    def abandon(self) -> None:
+        """The pod was dropped without ``aclose()``: end its workers now, without awaiting."""
+        for conn in self._close_all():
+            conn.abandon()
+
     async def aclose(self) -> None:
         conns = self._close_all()
         for task in list(self._tasks):
