@@ -162,6 +162,12 @@ class AsyncProcessConnection(WorkerConnection):
     # -- writing -------------------------------------------------------------------------------
 
     async def _write(self, data: bytes | bytearray) -> None:
+        pending = self._send(data)
+        if pending is not None:
+            await asyncio.shield(pending)
+
+    def _send(self, data: bytes | bytearray) -> asyncio.Future[None] | None:
+        """Write *data* now if the pipe takes it all (None); else queue the rest and return what to await."""
         if self._broken is not None:
             if isinstance(self._broken, PodClosedError):
                 raise copy.copy(self._broken)
@@ -176,7 +182,7 @@ class AsyncProcessConnection(WorkerConnection):
                 self._crash_soon()
                 raise NotSentError(f"pod {self.pod!r}: worker was gone before the call was sent") from exc
             if sent == len(data):
-                return
+                return None
             data = data[sent:]
         # The pipe is full: queue the rest and let the loop drain it as the worker reads. The frame is
         # queued whole at once, so a cancelled caller never leaves half a frame behind.
@@ -184,7 +190,7 @@ class AsyncProcessConnection(WorkerConnection):
         if self._out_done is None or self._out_done.done():
             self._out_done = self._loop.create_future()
             self._loop.add_writer(self.worker.write_fd, self._on_writable)
-        await asyncio.shield(self._out_done)
+        return self._out_done
 
     def _on_writable(self) -> None:
         try:
@@ -226,15 +232,20 @@ class AsyncProcessConnection(WorkerConnection):
 
     async def _within(self, step: Awaitable[Any], timeout: float | None, name: str, deadline: float | None) -> Any:
         """Await *step* until the call's deadline (*timeout* from now unless *deadline* is given)."""
-        if deadline is not None:
-            timeout_left: float | None = max(deadline - self._loop.time(), 0)
-        else:
-            timeout_left = timeout
+        if timeout is None:
+            return await step
+        timeout_left = timeout if deadline is None else max(deadline - self._loop.time(), 0)
         try:
             return await asyncio.wait_for(step, timeout_left)
         except asyncio.TimeoutError:
             self._break(self.proto.killed_error(name))
             raise self.proto.timeout_error(name, timeout) from None
+
+    async def _sent(self, data: bytearray, timeout: float | None, name: str, deadline: float | None) -> None:
+        """Write a request under the call's deadline (at once, in the usual case of a pipe with room)."""
+        pending = self._send(data)
+        if pending is not None:
+            await self._within(asyncio.shield(pending), timeout, name, deadline)
 
     def _checked(self, step: Any, name: str, reply: dict[str, Any]) -> Outcome:
         try:
@@ -250,13 +261,13 @@ class AsyncProcessConnection(WorkerConnection):
         deadline = None if timeout is None else self._loop.time() + timeout
         registry = proto.registry_frame()
         if registry is not None:
-            await self._within(self._write(registry), timeout, name, deadline)
+            await self._sent(registry, timeout, name, deadline)
         call_id = proto.next_id()
         data, big = proto.encode_call(call_id, name, args, kwargs)
         self._calls[call_id] = asyncio.Queue()
         stream = False
         try:
-            await self._within(self._write(data), timeout, name, deadline)
+            await self._sent(data, timeout, name, deadline)
             outcome = self._checked(proto.outcome, name, await self._next(call_id, timeout, name, deadline))
             stream = outcome.kind == Outcome.STREAM
         except asyncio.CancelledError:
