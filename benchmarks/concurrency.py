@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -22,6 +23,9 @@ from common import arguments, fmt_time, measured_on, median, publish, rate, tabl
 from run import make_project
 
 import pypods
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 POD = """
 import os, time
@@ -41,10 +45,20 @@ def sleep(s):
 SPIN = 200_000
 
 
+def rates(contenders: dict[str, Callable[[], object]], threads: int, total: int, rounds: int) -> dict[str, float]:
+    """Median calls/s of each contender over *rounds* interleaved rounds of *total* calls from *threads* threads."""
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, call in contenders.items():
+            samples[name].append(rate(call, threads, total))
+    return {name: median(values) for name, values in samples.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = arguments(__doc__, argv)
-    total = 400 if args.quick else 20000
-    cpu_total = 4 if args.quick else 40
+    total = 200 if args.quick else 4000
+    cpu_total = 4 if args.quick else 20
+    rounds = 2 if args.quick else 5
     base = Path(tempfile.mkdtemp(prefix="pypods-bench-"))
     make_project(base, "conc", POD)
     rows = []
@@ -54,14 +68,22 @@ def main(argv: list[str] | None = None) -> int:
                     concurrent.futures.ProcessPoolExecutor(workers) as executor:  # fmt: skip
                 executor.submit(peers.add, 0, 0).result()
                 for threads in (1, 2, 4, 8):
-                    ours = rate(lambda: pod.add(1, 2), threads, total)
-                    theirs = rate(lambda: executor.submit(peers.add, 1, 2).result(), threads, total)
-                    rows.append([f"add(1, 2), {threads} threads", str(workers), f"{ours:,.0f}/s", f"{theirs:,.0f}/s",
-                                 f"{ours / theirs:.1f}x"])  # fmt: skip
-                ours = rate(lambda: pod.spin(SPIN), 2, cpu_total)
-                theirs = rate(lambda: executor.submit(peers.spin, SPIN).result(), 2, cpu_total)
-                rows.append([f"CPU-bound spin({SPIN:,}), 2 threads", str(workers), f"{ours:,.1f}/s", f"{theirs:,.1f}/s",
-                             f"{ours / theirs:.1f}x"])  # fmt: skip
+                    got = rates(
+                        {"pod": lambda: pod.add(1, 2), "executor": lambda: executor.submit(peers.add, 1, 2).result()},
+                        threads,
+                        total,
+                        rounds,
+                    )
+                    rows.append([f"add(1, 2), {threads} threads", str(workers), f"{got['pod']:,.0f}/s",
+                                 f"{got['executor']:,.0f}/s", f"{got['pod'] / got['executor']:.1f}x"])  # fmt: skip
+                got = rates(
+                    {"pod": lambda: pod.spin(SPIN), "executor": lambda: executor.submit(peers.spin, SPIN).result()},
+                    2,
+                    cpu_total,
+                    rounds,
+                )
+                rows.append([f"CPU-bound spin({SPIN:,}), 2 threads", str(workers), f"{got['pod']:,.1f}/s",
+                             f"{got['executor']:,.1f}/s", f"{got['pod'] / got['executor']:.1f}x"])  # fmt: skip
         # Death to PodCrashedError: SIGKILL the worker while a call waits on it.
         delays = []
         for _ in range(3 if args.quick else 10):  # a fresh pod each time: 10 kills would trip the crash brake
@@ -81,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                     delays.append(time.perf_counter() - killed_at[0])
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    body = measured_on() + table(["load", "workers", "pod", "ProcessPoolExecutor", "pod / executor"], rows)
+    body = measured_on(f"; medians of {rounds} interleaved rounds")
+    body += table(["load", "workers", "pod", "ProcessPoolExecutor", "pod / executor"], rows)
     body += f"\nWorker killed (SIGKILL) mid-call to `PodCrashedError` in the caller: median {fmt_time(median(delays))}"
     body += f", max {fmt_time(max(delays))} ({len(delays)} kills).\n"
     publish(args.write, "Concurrency", body)

@@ -15,6 +15,10 @@ def size(value):
     return len(value)
 
 
+def echo(value):
+    return value
+
+
 def pipe_echo_child(read_fd: int, write_fd: int, spin: float = 0.0) -> None:
     """The floor: read a length-prefixed message, write it back, until EOF (spinning first if asked)."""
     import select
@@ -51,8 +55,12 @@ def mp_pipe_child(conn) -> None:  # multiprocessing.Pipe with pickle
         conn.send(globals()[name](*args))
 
 
+RPYC_CONFIG = {"allow_public_attrs": True, "allow_pickle": True}
+
+
 def rpyc_server(socket_path: str) -> None:
     import rpyc
+    from rpyc.utils.classic import obtain
     from rpyc.utils.server import OneShotServer
 
     class Service(rpyc.Service):
@@ -62,7 +70,23 @@ def rpyc_server(socket_path: str) -> None:
         def exposed_size(self, value):
             return len(value)
 
-    OneShotServer(Service, socket_path=socket_path, protocol_config={"allow_public_attrs": True}).start()
+        def exposed_echo(self, value):
+            return obtain(value)  # a copy, not a proxy to the caller's object (like for like)
+
+    OneShotServer(Service, socket_path=socket_path, protocol_config=RPYC_CONFIG).start()
+
+
+EXECNET_LOOP = """
+def add(a, b):
+    return a + b
+
+def echo(value):
+    return value
+
+while True:
+    name, args = channel.receive()
+    channel.send({"add": add, "echo": echo}[name](*args))
+"""
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["pipe"]:

@@ -9,8 +9,6 @@ Peers that are not installed (``pip install -e .[bench]``) are left out with a n
 
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
 import os
 import select
 import shutil
@@ -27,14 +25,17 @@ from typing import TYPE_CHECKING
 
 import peers
 from common import ROOT, arguments, fmt_time, interleaved, measured_on, median, p99, publish, table
+from contenders import Peers
 
 import pypods
+from pypods._client import connection
 from pypods._worker import codec
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable
 
-POD = "def add(a, b):\n    return a + b\n\ndef size(value):\n    return len(value)\n"
+POD = "def add(a, b):\n    return a + b\n\ndef echo(value):\n    return value\n"
 
 
 class Floor:
@@ -119,91 +120,121 @@ def new_interpreter_per_call(base: Path, calls: int) -> list[float]:
     return times
 
 
-def latency(args: argparse.Namespace, base: Path) -> str:
+def load_with(name: str, base: Path, codec_name: str = "bson", **env: str) -> pypods.Pod:
+    """Load a pod and start its worker now, with *env* set while it starts (PYPODS_ENCODING, PYPODS_SPIN_US)."""
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        return pypods.load(name, root=base, start="eager", codec=codec_name)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def without_client_spin(call: Callable[[], object]) -> Callable[[], object]:
+    """The client's half of PYPODS_SPIN_US=0 (its spin is read per call from this module global)."""
+
+    def unspun() -> object:
+        saved = connection.SPIN
+        connection.SPIN = 0.0
+        try:
+            return call()
+        finally:
+            connection.SPIN = saved
+
+    return unspun
+
+
+def table_of(samples: dict[str, list[float]], base_name: str, baselines: dict[str, str]) -> str:
+    """Median, p99 and ratios to pypods and to each baseline (``{column label: contender}``)."""
+    base_median = median(samples[base_name])
+    references = {label: median(samples[name]) for label, name in baselines.items()}
+    rows = []
+    for name, values in samples.items():
+        m = median(values)
+        rows.append([name, fmt_time(m), fmt_time(p99(values)), f"{m / base_median:.2f}x"]
+                    + [f"{m / reference:.2f}x" for reference in references.values()])  # fmt: skip
+    return table(["contender", "median", "p99", "vs pypods", *(f"vs {label}" for label in references)], rows)
+
+
+def latency(args: argparse.Namespace, base: Path, others: Peers) -> str:
     make_project(base, "bench", POD)
-    make_project(base, "bench_pickle", POD, 'codec = "pickle"\n')
     floor = Floor()
     spin_floor = Floor(spin=100e-6)
-    pod = pypods.load("bench", root=base)
-    pickled = pypods.load("bench_pickle", root=base)
+    pod = load_with("bench", base)
+    bson_pod = load_with("bench", base, PYPODS_ENCODING="bson")
+    unspun = load_with("bench", base, PYPODS_SPIN_US="0")
+    pickled = load_with("bench", base, "pickle")
     kib, hundred = b"x" * 1024, b"x" * (100 * 1024)
-    contenders = {
-        "floor: bare os.pipe round trip (16 B)": lambda: floor.call(b"x" * 16),
-        "floor: bare os.pipe round trip (1 KiB)": lambda: floor.call(kib),
-        "floor: bare os.pipe round trip (100 KiB)": lambda: floor.call(hundred),
+    contenders: dict[str, Callable[[], object]] = {
+        "floor: bare os.pipe echo (16 B)": lambda: floor.call(b"x" * 16),
+        "floor: bare os.pipe echo (1 KiB)": lambda: floor.call(kib),
+        "floor: bare os.pipe echo (100 KiB)": lambda: floor.call(hundred),
         "floor, both sides spinning 100 µs before sleeping (16 B)": lambda: spin_floor.call(b"x" * 16),
-        "pod add(1, 2)": lambda: pod.add(1, 2),
-        "pod size(1 KiB)": lambda: pod.size(kib),
-        "pod size(100 KiB)": lambda: pod.size(hundred),
-        "pod, pickle codec: add(1, 2)": lambda: pickled.add(1, 2),
-        "pod, pickle codec: size(100 KiB)": lambda: pickled.size(hundred),
+        "pypods add(1, 2)": lambda: pod.add(1, 2),
+        "pypods add(1, 2), spinning off (PYPODS_SPIN_US=0)": without_client_spin(lambda: unspun.add(1, 2)),
+        "pypods add(1, 2), BSON encoding": lambda: bson_pod.add(1, 2),
+        "pypods echo(1 KiB)": lambda: pod.echo(kib),
+        "pypods echo(100 KiB)": lambda: pod.echo(hundred),
+        "pypods, pickle codec: add(1, 2)": lambda: pickled.add(1, 2),
+        "pypods, pickle codec: echo(100 KiB)": lambda: pickled.echo(hundred),
     }
-    notes = []
-    closers = [floor.close, spin_floor.close, pod.close, pickled.close]
-    executor = concurrent.futures.ProcessPoolExecutor(1)
-    executor.submit(peers.add, 0, 0).result()
-    contenders["ProcessPoolExecutor(1) add(1, 2)"] = lambda: executor.submit(peers.add, 1, 2).result()
-    closers.append(executor.shutdown)
-    parent, child = multiprocessing.Pipe()
-    proc = multiprocessing.Process(target=peers.mp_pipe_child, args=(child,), daemon=True)
-    proc.start()
-
-    def mp_call() -> object:
-        parent.send(("add", (1, 2)))
-        return parent.recv()
-
-    contenders["multiprocessing.Pipe + pickle add(1, 2)"] = mp_call
-    closers.append(lambda: (parent.close(), proc.join(5)))
-    try:
-        import execnet
-
-        gateway = execnet.makegateway("popen")
-        channel = gateway.remote_exec("while True:\n    a, b = channel.receive()\n    channel.send(a + b)\n")
-
-        def execnet_call() -> object:
-            channel.send((1, 2))
-            return channel.receive()
-
-        contenders["execnet popen gateway + channel add(1, 2)"] = execnet_call
-        closers.append(gateway.exit)
-    except ImportError:
-        notes.append("execnet not installed: `pip install -e .[bench]`")
-    try:
-        import rpyc
-
-        socket_path = str(base / "rpyc.sock")
-        server = multiprocessing.Process(target=peers.rpyc_server, args=(socket_path,), daemon=True)
-        server.start()
-        deadline = time.monotonic() + 10
-        while not os.path.exists(socket_path) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        connection = rpyc.utils.factory.unix_connect(socket_path)
-        remote_add = connection.root.add
-        contenders["rpyc over a Unix socket add(1, 2)"] = lambda: remote_add(1, 2)
-        closers.append(lambda: (connection.close(), server.join(5)))
-    except ImportError:
-        notes.append("rpyc not installed: `pip install -e .[bench]`")
-
+    contenders.update(others.contenders("add(1, 2)", "add", 1, 2))
+    contenders.update(others.contenders("echo(100 KiB)", "echo", hundred))
     for call in contenders.values():  # warm up
         for _ in range(50):
             call()
     rounds, batch = (3, 100) if args.quick else (20, 500)
     samples = interleaved(contenders, rounds, batch)
     original = new_interpreter_per_call(base, 3 if args.quick else 20)
-    for close in closers:
+    for close in (floor.close, spin_floor.close, pod.close, bson_pod.close, unspun.close, pickled.close):
         close()
-
-    pod_median = median(samples["pod add(1, 2)"])
-    floor_median = median(samples["floor: bare os.pipe round trip (16 B)"])
-    rows = []
-    for name, values in [*samples.items(), ("new interpreter per call (original design) foo(1, 2)", original)]:
-        m = median(values)
-        rows.append([name, fmt_time(m), fmt_time(p99(values)), f"{m / pod_median:.2f}x", f"{m / floor_median:.2f}x"])
-    body = table(["contender", "median", "p99", "vs pod add", "vs floor"], rows)
+    samples["new interpreter per call (original design) foo(1, 2)"] = original
+    floors = {
+        "floor": "floor: bare os.pipe echo (16 B)",
+        "spin floor": "floor, both sides spinning 100 µs before sleeping (16 B)",
+    }
+    body = table_of(samples, "pypods add(1, 2)", floors)
     body += f"\n{rounds} interleaved rounds of {batch} calls each; the original design: {len(original)} calls.\n"
-    for note in notes:
-        body += f"\n- {note}"
-    return body
+    return body + "".join(f"\n- {note}" for note in others.notes)
+
+
+RECORDS = [{"id": i, "name": f"item-{i}", "score": i * 0.5, "tags": ["a", "b"], "ok": i % 2 == 0} for i in range(200)]
+FLOATS = {f"k{i}": i * 0.25 for i in range(10_000)}
+
+
+def heavy(args: argparse.Namespace, base: Path, others: Peers) -> str:
+    """Calls that carry data: the 200-record echo and a dict of 10,000 floats, every contender alike."""
+    make_project(base, "bench", POD)
+    pod = load_with("bench", base)
+    bson_pod = load_with("bench", base, PYPODS_ENCODING="bson")
+    pickled = load_with("bench", base, "pickle")
+    unspun = load_with("bench", base, PYPODS_SPIN_US="0")
+    sections = []
+    for label, payload in (("echo(200 records)", RECORDS), ("echo(dict of 10,000 floats)", FLOATS)):
+        contenders: dict[str, Callable[[], object]] = {
+            f"pypods {label}": lambda payload=payload: pod.echo(payload),  # type: ignore[misc]
+            f"pypods {label}, BSON encoding": lambda payload=payload: bson_pod.echo(payload),  # type: ignore[misc]
+            f"pypods {label}, pickle codec (trusts the pod)": lambda payload=payload: pickled.echo(payload),  # type: ignore[misc]
+            f"pypods {label}, spinning off": without_client_spin(lambda payload=payload: unspun.echo(payload)),  # type: ignore[misc]
+        }
+        contenders.update(others.contenders(label, "echo", payload))
+        for name, call in contenders.items():
+            assert call() == payload, name
+        rounds, batch = (2, 5) if args.quick else (15, 40)
+        samples = interleaved(contenders, rounds, batch)
+        baselines = {
+            "Pipe + pickle": f"multiprocessing.Pipe + pickle {label}",
+            "executor": f"ProcessPoolExecutor(1) {label}",
+        }
+        sections.append(table_of(samples, f"pypods {label}", baselines))
+        sections.append(f"\n{rounds} interleaved rounds of {batch} calls each.\n")
+    for each in (pod, bson_pod, pickled, unspun):
+        each.close()
+    return "\n".join(sections)
 
 
 def startup(args: argparse.Namespace, base: Path) -> str:
@@ -215,9 +246,26 @@ def startup(args: argparse.Namespace, base: Path) -> str:
     repeats = 3 if args.quick else 15
 
     def bare(code: str, interpreter: str) -> float:
+        """Start to first answer (a byte on stdout after *code* ran), not counting the exit: as for the pod."""
         began = time.perf_counter()
-        subprocess.run([interpreter, "-I", "-c", code], check=True)
-        return time.perf_counter() - began
+        proc = subprocess.Popen(
+            [
+                interpreter,
+                "-I",
+                "-c",
+                code + "\nimport sys\nsys.stdout.write('1')\nsys.stdout.flush()\nsys.stdin.read()",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        assert proc.stdin is not None
+        proc.stdout.read(1)
+        took = time.perf_counter() - began
+        proc.stdin.close()
+        proc.wait()
+        proc.stdout.close()
+        return took
 
     def pod_start(name: str) -> float:
         began = time.perf_counter()
@@ -249,19 +297,27 @@ def startup(args: argparse.Namespace, base: Path) -> str:
                          fmt_time(median(pod_np) - median(bare_np))])  # fmt: skip
         except pypods.PodBuildError as exc:
             rows.append(["pod importing numpy", "-", "-", f"numpy could not be installed: {exc}".splitlines()[0]])
-    body = table(["pod", "bare `python -I -c` (same imports)", "pypods.load() to first answer", "difference"], rows)
-    return body + f"\nMedians of {repeats} starts; the worker start includes the environment check and the hello.\n"
+    body = table(["pod", "bare `python -I -c` (same imports), to first answer", "pypods.load() to first answer",
+                  "difference"], rows)  # fmt: skip
+    return body + (
+        f"\nMedians of {repeats} starts, each timed from start to the first answer, exit not included on either"
+        " side; the worker start includes the environment check and the hello.\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = arguments(__doc__, argv)
     base = Path(tempfile.mkdtemp(prefix="pypods-bench-"))
+    others = Peers(base)
     try:
-        calls = latency(args, base)
+        calls = latency(args, base, others)
+        data = heavy(args, base, others)
         starts = startup(args, base)
     finally:
+        others.close()
         shutil.rmtree(base, ignore_errors=True)
-    publish(args.write, "Calls", f"{measured_on()}{calls}\n### Worker start\n\n{starts}")
+    body = f"{measured_on()}{calls}\n### Calls that carry data\n\n{data}\n### Worker start\n\n{starts}"
+    publish(args.write, "Calls", body)
     return 0
 
 

@@ -8,7 +8,7 @@ copies of the same data into new buffers (what a round trip must at least do) an
 
 from __future__ import annotations
 
-import math
+import json
 import pickle
 import shutil
 import sys
@@ -24,52 +24,57 @@ from common import arguments, fmt_time, measured_on, median, publish, table
 from run import Floor, make_project
 
 import pypods
-from pypods._worker import codec
+from pypods._worker import codec, fastcodec
+from pypods._worker.decoding import Decoder
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable
 
 MiB = 1 << 20
 
 
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - began)
-    return median(times)
+def medians(contenders: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median time of each contender over *rounds* rounds, contenders interleaved within each round."""
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, call in contenders.items():
+            began = time.perf_counter()
+            call()
+            samples[name].append(time.perf_counter() - began)
+    return {name: median(values) for name, values in samples.items()}
 
 
-def floor_echo(floor: Floor, data: bytes) -> None:
-    floor.call(data)
+HEADERS = ["payload", "2 in-process copies", "pod echo", "pod rate", "pod speed / copies", "pipe echo time / pod"]
+
+
+def row(label: str, size: int, got: dict[str, float]) -> list[str]:
+    pod, copies = got["pod"], got["copies"]
+    pipe = f"{got['pipe'] / pod:.2f}" if "pipe" in got else "-"
+    return [label, fmt_time(copies), fmt_time(pod), f"{size / pod:.0f} MiB/s", f"{copies / pod:.2f}", pipe]
 
 
 def throughput(args: argparse.Namespace, base: Path) -> str:
     sizes = [1, 64] if args.quick else [1, 64, 512]
-    repeats = 2 if args.quick else 5
+    rounds = 2 if args.quick else 7
     make_project(base, "echo", "def echo(value):\n    return value\n")
     rows = []
     floor = Floor()
     with pypods.load("echo", root=base) as pod:
         for size in sizes:
             data = b"\x01" * (size * MiB)
-            copies = best_of(lambda: bytes(bytearray(data)), repeats)  # noqa: B023 - two copies
-            through_pod = best_of(lambda: pod.echo(data), repeats)  # noqa: B023
-            through_pipe = best_of(lambda: floor_echo(floor, data), repeats) if size <= 64 else float("nan")  # noqa: B023
-            rate = size / through_pod
-            pipe = "-" if math.isnan(through_pipe) else f"{through_pipe / through_pod:.2f}"
-            rows.append(
-                [f"bytes {size} MiB", fmt_time(copies), fmt_time(through_pod), f"{rate:.0f} MiB/s",
-                 f"{copies / through_pod:.2f}", pipe]
-            )  # fmt: skip
+            contenders: dict[str, Callable[[], object]] = {
+                "copies": lambda data=data: bytes(bytearray(data)),  # type: ignore[misc]
+                "pod": lambda data=data: pod.echo(data),  # type: ignore[misc]
+            }
+            if size <= 64:
+                contenders["pipe"] = lambda data=data: floor.call(data)  # type: ignore[misc]
+            rows.append(row(f"bytes {size} MiB", size, medians(contenders, rounds)))
     floor.close()
     try:
         import numpy as np
     except ImportError:
-        return table(
-            ["payload", "2 in-process copies", "pod echo", "pod rate", "pod speed / copies", "pipe / pod"], rows
-        )
+        return table(HEADERS, rows)
     make_project(base, "arrays", "def echo(value):\n    return value\n")
     (base / "pods" / "arrays" / "requirements.txt").write_text("numpy\n")
     try:
@@ -77,46 +82,70 @@ def throughput(args: argparse.Namespace, base: Path) -> str:
             pod.echo(np.ones(4))  # the worker imports numpy on the first array it receives
             for size in sizes:
                 array = np.ones(size * MiB // 8)
-                copies = best_of(lambda: array.copy().copy(), repeats)  # noqa: B023
-                through_pod = best_of(lambda: pod.echo(array), repeats)  # noqa: B023
-                rows.append(
-                    [f"float64 array {size} MiB", fmt_time(copies), fmt_time(through_pod),
-                     f"{size / through_pod:.0f} MiB/s", f"{copies / through_pod:.2f}", "-"]
-                )  # fmt: skip
+                contenders = {
+                    "copies": lambda array=array: array.copy().copy(),  # type: ignore[misc]
+                    "pod": lambda array=array: pod.echo(array),  # type: ignore[misc]
+                }
+                rows.append(row(f"float64 array {size} MiB", size, medians(contenders, rounds)))
     except pypods.PodBuildError as exc:
         rows.append(["float64 arrays", "-", "-", "-", f"numpy could not be installed: {str(exc).splitlines()[0]}", "-"])
-    return table(
-        ["payload", "2 in-process copies", "pod echo", "pod rate", "pod speed / copies", "pipe time / pod"], rows
-    )
+    return table(HEADERS, rows) + f"\nMedians of {rounds} interleaved rounds.\n"
+
+
+def fast1_round_trip(args: tuple[object, ...], value: object) -> object:
+    """What fast1 does for a call: request encode + decode (restricted pickle), reply encode + decode."""
+    decoder = Decoder()
+    fastcodec.decode_request(decoder.document(bytes(fastcodec.encode_request(None, 1, "f", args, {}))), decoder)
+    return fastcodec.reply_value(decoder.document(bytes(fastcodec.encode_reply(None, 1, value))), "value")
+
+
+def bson_round_trip(args: tuple[object, ...], value: object) -> object:
+    codec.decode(bytes(codec.Encoder().request(1, "f", args, {})))
+    return codec.decode(bytes(codec.Encoder().reply(1, value)))["value"]
 
 
 def codec_cost(args: argparse.Namespace) -> str:
-    message = {"id": 12345, "op": "call", "name": "area", "args": [2.5, "metres", [1, 2, 3]], "kwargs": {"pi": 3.14}}
-    n = 2000 if args.quick else 50000
-    contenders = {"pypods codec (BSON + extensions)": (lambda: codec.decode(bytes(codec.encode(message))))}
-    contenders["pickle (protocol 5)"] = lambda: pickle.loads(pickle.dumps(message, protocol=5))
-    try:
-        import bson as pymongo_bson
+    """Encode + decode of one call's request and reply (no I/O), for a small call and the data-heavy payloads."""
+    records = [
+        {"id": i, "name": f"item-{i}", "score": i * 0.5, "tags": ["a", "b"], "ok": i % 2 == 0} for i in range(200)
+    ]
+    floats = {f"k{i}": i * 0.25 for i in range(10_000)}
+    payloads = {"area(2.5, 'metres', [1, 2, 3])": (2.5, "metres", [1, 2, 3]), "200 records": records,
+                "dict of 10,000 floats": floats}  # fmt: skip
+    rows = []
+    for label, value in payloads.items():
+        call_args = value if isinstance(value, tuple) else (value,)
+        contenders: dict[str, Callable[[], object]] = {
+            "pypods BSON": lambda a=call_args, v=value: bson_round_trip(a, v),  # type: ignore[misc]
+            "pypods fast1": lambda a=call_args, v=value: fast1_round_trip(a, v),  # type: ignore[misc]
+            "pickle (protocol 5)": lambda a=call_args, v=value: (
+                pickle.loads(pickle.dumps(a, protocol=5)),
+                pickle.loads(pickle.dumps(v, protocol=5)),
+            ),  # type: ignore[misc]
+            "json (C)": lambda a=call_args, v=value: (json.loads(json.dumps(a)), json.loads(json.dumps(v))),  # type: ignore[misc]
+        }
+        try:
+            import msgpack
 
-        contenders["pymongo bson (C)"] = lambda: pymongo_bson.decode(pymongo_bson.encode(message))
-    except ImportError:
-        pass
-    try:
-        import msgpack
-
-        contenders["msgpack"] = lambda: msgpack.unpackb(msgpack.packb(message))
-    except ImportError:
-        pass
-    results = {}
-    for _ in range(3):  # interleaved rounds
-        for name, fn in contenders.items():
-            began = time.perf_counter()
-            for _ in range(n):
-                fn()
-            results.setdefault(name, []).append((time.perf_counter() - began) / n)
-    base = median(results["pickle (protocol 5)"])
-    rows = [[name, fmt_time(median(times)), f"{median(times) / base:.2f}x"] for name, times in results.items()]
-    return table(["codec", "encode + decode a call message", "vs pickle"], rows)
+            contenders["msgpack"] = lambda a=call_args, v=value: (  # type: ignore[misc]
+                msgpack.unpackb(msgpack.packb(a)),
+                msgpack.unpackb(msgpack.packb(v)),
+            )
+        except ImportError:
+            pass
+        n = 20 if args.quick else (2000 if label.startswith("area") else 100)
+        results: dict[str, list[float]] = {}
+        for _ in range(3 if args.quick else 7):  # interleaved rounds
+            for name, fn in contenders.items():
+                began = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                results.setdefault(name, []).append((time.perf_counter() - began) / n)
+        base = median(results["pickle (protocol 5)"])
+        rows += [
+            [label, name, fmt_time(median(times)), f"{median(times) / base:.2f}x"] for name, times in results.items()
+        ]
+    return table(["payload", "codec", "request + reply, encode + decode", "vs pickle"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:

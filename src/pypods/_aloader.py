@@ -19,6 +19,9 @@ from ._proxy import make_async_proxy
 
 if TYPE_CHECKING:
     import os
+    from collections.abc import Awaitable, Callable
+
+    from ._client.base import AsyncConnection
 
 
 class AsyncPod(PodBase):
@@ -53,8 +56,6 @@ class AsyncPod(PodBase):
         A failed start stops every worker this call started.
         """
         ready = await asyncio.to_thread(prepare, name, root, create, options, progress)
-        if ready.settings.backend != "local":
-            raise NotImplementedError("the asyncio API serves local pods only; use pypods.load() for backend='ray'")
         pod = cls(ready, reload)
         try:
             await pod._open(describe=False)
@@ -67,7 +68,7 @@ class AsyncPod(PodBase):
     async def _open(self, describe: bool) -> None:
         """Open a pool (closing the old one) and build the proxies from the cache or a worker's hello."""
         layout, settings, env_key = self._layout, self._settings, self._env_key
-        description = None if describe else cache.load(layout, env_key)
+        description = None if describe or settings.backend != "local" else cache.load(layout, env_key)
         describe = description is None
 
         async def spawn() -> AsyncProcessConnection:
@@ -77,7 +78,12 @@ class AsyncPod(PodBase):
             remember(layout, env_key, conn.hello, conn.description)
             return conn
 
-        old, self._pool = self._pool, AsyncWorkerPool(self._name, spawn, settings.workers, settings.idle_timeout)
+        spawner: Callable[[], Awaitable[AsyncConnection]] = spawn
+        if settings.backend == "ray":
+            from ._client.rayasync import open_ray_async
+
+            spawner = await open_ray_async(layout, settings)
+        old, self._pool = self._pool, AsyncWorkerPool(self._name, spawner, settings.workers, settings.idle_timeout)
         self._held.append(self._pool)
         if old is not None:
             # Calls still running on the old code finish there (nobody closed the pod); aclose() ends it.

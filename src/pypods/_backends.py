@@ -14,7 +14,7 @@ from ._client.connection import DEFAULT_START_TIMEOUT, ProcessConnection
 from ._client.pool import WorkerPool
 from ._client.process import WorkerProcess
 from ._env import cache, pythons, store
-from ._env.layout import PodLayout, PodSettings
+from ._env.layout import PodLayout, PodSettings, open_layout
 from ._env.progress import BuildReport
 
 if TYPE_CHECKING:
@@ -50,11 +50,7 @@ def prepare(
     if unknown:
         raise TypeError(f"unexpected option(s) {', '.join(unknown)}; known: root, create, progress, reload, "
                         + ", ".join(SETTING_OPTIONS))  # fmt: skip
-    layout = PodLayout.at(name, root)
-    if not layout.exists():
-        if not create:
-            raise FileNotFoundError(f"no pod {name!r}: {layout.pod_py} does not exist")
-        layout.create()
+    layout = open_layout(name, root, create)
     settings = PodSettings.load(layout, options)
     check_backend_options(settings)
     if settings.backend == "ray":  # the cluster builds the environment (runtime_env), not us
@@ -86,10 +82,7 @@ def open_pool(layout: PodLayout, settings: PodSettings, env_key: str, describe: 
     if settings.backend == "ray":
         from ._client import raypool
 
-        open_ray = getattr(raypool, "open_ray", None)
-        if open_ray is None:  # TODO(#12): the Ray backend moves onto WorkerPool (helper ray)
-            return raypool.RayPool(layout, settings)
-        spawn = open_ray(layout, settings)
+        return WorkerPool(layout.name, raypool.open_ray(layout, settings), settings.workers, settings.idle_timeout)
     else:
 
         def spawn() -> ProcessConnection:

@@ -4,6 +4,8 @@
 
     PodError(Exception)
     ├── PodBuildError                         the environment could not be built
+    ├── PodConfigError(.., ValueError)        pod.toml or a setting is invalid
+    ├── PodNotFoundError(.., FileNotFoundError)  no such pod, and it was not to be created
     ├── PodSerializationError(.., TypeError)  a value cannot cross the boundary
     ├── PodRemoteError                        the pod function raised (also the builtin type)
     ├── PodClosedError                        the pod was unloaded or closed
@@ -23,9 +25,11 @@ from typing import Any
 __all__ = [
     "PodBuildError",
     "PodClosedError",
+    "PodConfigError",
     "PodCrashLoopError",
     "PodCrashedError",
     "PodError",
+    "PodNotFoundError",
     "PodProtocolError",
     "PodRemoteError",
     "PodSerializationError",
@@ -48,6 +52,20 @@ class PodBuildError(PodError):
         super().__init__(message)
         self.pod = pod
         self.output = output
+
+
+class PodConfigError(PodError, ValueError):
+    """A pod's settings are invalid (``pod.toml`` or an argument): names the file and the key.
+
+    A misspelled key gets a "did you mean"; a ``ValueError`` too, as settings errors always were.
+    """
+
+
+class PodNotFoundError(PodError, FileNotFoundError):
+    """The pod does not exist and was not to be created (``create=False``, or a ``pypods`` command).
+
+    Names the folder searched and the pods that do exist; a ``FileNotFoundError`` too.
+    """
 
 
 class PodSerializationError(PodError, TypeError):
@@ -188,6 +206,8 @@ def _rebuild_remote_error(mro: tuple[str, ...], args: tuple[Any, ...]) -> PodRem
 for _cls in (
     PodError,
     PodBuildError,
+    PodConfigError,
+    PodNotFoundError,
     PodSerializationError,
     PodRemoteError,
     PodClosedError,

@@ -236,7 +236,9 @@ def cached(x):
 '''
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(
+    params=[pytest.param(b, marks=[pytest.mark.ray, pytest.mark.slow] if b == "ray" else []) for b in sorted(BACKENDS)]
+)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

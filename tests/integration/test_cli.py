@@ -51,7 +51,7 @@ def geo(make_pod, root: Path) -> Path:
 def test_help_and_version(root: Path) -> None:
     result = run(root, "--help")
     assert result.returncode == 0
-    for command in ("new", "list", "describe", "sync", "call", "stubs", "rm", "gc", "doctor"):
+    for command in ("new", "add", "remove", "run", "list", "describe", "sync", "call", "stubs", "rm", "gc", "doctor"):
         assert command in result.stdout
         assert run(root, command, "--help").returncode == 0
     assert pypods.__version__ in run(root, "--version").stdout
@@ -62,7 +62,10 @@ def test_new_builds_and_rejects_bad_names(root: Path, wheelhouse: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (root / "pods" / "fresh" / "venv" / ".pypods-ready").exists()
     assert "tinypkg==1.0" in (root / "pods" / "fresh" / "requirements.lock").read_text()
-    assert run(root, "new", "fresh").returncode == 1
+    again = run(root, "new", "fresh")
+    assert again.returncode == 1
+    assert again.stderr.startswith("pypods: error: pod 'fresh' already exists")
+    assert "hint: " in again.stderr
     bad = run(root, "new", "../evil")
     assert bad.returncode == 2
     assert "pod name" in bad.stderr
@@ -103,9 +106,13 @@ def test_call(geo: Path) -> None:
     assert failed.returncode == 1
     assert "ValueError" in failed.stderr
     assert "boom" in failed.stderr
+    assert "hint: run with -v for the pod's traceback" in failed.stderr
+    verbose = run(geo, "call", "geo", "fail", '"boom"', "-v")
+    assert "raise ValueError(message)" in verbose.stderr
     unknown = run(geo, "call", "geo", "nope")
     assert unknown.returncode == 1
     assert "has no function 'nope'" in unknown.stderr
+    assert "hint: did you mean 'area'?" in run(geo, "call", "geo", "aera", "1").stderr
 
 
 def test_sync_reports_failures(make_pod, root: Path) -> None:
@@ -114,8 +121,11 @@ def test_sync_reports_failures(make_pod, root: Path) -> None:
     result = run(root, "sync")
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
-    assert "good: ready" in result.stdout
-    assert "bad: failed" in result.stdout
+    assert "good\tready" in result.stdout
+    assert "bad\tfailed" in result.stdout
+    # printed once (no logger last-resort duplicate), with uv's cause lines kept
+    assert result.stderr.count("failed for requirement(s) tinypkg==7.7") == 1, result.stderr
+    assert "cause:" in result.stderr
 
 
 def test_rm_and_gc(geo: Path) -> None:
@@ -123,16 +133,26 @@ def test_rm_and_gc(geo: Path) -> None:
     assert run(geo, "rm", "geo").returncode == 0
     assert not (geo / "pods" / "geo" / "venv").exists()
     assert (geo / "pods" / "geo" / "pod.py").exists()
-    assert run(geo, "rm", "geo", "--all", input="n\n").returncode == 1
+    kept = run(geo, "rm", "geo", "--all", input="n\n")
+    assert kept.returncode == 0
+    assert "nothing removed" in kept.stderr
+    assert "error" not in kept.stderr
     assert (geo / "pods" / "geo").exists()
     assert run(geo, "rm", "geo", "--all", "--yes").returncode == 0
     assert not (geo / "pods" / "geo").exists()
     orphan = geo / "pods" / "gone" / "venv"
     orphan.mkdir(parents=True)
     (orphan / "big").write_bytes(b"x" * 5000)
+    dry = run(geo, "gc", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"would remove {orphan}" in dry.stdout
+    assert "would free" in dry.stderr
+    assert "freed" not in dry.stderr.replace("would free", "")
+    assert orphan.exists()
     result = run(geo, "gc")
     assert result.returncode == 0, result.stderr
-    assert "removed" in result.stdout
+    assert f"removed {orphan}" in result.stdout
+    assert "[" not in result.stderr  # uv's answer as text, not a Python list
     assert not orphan.exists()
 
 
@@ -170,3 +190,169 @@ def test_stubs_make_mypy_check_pod_calls(geo: Path) -> None:
     assert 'Argument 1 to "area" has incompatible type "str"; expected "float"' in bad.stdout
     ran = subprocess.run([sys.executable, "good.py"], cwd=geo, capture_output=True, text=True, timeout=300, check=False)
     assert ran.stdout.split() == ["12.56636", "3.0"], ran.stderr
+
+
+def test_global_options_anywhere_and_quiet(geo: Path, tmp_path: Path) -> None:
+    elsewhere = {**os.environ}
+    elsewhere.pop("PYPODS_ROOT", None)
+    for args in (["list", "--root", str(geo)], ["--root", str(geo), "list"], ["list", f"--root={geo}"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "pypods", *args], capture_output=True, text=True, env=elsewhere, cwd=tmp_path,
+            timeout=120, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[1].startswith("geo\t"), args
+    quiet = run(geo, "sync", "-q")
+    assert quiet.returncode == 0
+    assert quiet.stderr == ""
+    loud = run(geo, "rm", "geo")
+    assert "removed" in loud.stderr
+    assert run(geo, "-q", "sync").stderr == ""
+
+
+def test_usage_errors_exit_2_and_failures_exit_1_with_hints(geo: Path) -> None:
+    usage = run(geo, "list", "--nope")
+    assert usage.returncode == 2
+    assert "pypods: error: No such option" in usage.stderr
+    missing = run(geo, "describe", "gae")
+    assert missing.returncode == 1
+    assert missing.stderr.splitlines()[0] == f"pypods: error: no pod 'gae' in {geo / 'pods'} (pods there: geo)"
+    assert missing.stderr.splitlines()[1].startswith("hint: create it with `pypods new gae`")
+    assert not (geo / "pods" / "gae").exists()  # a typo creates nothing
+
+
+def test_call_arguments_negative_numbers_and_malformed_json(geo: Path) -> None:
+    assert run(geo, "call", "geo", "area", "-1").stdout.strip() == "3.14159"
+    assert run(geo, "call", "geo", "area", "-2.5", "-k", "pi=-1").stdout.strip() == "-6.25"
+    bad = run(geo, "call", "geo", "fail", "[1, 2")
+    assert bad.returncode == 2
+    assert "not valid JSON or a Python literal" in bad.stderr
+    typo = run(geo, "call", "geo", "area", "2", "--timeot", "3")
+    assert typo.returncode == 2
+    assert "No such option" in typo.stderr
+    assert run(geo, "call", "geo", "fail", "bare-word").stderr.count("bare-word") == 1  # a bare word is text
+    assert run(geo, "call", "geo", "area", "2", "--timeout", "nan").returncode == 2
+
+
+def test_call_on_a_bad_pod_toml_is_an_error_not_a_traceback(geo: Path) -> None:
+    (geo / "pods" / "geo" / "pod.toml").write_text("timout = 3\n")
+    for args in (("call", "geo", "area", "2"), ("describe", "geo"), ("sync", "geo"), ("run", "geo", "--", "true")):
+        result = run(geo, *args)
+        assert result.returncode == 1, args
+        assert "Traceback" not in result.stderr, result.stderr
+        assert "did you mean 'timeout'" in result.stderr, args
+
+
+def test_failed_new_leaves_nothing_behind(root: Path, wheelhouse: Path) -> None:
+    args = ("new", "broken", "-r", "--no-index", "-r", f"--find-links={wheelhouse}", "-r", "tinypkg==9.9")
+    first = run(root, *args)
+    assert first.returncode == 1
+    assert "the pod was not created" in first.stderr
+    assert not (root / "pods" / "broken").exists()
+    second = run(root, *args)
+    assert "already exists" not in second.stderr
+
+
+def test_new_pins_python_and_escapes_it(root: Path) -> None:
+    assert run(root, "new", "pinned", "--no-build").returncode == 0
+    text = (root / "pods" / "pinned" / "pod.toml").read_text()
+    assert f'python = "{sys.version_info[0]}.{sys.version_info[1]}"' in text
+    injected = run(root, "new", "evil", "--no-build", "--python", '3.11"\ncodec = "pickle')
+    assert injected.returncode == 2
+    assert not (root / "pods" / "evil").exists()
+
+
+def test_too_old_python_and_network_failure_hints(root: Path) -> None:
+    old = run(root, "new", "ancient", "--python", "3.7")
+    assert old.returncode == 1
+    assert "too old" in old.stderr
+    assert "not found" not in old.stderr
+    env_root = root / "pods" / "offline"
+    env_root.mkdir(parents=True)
+    (env_root / "pod.py").write_text("def f():\n    return 1\n")
+    (env_root / "requirements.txt").write_text("--index-url http://127.0.0.1:9/simple\nsomething-absent\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pypods", "sync", "offline"], capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "PYPODS_ROOT": str(root), "UV_HTTP_RETRIES": "0"},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "could not be reached" in result.stderr
+    assert "hint: fix" not in result.stderr
+
+
+def test_list_empty_and_ignored_folders(root: Path) -> None:
+    empty = run(root, "list")
+    assert empty.returncode == 0
+    assert empty.stdout == ""
+    assert "no pods in" in empty.stderr
+    assert json.loads(run(root, "list", "--json").stdout) == []
+    (root / "pods" / "my-pod").mkdir(parents=True)
+    (root / "pods" / "my-pod" / "pod.py").write_text("")
+    listed = run(root, "list")
+    assert "my-pod\t-\tignored (not a valid pod name" in listed.stdout
+    assert "'my_pod'" in listed.stdout
+    doctor = run(root, "doctor")
+    assert "pods/my-pod/ is ignored" in doctor.stdout
+
+
+def test_add_and_remove_edit_requirements_and_resync(make_pod, root: Path, wheelhouse: Path) -> None:
+    make_pod("deps", "import importlib.metadata as m\n\ndef v(name):\n    return m.version(name)\n")
+    reqs = root / "pods" / "deps" / "requirements.txt"
+    reqs.write_text(f"--no-index\n--find-links {wheelhouse}\n")
+    assert run(root, "add", "deps", "tinypkg==1.0").returncode == 0
+    assert run(root, "call", "deps", "v", '"tinypkg"').stdout.strip() == "1.0"
+    assert run(root, "add", "deps", "tinypkg==2.0").returncode == 0  # replaces the same project's line
+    assert reqs.read_text().count("tinypkg") == 1
+    assert run(root, "call", "deps", "v", '"tinypkg"').stdout.strip() == "2.0"
+    before = reqs.read_text()
+    failed = run(root, "add", "deps", "helperpkg==9.9")
+    assert failed.returncode == 1
+    assert reqs.read_text() == before  # put back, as uv add does
+    assert json.loads(run(root, "list", "--json").stdout)[0]["state"] == "ready"  # and the environment too
+    assert run(root, "remove", "deps", "TinyPkg").returncode == 0
+    assert "tinypkg" not in reqs.read_text()
+    assert "PackageNotFoundError" in run(root, "call", "deps", "v", '"tinypkg"').stderr
+    absent = run(root, "remove", "deps", "nothere")
+    assert absent.returncode == 1
+    assert "does not require 'nothere'" in absent.stderr
+
+
+def test_run_a_command_in_the_pods_environment(make_pod, root: Path) -> None:
+    make_pod("shell", "def f():\n    return 1\n", toml='[env]\nGREETING = "hi"\n')
+    code = "import os, sys; print(sys.prefix); print(os.environ['GREETING'])"
+    result = run(root, "run", "shell", "--", "python", "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(root / "pods" / "shell" / "venv"), "hi"]
+    assert run(root, "run", "shell", "--", "python", "-c", "raise SystemExit(3)").returncode == 3
+    missing = run(root, "run", "shell", "--", "no-such-program-here")
+    assert missing.returncode == 127
+    assert "hint:" in missing.stderr
+    piped = run(root, "run", "shell", "--", "python", "-i", input="print(6 * 7)\n")
+    assert "42" in piped.stdout
+
+
+def test_json_on_every_command_that_prints_data(geo: Path) -> None:
+    assert json.loads(run(geo, "sync", "--json").stdout)[0]["ready"] is True
+    assert json.loads(run(geo, "list", "--json").stdout)[0]["state"] == "ready"
+    assert json.loads(run(geo, "describe", "geo", "--json").stdout)[0]["name"] == "area"
+    assert json.loads(run(geo, "call", "geo", "area", "1", "--json").stdout) == 3.14159
+    assert json.loads(run(geo, "gc", "--dry-run", "--json").stdout)["dry_run"] is True
+    assert json.loads(run(geo, "doctor", "--json").stdout)["pods"][0]["name"] == "geo"
+    assert "geo" in json.loads(run(geo, "stubs", "--json").stdout)["pods"]
+
+
+def test_ctrl_c_exits_130(make_pod, root: Path) -> None:
+    import signal
+    import time
+
+    make_pod("slow", "import time\n\ndef wait():\n    time.sleep(60)\n")
+    assert run(root, "sync").returncode == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pypods", "call", "slow", "wait"], env={**os.environ, "PYPODS_ROOT": str(root)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err

@@ -247,3 +247,198 @@ def test_marker_holds_the_key_and_interpreter(make_pod, root: Path) -> None:
         pass
     marker = json.loads((root / "pods" / "marked" / "venv" / ".pypods-ready").read_text())
     assert set(marker) >= {"key", "python", "version"}
+
+
+def _python_in(folder: Path, code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PYPODS_")}
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=folder, capture_output=True, text=True, env={**clean, **(env or {})},
+        timeout=300, check=False,
+    )  # fmt: skip
+
+
+def test_root_is_the_nearest_pods_folder_above_the_current_directory(root: Path) -> None:
+    (root / "pods").mkdir()
+    deep = root / "src" / "pkg"
+    deep.mkdir(parents=True)
+    code = "from pypods._env.layout import resolve_root; print(resolve_root())"
+    assert _python_in(deep, code).stdout.strip() == str(deep)  # an empty pods/ above does not count...
+    (root / "pods" / "geo").mkdir()
+    (root / "pods" / "geo" / "pod.py").write_text("")
+    assert _python_in(deep, code).stdout.strip() == str(root)  # ...one holding a pod does
+    assert _python_in(root, code).stdout.strip() == str(root)
+    assert _python_in(deep, code, {"PYPODS_ROOT": str(deep)}).stdout.strip() == str(deep)
+
+
+def test_root_next_to_the_main_script(root: Path, tmp_path: Path) -> None:
+    (root / "pods").mkdir()
+    (root / "client.py").write_text("from pypods._env.layout import resolve_root\nprint(resolve_root())\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PYPODS_")}
+    result = subprocess.run(
+        [sys.executable, str(root / "client.py")], cwd=elsewhere, capture_output=True, text=True, env=clean,
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert result.stdout.strip() == str(root)
+
+
+def test_examples_pods_are_found_next_to_the_script_from_the_repository_root() -> None:
+    from pathlib import Path as RealPath
+
+    repo = RealPath(__file__).resolve().parents[2]
+    probe = repo / "examples" / "where_am_i.py"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PYPODS_")}
+    try:
+        probe.write_text("from pypods._env.layout import resolve_root\nprint(resolve_root())\n")
+        found = subprocess.run(
+            [sys.executable, "examples/where_am_i.py"], cwd=repo, capture_output=True, text=True, env=clean,
+            timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        probe.unlink()
+    assert found.stdout.strip() == str(repo / "examples"), found.stderr
+
+
+def test_new_pod_is_announced_pinned_and_create_false_refuses(make_pod, root: Path) -> None:
+    make_pod("first", "def f():\n    return 1\n")
+    code = (
+        "import pypods\n"
+        "with pypods.load('second', progress=False) as pod:\n    print(sorted(pod.functions))\n"
+        "try:\n    pypods.load('thrid', create=False)\n"
+        "except pypods.PodNotFoundError as exc:\n"
+        "    assert isinstance(exc, FileNotFoundError)\n    print('refused:', exc)\n"
+    )
+    result = _python_in(root, code)
+    assert result.returncode == 0, result.stderr
+    announced = [line for line in result.stderr.splitlines() if "created new pod" in line]
+    assert announced == [f"pypods: created new pod 'second' in {root / 'pods' / 'second'} (existing pods: first)"]
+    assert "refused: no pod 'thrid'" in result.stdout
+    assert "pods there: first, second" in result.stdout
+    assert not (root / "pods" / "thrid").exists()
+    pinned = (root / "pods" / "second" / "pod.toml").read_text()
+    assert f'python = "{sys.version_info[0]}.{sys.version_info[1]}"' in pinned
+
+
+def test_build_steps_print_one_line_each_when_stderr_is_not_a_terminal(make_pod, root: Path) -> None:
+    make_pod("shown", "def f():\n    return 1\n", requirements=("tinypkg==1.0",))
+    result = _python_in(root, "import pypods\npypods.load('shown').close()\n")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("pypods: shown: ")]
+    assert lines[0] == f"pypods: shown: creating venv with Python {sys.version.split()[0]}"
+    assert "pypods: shown: resolving requirements (for every platform)" in lines
+    assert lines[-1].startswith("pypods: shown: ready (")
+    again = _python_in(root, "import pypods\npypods.load('shown').close()\n")
+    assert again.stderr == ""  # nothing to build, nothing said
+    make_pod("silent", "def f():\n    return 1\n")
+    quiet = _python_in(root, "import pypods\npypods.load('silent', progress=False).close()\n")
+    assert quiet.stderr == ""
+
+
+def test_failed_build_is_reported_once(make_pod, root: Path) -> None:
+    make_pod("broken", "def f():\n    return 1\n", requirements=("tinypkg==9.9",))
+    code = "import pypods\ntry:\n    pypods.load('broken')\nexcept pypods.PodBuildError as exc:\n    print(exc)\n"
+    result = _python_in(root, code)
+    assert "failed for requirement" in result.stdout
+    assert "failed" not in result.stderr.replace("\n", " "), result.stderr  # no logger last-resort copy
+
+
+def test_unpinned_pod_keeps_the_python_it_was_built_with(make_pod, root: Path) -> None:
+    other = _other_python()
+    if other is None:
+        pytest.skip("only one Python is installed here")
+    version, path = other
+    make_pod("unpinned", "import sys\n\ndef v():\n    return sys.version_info[:2]\n")
+    built = subprocess.run(
+        [path, "-c", "import sys; print(sys.version)"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert built.returncode == 0
+    # build it with the other Python (as another client would), then look from this one
+    layout = PodLayout.at("unpinned", root)
+    from pypods._env import pythons
+    from pypods._env.progress import BuildReport
+
+    monkey = pythons.probe(path)
+    store.ensure_ready(layout, path, BuildReport("unpinned", False))
+    marker = store.read_marker(layout)
+    assert marker is not None
+    marker["request"] = None  # as if an unpinned client on that Python had built it
+    (layout.venv / store.MARKER).write_text(json.dumps(marker))
+    assert store.state(layout, None) == store.EnvState("ready")
+    interpreter = store.ensure_ready(layout, None, BuildReport("unpinned", False))
+    assert interpreter.version[:2] == monkey.version[:2] == tuple(int(p) for p in version.split("."))
+
+
+def test_lock_is_universal_and_unchanged_by_a_build_on_another_python(make_pod, root: Path, tmp_path: Path) -> None:
+    from wheelhouse import build_wheel
+
+    house = tmp_path / "house"
+    build_wheel(house, "winonly", "1.0", {"winonly/__init__.py": ""})
+    build_wheel(house, "app", "1.0", {"app/__init__.py": ""}, requires=("winonly; sys_platform == 'win32'",))
+    pod = make_pod("portable", "def f():\n    return 1\n")
+    (pod / "requirements.txt").write_text(f"--no-index\n--find-links {house}\napp==1.0\n")
+    with pypods.load("portable", root=root):
+        pass
+    lock = (pod / "requirements.lock").read_text()
+    assert "winonly==1.0 ; sys_platform == 'win32'" in lock  # kept for Windows although built on Linux
+    assert lock.splitlines()[0].endswith(f"python>={sys.version_info[0]}.{sys.version_info[1]}")
+    other = _other_python()
+    if other is None:
+        return
+    newer = sorted(v for v in pythons() if tuple(map(int, v.split("."))) > sys.version_info[:2])
+    if newer:
+        with pypods.load("portable", root=root, python=newer[0]):
+            pass
+        assert (pod / "requirements.lock").read_text() == lock
+
+
+def test_uv_output_reaches_a_terminal_and_is_still_captured(tmp_path: Path) -> None:
+    import pty
+
+    code = (
+        "from pypods._env import tools\n"
+        "result = tools.run_uv(['pip', 'compile', 'no-such-requirements.txt'], '.', live=True)\n"
+        "print(result.returncode, repr(result.stderr.strip().splitlines()[0]))\n"
+    )
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    out, _ = proc.communicate(timeout=120)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    assert out.startswith("2 'error:"), out  # captured for the PodBuildError...
+    assert b"no-such-requirements.txt" in shown  # ...and shown on the user's terminal as uv drew it
+
+
+def test_windows_is_refused_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pypods._env import layout
+
+    monkeypatch.setattr(layout.os, "name", "nt")
+    with pytest.raises(pypods.PodError, match="use it inside WSL"):
+        layout.check_platform()
+
+
+def test_a_pinned_pod_is_ready_for_every_client_and_the_cli(make_pod, root: Path) -> None:
+    other = _other_python()
+    if other is None:
+        pytest.skip("only one Python is installed here")
+    version, _path = other
+    make_pod("pinned", "def f():\n    return 1\n", toml=f'python = "{version}"\n')
+    with pypods.load("pinned", root=root):  # this client runs another Python than the pod's
+        pass
+    env = {**os.environ, "PYPODS_ROOT": str(root)}
+    cli = [sys.executable, "-m", "pypods"]
+    listed = subprocess.run([*cli, "list", "--json"], capture_output=True, text=True, env=env, timeout=120, check=False)
+    record = json.loads(listed.stdout)[0]
+    assert (record["state"], record["python"].rsplit(".", 1)[0]) == ("ready", version)
+    synced = subprocess.run([*cli, "sync", "pinned"], capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert synced.returncode == 0
+    assert "creating venv" not in synced.stderr  # nothing rebuilt for the CLI's own Python

@@ -8,14 +8,16 @@ import decimal
 import enum
 import math
 import pathlib
+import re
 import struct
+import sys
 import uuid
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from pypods._worker import codec
+from pypods._worker import codec, decoding
 from pypods._worker.codec import DecodeError, EncodeError
 
 timezones = st.one_of(
@@ -249,3 +251,241 @@ def test_fast_request_and_reply_encode_like_the_generic_path(
     generic = codec.encode({"id": call_id, "op": "call", "name": "f", "args": args, "kwargs": kwargs})
     assert codec.Encoder().request(call_id, "f", tuple(args), kwargs) == generic
     assert codec.Encoder().reply(call_id, args) == codec.encode({"id": call_id, "ok": True, "value": args})
+
+
+# -- exactness whatever the size or combination (issue #13) -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", [10**5000, -(10**5000), 2**64, -(2**63) - 1, 2**100000 - 1], ids=lambda v: f"{v.bit_length()}-bits"
+)
+def test_ints_of_any_size_round_trip_without_str(value: int) -> None:
+    assert roundtrip(value) == value
+
+
+def test_huge_int_is_linear_bytes_not_decimal_text() -> None:
+    frame = bytes(codec.encode({"v": 10**20000}))
+    assert b"1" + b"0" * 50 not in frame
+    assert len(frame) < 20000  # two's complement: ~8.3 KiB, not 20,001 digits
+
+
+class Perm(enum.IntFlag):
+    R = 4
+    W = 2
+    X = 1
+
+
+class Shade(enum.Flag):
+    LIGHT = 1
+    DARK = 2
+
+
+@pytest.mark.parametrize(
+    "value", [re.IGNORECASE | re.MULTILINE, re.I, Perm.R | Perm.W, Perm(0), Perm(8), Shade.LIGHT | Shade.DARK]
+)
+def test_combined_flags_round_trip(value: enum.Flag) -> None:
+    back = roundtrip(value)
+    assert type(back) is type(value)
+    assert back == value
+
+
+def test_time_keeps_its_fold() -> None:
+    assert roundtrip(datetime.time(1, 30, fold=1)).fold == 1
+    assert roundtrip(datetime.time(1, 30)).fold == 0
+    assert roundtrip(datetime.datetime(2024, 11, 3, 1, 30, fold=1)).fold == 1
+
+
+# -- the encoder raises only EncodeError (issue #11) ------------------------------------------
+
+
+class BadStr(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+
+class BadFields:
+    __dataclass_fields__ = None  # looks like a dataclass; dataclasses.fields() raises AttributeError
+
+
+def nested(depth: int) -> Any:
+    value: Any = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("value", [nested(600), nested(5000), BadFields(), {1: nested(3000)}])
+def test_any_encoding_failure_is_an_encode_error(value: Any) -> None:
+    for encode in (
+        lambda: codec.encode({"v": value}),
+        lambda: codec.Encoder().reply(1, value),
+        lambda: codec.Encoder().request(1, "f", (value,), {}),
+    ):
+        with pytest.raises(EncodeError):
+            encode()
+
+
+def test_exception_whose_str_raises_is_still_sent() -> None:
+    back = roundtrip(BadStr("x"))
+    assert type(back) is BadStr
+    assert back.args == ("x",)
+
+
+# -- decoding never imports and never runs a class's own code (issue #11) ---------------------
+
+
+def forge(tag: str, payload: Any, **extra: Any) -> bytes:
+    out = bytearray(b"\x00\x00\x00\x00")
+    codec.Encoder().ext(out, b"v\x00", tag, payload, **extra)
+    out += b"\x00"
+    struct.pack_into("<i", out, 0, len(out))
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("tag", "payload", "spec"),
+    [
+        ("exc", ["x"], "this:Exception"),
+        ("exc", [], "unittest.__main__:SystemExit"),
+        ("enum", "A", "venv.__main__:Enum"),
+        ("enum", "A", "antigravity:X"),
+        ("obj", {}, "this:X"),
+    ],
+)
+def test_decoding_never_imports_a_module(tag: str, payload: Any, spec: str) -> None:
+    module = spec.split(":")[0]
+    assert module not in sys.modules
+    try:
+        value = codec.decode(forge(tag, payload, c=spec))["v"]
+    except DecodeError:
+        pass
+    else:
+        assert type(value) in (Exception, dict)
+    assert module not in sys.modules
+
+
+class Trap(Exception):
+    ran: ClassVar[list[str]] = []
+
+    def __init__(self, *args: Any) -> None:
+        Trap.ran.append("init")
+        super().__init__(*args)
+
+    def __new__(cls, *args: Any) -> Trap:
+        Trap.ran.append("new")
+        return super().__new__(cls, *args)
+
+
+def test_exception_class_code_does_not_run_on_decode() -> None:
+    frame = forge("exc", ["boom"], c=f"{__name__}:Trap", m="boom")
+    Trap.ran.clear()
+    value = codec.decode(frame)["v"]
+    assert Trap.ran == []
+    assert type(value) is Trap
+    assert value.args == ("boom",)
+
+
+def test_lookup_uses_dicts_not_module_getattr(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    called = []
+    lazy = types.ModuleType("zz_lazy_module")
+    lazy.__getattr__ = lambda name: called.append(name) or ValueError  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "zz_lazy_module", lazy)
+    value = codec.decode(forge("exc", ["x"], c="zz_lazy_module:Anything", m="x"))["v"]
+    assert called == []
+    assert type(value) is Exception
+
+
+@pytest.mark.parametrize(
+    ("tag", "payload"),
+    [
+        ("bytearray", 2**31 - 1),
+        ("bytearray", 10**12),
+        ("tuple", 10**9),
+        ("set", "abc"),
+        ("dict", [[1]]),
+        ("int", "9" * 5000),
+    ],
+)
+def test_payloads_of_the_wrong_shape_are_refused_without_allocating(tag: str, payload: Any) -> None:
+    with pytest.raises(DecodeError):
+        codec.decode(forge(tag, payload))
+
+
+def colliding_ints(n: int) -> list[int]:
+    return [i * (2**61 - 1) for i in range(1, n + 1)]  # every one hashes to 0
+
+
+@pytest.mark.parametrize("tag", ["set", "frozenset", "dict"])
+def test_hash_flooding_is_refused_quickly(tag: str) -> None:
+    import time
+
+    keys = colliding_ints(20000)
+    payload: Any = [[k, 0] for k in keys] if tag == "dict" else keys
+    frame = forge(tag, payload)
+    began = time.perf_counter()
+    with pytest.raises(DecodeError, match="hash"):
+        codec.decode(frame)
+    assert time.perf_counter() - began < 2.0  # inserting them would take minutes
+
+
+def test_a_few_equal_hashes_are_fine() -> None:
+    value = set(colliding_ints(decoding.MAX_COLLISIONS))
+    assert roundtrip(value) == value
+    assert roundtrip({-1: "a", -2: "b"}) == {-1: "a", -2: "b"}  # hash(-1) == hash(-2)
+
+
+hot_messages = st.one_of(
+    st.builds(
+        lambda call_id, name, data: {"id": call_id, "op": "call", "name": name, "a": data},
+        st.integers(-(2**31), 2**31 - 1),
+        st.text(),
+        st.binary(),
+    ),
+    st.builds(
+        lambda call_id, value: {"id": call_id, "ok": True, "value": value},
+        st.integers(-(2**31), 2**31 - 1),
+        st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1), st.floats()),
+    ),
+    st.builds(
+        lambda call_id, text: {"id": call_id, "ok": True, "value": None, "j": text},
+        st.integers(-(2**31), 2**31 - 1),
+        st.text(),
+    ),
+)
+
+
+def decoded_or_none(decode: Any, frame: bytes) -> Any:
+    try:
+        return decode(frame)
+    except DecodeError:
+        return None
+
+
+def generic_document(frame: bytes) -> dict[str, Any]:
+    """``Decoder.document`` without its hot path."""
+    if len(frame) < 5 or struct.unpack_from("<i", frame)[0] != len(frame):
+        raise DecodeError("length")
+    try:
+        return codec.Decoder()._doc(frame, 0, False)[0]  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise DecodeError(str(exc)) from exc
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(hot_messages, st.data())
+def test_the_hot_path_reads_exactly_what_the_generic_decoder_reads(
+    message: dict[str, Any], data: st.DataObject
+) -> None:
+    frame = bytearray(codec.encode(message))
+    assert decoding._hot_shape(bytes(frame)) is not None  # these shapes take the hot path
+    for index, byte in data.draw(st.lists(st.tuples(st.integers(0, len(frame) - 1), st.integers(0, 255)), max_size=2)):
+        frame[index] = byte
+    if data.draw(st.booleans()):
+        struct.pack_into("<i", frame, 0, len(frame))
+    hot = decoded_or_none(codec.Decoder().document, bytes(frame))
+    generic = decoded_or_none(generic_document, bytes(frame))
+    assert (hot is None) == (generic is None)
+    if hot is not None:
+        assert same(hot, generic)

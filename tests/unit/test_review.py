@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-BIG = ["x" * 100] * 100_000  # ~10 MB inline: far more than a pipe or socket buffer holds
+BIG = [f"{i:07d}" * 15 for i in range(100_000)]  # ~10 MB inline, distinct strings (no encoding can fold them)
 
 
 def _outcome(function: Any, *args: Any) -> dict[str, Any]:

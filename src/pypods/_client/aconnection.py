@@ -16,7 +16,7 @@ from .._errors import PodClosedError, PodError, PodProtocolError
 from .._worker.framing import FrameError, FrameReader
 from .base import AsyncStream
 from .connection import DEFAULT_START_TIMEOUT, NotSentError, open_pidfd
-from .core import MAX_PENDING, START, Outcome, StreamCursor, WorkerConnection, after_death
+from .core import MAX_PENDING, START, Outcome, StreamCursor, WorkerConnection
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
@@ -70,7 +70,9 @@ class AsyncProcessConnection(WorkerConnection):
     async def start(self, timeout: float | None = DEFAULT_START_TIMEOUT) -> None:
         """Wait for the worker's hello (its functions, or why importing pod.py failed); clean up on failure."""
         try:
-            self._started(await self._next(0, timeout, START))
+            encoding = self._started(await self._next(0, timeout, START))
+            if encoding is not None:  # codec: fast1 negotiation, before the first call (docs/encoding.md)
+                await self._write(encoding)
         except BaseException:
             await self.aclose(kill=True)
             raise
@@ -137,7 +139,6 @@ class AsyncProcessConnection(WorkerConnection):
 
     async def _crashed(self) -> None:
         code, tail = await asyncio.to_thread(self.worker.exit_report)
-        after_death(self.worker)
         self._fail(self.proto.crash_error(self.worker.pid, code, tail))
 
     def _break(self, error: PodError) -> None:
@@ -148,7 +149,6 @@ class AsyncProcessConnection(WorkerConnection):
 
     async def _kill(self) -> None:
         await asyncio.to_thread(self.worker.kill)
-        after_death(self.worker)
 
     def _fail(self, error: PodError) -> None:
         if self._broken is None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import PodClosedError, PodCrashedError, PodError, PodProtocolError, PodWorkerError
 from .._worker.framing import FrameError, FrameReader, PipeClosed
 from .base import Stream
-from .core import MAX_PENDING, START, Outcome, StreamCursor, WorkerConnection, after_death
+from .core import MAX_PENDING, START, Outcome, StreamCursor, WorkerConnection
 
 if TYPE_CHECKING:
     from .base import WorkerHandle
@@ -107,7 +107,9 @@ class ProcessConnection(WorkerConnection):
             hello = self._receive(0, deadline, START, timeout)
         finally:
             self._abandon(0)
-        self._started(hello)
+        encoding = self._started(hello)
+        if encoding is not None:  # codec: fast1 negotiation, before the first call (docs/encoding.md)
+            self._write(encoding, deadline, START, timeout)
 
     # -- calls ---------------------------------------------------------------------------------
 
@@ -357,7 +359,6 @@ class ProcessConnection(WorkerConnection):
         """The worker died: fail every call in flight now, with its exit status and last stderr lines."""
         if self._broken is None:
             code, tail = self.worker.exit_report()
-            after_death(self.worker)
             self._set_broken(self.proto.crash_error(self.worker.pid, code, tail))
         assert self._broken is not None
         return copy.copy(self._broken)
@@ -367,7 +368,6 @@ class ProcessConnection(WorkerConnection):
         self._set_broken(error)
         if kill:
             self.worker.kill()
-            after_death(self.worker)
         assert self._broken is not None
         return copy.copy(self._broken)
 

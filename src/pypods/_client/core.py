@@ -9,6 +9,7 @@ a malformed frame or field), never a raw ``TypeError``/``AttributeError``.
 from __future__ import annotations
 
 import itertools
+import os
 from typing import TYPE_CHECKING, Any
 
 from .._errors import (
@@ -22,7 +23,7 @@ from .._errors import (
     describe_exit,
     remote_error_type,
 )
-from .._worker import codec, messages
+from .._worker import codec, fastcodec, messages
 from .._worker.codec import Encoder
 from .._worker.decoding import DecodeError, Decoder
 from .._worker.exttypes import DEFAULT_THRESHOLD, MissingLibrary, OutOfBand
@@ -38,15 +39,8 @@ MAX_PENDING = 2 * STREAM_WINDOW
 
 
 def new_out_of_band(worker: WorkerHandle | None, threshold: int = DEFAULT_THRESHOLD) -> OutOfBand:
-    """The one place a client-side ``OutOfBand`` is made (so the transport can hand it its channel)."""
-    return OutOfBand(threshold)
-
-
-def after_death(worker: WorkerHandle) -> None:
-    """Clean up what a dead or killed worker may have left (its shared-memory segments)."""
-    from .._worker.exttypes import sweep
-
-    sweep(worker.pid)
+    """The one place a client-side ``OutOfBand`` is made: it sends and receives through the worker's channel."""
+    return OutOfBand(threshold, getattr(worker, "channel", None))
 
 
 class StreamCredit:
@@ -117,6 +111,19 @@ class CallProtocol:
         self._ids = itertools.count(1)
         self._registered = 0  # the class registry version the worker knows
         self._decoder = Decoder(new_out_of_band(worker))
+        self.encoding = "bson"  # "fast1" once chosen in choose_encoding (docs/encoding.md)
+
+    def choose_encoding(self, hello: dict[str, Any]) -> bytearray | None:
+        """Pick fast1 if the worker offers it (and neither codec="pickle" nor PYPODS_ENCODING=bson says
+        otherwise); return the ``encoding`` message to send before the first call, if any."""
+        wanted = os.environ.get("PYPODS_ENCODING") or fastcodec.NAME
+        offered = hello.get("encodings")
+        if self.codec == "pickle" or wanted != fastcodec.NAME or not isinstance(offered, list):
+            return None
+        if fastcodec.NAME not in offered:
+            return None
+        self.encoding = fastcodec.NAME
+        return Encoder().document({"id": 0, "op": "encoding", "name": fastcodec.NAME})
 
     def next_id(self) -> int:
         return next(self._ids)
@@ -135,6 +142,8 @@ class CallProtocol:
         """Encode a call (and its out-of-band buffers), or raise PodSerializationError: nothing was sent."""
         big = new_out_of_band(self.worker)
         try:
+            if self.encoding == fastcodec.NAME:
+                return fastcodec.encode_request(big, call_id, name, args, kwargs), big
             if self.codec != "pickle":
                 return Encoder(big).request(call_id, name, args, kwargs), big
             message: dict[str, Any] = {"id": call_id, "op": "call", "name": name}
@@ -170,7 +179,14 @@ class CallProtocol:
     def value_of(self, message: dict[str, Any], key: str) -> Any:
         """The value a reply carries; pickled values only where this client chose codec="pickle"."""
         if "p" not in message:
-            return message.get(key)
+            if self.encoding != fastcodec.NAME:
+                if "j" in message or "f" in message:
+                    raise self.protocol_error("a fast1 value on a connection that did not choose fast1")
+                return message.get(key)
+            try:
+                return fastcodec.reply_value(message, key)
+            except DecodeError as exc:
+                raise self.protocol_error(exc) from exc
         if self.codec != "pickle":
             raise self.protocol_error("a pickled value on a connection that does not use the pickle codec")
         try:
@@ -239,9 +255,11 @@ class WorkerConnection:
         self.description: list[dict[str, Any]] = []
         self.hello: dict[str, Any] = {}
 
-    def _started(self, hello: dict[str, Any]) -> None:
+    def _started(self, hello: dict[str, Any]) -> bytearray | None:
+        """Take the hello; return the ``encoding`` message the I/O layer must send before any call."""
         self.description = check_hello(self.pod, hello)
         self.hello = hello
+        return self.proto.choose_encoding(hello)
 
     @property
     def pid(self) -> int:

@@ -335,7 +335,9 @@ class AsyncWorkerPool(Slots[AsyncConnection]):
     def abandon(self) -> None:
         """The pod was dropped without ``aclose()``: end its workers now, without awaiting."""
         for conn in self._close_all():
-            conn.abandon()
+            abandon = getattr(conn, "abandon", None)  # a process connection kills its worker at once
+            if abandon is not None:
+                abandon()
 
     async def aclose(self) -> None:
         conns = self._close_all()

@@ -1,4 +1,9 @@
-"""Start a worker in a pod's interpreter with private pipes, forward its output, and end it for sure."""
+"""Start a worker in a pod's interpreter with private pipes, forward its output, and end it for sure.
+
+The worker leads a session and process group of its own, so ending it ends everything it started
+(``os.killpg``). Its stderr is forwarded in lines of at most ``MAX_LINE`` bytes, and the tail kept
+for crash reports holds at most ``TAIL_BYTES``: an endless line cannot grow the client's memory.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,22 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .._env.tools import clean_environ
 from .._worker import BOOTSTRAP
+from .._worker.sharedmem import FdChannel, open_pair
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+MAX_LINE = 64 * 1024  # bytes of one stderr line forwarded; the rest of a longer line is dropped
+TAIL_BYTES = 16 * 1024  # bytes of the last stderr lines kept for a crash report
+TAIL_LINES = 40
+CUT_MARK = " [pypods: line cut]"
 WORKER_DIR = str(Path(__file__).resolve().parent.parent / "_worker")
 _output_lock = threading.Lock()  # one whole line at a time, whichever worker wrote it
 _live: weakref.WeakSet[WorkerProcess] = weakref.WeakSet()
@@ -25,7 +40,9 @@ class WorkerProcess:
     """One worker OS process: ``python -I -c BOOTSTRAP`` with stdin/stdout as the protocol pipes.
 
     The worker moves the protocol off fds 0 and 1 at once (see ``_worker/serve.py``), so whatever
-    the pod prints arrives on its stderr pipe, which a thread here forwards line by line.
+    the pod prints arrives on its stderr pipe, which a thread here forwards line by line. Big
+    buffers travel as sealed memfds over a private socketpair (``channel``; None where the
+    platform lacks memfds, and then buffers go inline).
     """
 
     def __init__(
@@ -42,25 +59,40 @@ class WorkerProcess:
         self.pod_name = pod_name
         self.codec = codec
         flag = "1" if describe else "0"
-        argv = [python, "-I", "-c", BOOTSTRAP, WORKER_DIR, pod_name, pod_dir, project_root, codec, flag]
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=clean_environ(env),
-            bufsize=0,
-            close_fds=True,
-            # A session of its own: Ctrl-C in the client's terminal must not reach the worker.
-            start_new_session=True,
-        )
+        pair = open_pair()
+        self.channel: FdChannel | None = None if pair is None else pair[0]
+        theirs = -1 if pair is None else pair[1].fileno()
+        argv = [python, "-I", "-c", BOOTSTRAP, WORKER_DIR, pod_name, pod_dir, project_root, codec, flag, str(theirs)]
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=clean_environ(env),
+                bufsize=0,
+                close_fds=True,
+                pass_fds=(theirs,) if theirs >= 0 else (),
+                # A session (and process group) of its own: Ctrl-C in the client's terminal must not
+                # reach the worker, and killing the group ends every process the pod started.
+                start_new_session=True,
+            )
+        except BaseException:
+            if self.channel is not None:
+                self.channel.close()
+            raise
+        finally:
+            if pair is not None:
+                pair[1].close()  # the worker holds it now
         assert self.proc.stdin is not None
         assert self.proc.stdout is not None
         assert self.proc.stderr is not None
         self.pid = self.proc.pid
         self.write_fd = self.proc.stdin.fileno()
         self.read_fd = self.proc.stdout.fileno()
-        self.tail: collections.deque[str] = collections.deque(maxlen=40)
+        self.tail: collections.deque[str] = collections.deque()
+        self._tail_bytes = 0
+        self._tail_lock = threading.Lock()  # the drain thread appends while a crash report reads
         self._log_mode = log
         self._logger = logging.getLogger(f"pypods.pod.{pod_name}")
         self._drain = threading.Thread(target=self._forward, name=f"pypods-{pod_name}-log", daemon=True)
@@ -70,9 +102,9 @@ class WorkerProcess:
     def _forward(self) -> None:
         stream = self.proc.stderr
         assert stream is not None
-        for raw in iter(stream.readline, b""):
-            line = raw.decode("utf-8", "backslashreplace").rstrip("\n")
-            self.tail.append(line)
+        for raw in bounded_lines(stream.fileno()):
+            line = raw.decode("utf-8", "backslashreplace")
+            self._keep(line)
             if self._log_mode == "logging":
                 self._logger.info("%s", line)
             else:
@@ -82,6 +114,15 @@ class WorkerProcess:
                         sys.stderr.flush()
                     except (OSError, ValueError):
                         pass
+
+    def _keep(self, line: str) -> None:
+        """Remember *line* for a crash report, within TAIL_LINES lines and about TAIL_BYTES."""
+        line = line[:TAIL_BYTES]
+        with self._tail_lock:
+            self.tail.append(line)
+            self._tail_bytes += len(line)
+            while len(self.tail) > TAIL_LINES or self._tail_bytes > TAIL_BYTES:
+                self._tail_bytes -= len(self.tail.popleft())
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -96,36 +137,66 @@ class WorkerProcess:
 
     def exit_report(self, wait: float = 1.0) -> tuple[int | None, str]:
         """After the pipe closed: the exit status and the last lines the worker wrote to stderr."""
-        try:
-            code = self.proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            code = None
+        code = None
+        if self._exited(wait):
+            self._kill_group()  # the worker died: what it started goes with it (and frees the pipes)
+            code = self.proc.wait()
         self._drain.join(timeout=0.5)
-        return code, "\n".join(self.tail)
+        with self._tail_lock:
+            return code, "\n".join(self.tail)
 
     def kill(self) -> None:
-        """End the worker now (SIGKILL) and reap it."""
-        if self.proc.poll() is None:
-            try:
-                self.proc.kill()
-            except OSError:
-                pass
+        """End the worker and every process of its group now (SIGKILL), and reap it."""
+        self._kill_group()
         self._close_pipes()
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:  # pragma: no cover - a kill that did not take
             pass
-        self._end_drain()
-        _live.discard(self)
+        self._end()
 
     def stop(self, grace: float = 2.0) -> None:
-        """Ask the worker to finish (close its input), then kill it if it has not within *grace*."""
+        """Ask the worker to finish (close its input), then kill its group; the worker gets *grace* s."""
         self._close_pipes()
+        self._exited(grace)
+        self.kill()  # the worker, if still there, and whatever it started
+
+    def _exited(self, timeout: float) -> bool:
+        """Wait up to *timeout* s for the worker to exit, without reaping it (so its pid stays ours)."""
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while self.proc.returncode is None:
+            try:
+                if os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+                    return True
+            except ChildProcessError:
+                return True  # reaped already
+            except (AttributeError, OSError):  # no waitid here: reaping is the only way to wait
+                try:
+                    self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    return False
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(2 * delay, 0.05)
+        return True
+
+    def _kill_group(self) -> None:
+        # The worker leads its group (start_new_session), so its pid is the group id. We signal
+        # before reaping the worker (a zombie keeps its pid), and afterwards only while the group
+        # has members, whose pgid the kernel does not hand out again: a stranger is never hit.
+        # Every member gets SIGKILL at once, and a fork racing with it fails.
         try:
-            self.proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            self.kill()
+            os.killpg(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+    def _end(self) -> None:
         self._end_drain()
+        if self.channel is not None:
+            self.channel.close()
         _live.discard(self)
 
     def _end_drain(self) -> None:
@@ -151,14 +222,50 @@ class WorkerProcess:
             pass
 
 
+def bounded_lines(fd: int, limit: int | None = None) -> Iterator[bytes]:
+    """Yield the lines read from *fd* (without newline) until EOF, each cut to *limit* bytes.
+
+    A longer line yields its first *limit* bytes plus ``CUT_MARK``, then its rest is skipped up to
+    the next newline, so memory stays bounded even for a line that never ends.
+    """
+    limit = MAX_LINE if limit is None else limit
+    pending = b""
+    skipping = False
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            if pending and not skipping:
+                yield pending
+            return
+        pending += chunk
+        while True:
+            newline = pending.find(b"\n")
+            if newline < 0:
+                break
+            if not skipping:
+                yield pending[:newline] if newline <= limit else pending[:limit] + CUT_MARK.encode()
+            skipping = False
+            pending = pending[newline + 1 :]
+        if len(pending) > limit:
+            if not skipping:
+                yield pending[:limit] + CUT_MARK.encode()
+            skipping = True
+            pending = b""
+
+
 @atexit.register
 def _end_all() -> None:
-    """No pod process outlives the client: close inputs first (fast exits), then kill stragglers."""
+    """No pod process outlives the client: close inputs first (fast exits), then kill every group."""
     workers = list(_live)
     for worker in workers:
         worker._close_pipes()
+    deadline = time.monotonic() + 1.0
     for worker in workers:
         try:
-            worker.proc.wait(timeout=1.0)
+            worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            worker.kill()
+            pass
+        worker.kill()  # the worker if it is still there, and whatever it started

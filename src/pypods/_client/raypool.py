@@ -1,31 +1,53 @@
-"""The Ray backend: a pod's workers are Ray actors whose ``runtime_env`` is built from the pod.
+"""The Ray backend: each worker of a pod is a Ray actor (``RayConnection``) in the one ``WorkerPool``.
 
-The pod's code (its folder without ``venv/`` and ``.pypods/``) travels with the actor's constructor
-and is written to a temporary project on the worker node, so ``pods.<name>.pod`` and the pod's own
-modules import as they do locally (Ray uploads local ``working_dir`` folders only for a whole job,
-not per actor); its locked (or listed)
-requirements become the ``pip`` field, index options its ``pip_install_options``, and ``pod.toml``'s
-``env`` its ``env_vars``. Ray is imported only here, and only when a pod asks for this backend.
-Ray layers the pip packages over the cluster's base environment, so isolation from the client's
-packages is weaker than with a local pod.
+A ``RayConnection`` is one actor created with the pod's ``runtime_env`` (its requirements through
+Ray's ``uv`` field, ``pod.toml``'s ``env`` as ``env_vars``; see ``rayship``) and given the pod's code
+files, which it stages in a temporary project (Ray uploads local ``working_dir`` folders only for a
+whole job, not per actor). Calls and replies cross as ``bytes`` of our codec, and replies are read
+only as raw bytes (``rayobjects``), so the client never unpickles anything a pod produced; the
+meaning of a reply (value, stream item, error) comes from the protocol core, as for a local worker.
+The pool gives Ray pods what it gives local ones: least-busy pick, replacement, the crash brake,
+``idle_timeout``. Ray is imported only here, and only for ``backend="ray"``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
-import tempfile
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .._env.builders import requirement_lines
-from .._errors import PodBuildError, PodClosedError, PodCrashedError, PodTimeoutError
-from .base import Stream, error_from_reply
+from .._errors import (
+    PodBuildError,
+    PodClosedError,
+    PodCrashedError,
+    PodError,
+    PodProtocolError,
+    PodSerializationError,
+)
+from .._worker import messages
+from .._worker.codec import Encoder
+from .._worker.decoding import Decoder
+from . import rayactor, rayobjects, rayship
+from .base import Stream
+from .connection import NotSentError
+from .core import START, CallProtocol, Outcome, check_hello
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable
 
     from .._env.layout import PodLayout, PodSettings
+
+BACKEND = "ray"
+START_TIMEOUT = 120.0  # without a start_timeout: a first start may build the pod's environment on the node
+# The settings this backend honours (the loader refuses any other one set to a non-default value,
+# naming it and the backend): the pool's (workers, timeout, start, idle_timeout), start_timeout (the
+# actor's hello), env (env_vars), codec (encoded in the actor), address, and python when it names
+# the cluster's Python (checked in open_ray). Not ``log``: an actor's output goes to Ray's logs.
+OPTIONS = frozenset(
+    {"python", "workers", "timeout", "env", "start", "idle_timeout", "codec", "backend", "address", "start_timeout"}
+)
 
 
 def _ray() -> Any:
@@ -36,238 +58,248 @@ def _ray() -> Any:
     return ray
 
 
-class PodActor:
-    """Runs inside a Ray worker: imports the pod from the staged working_dir and serves calls."""
+def check_python(pod: str, python: str | None) -> None:
+    """Refuse a ``python`` other than the cluster's (the one this client runs: Ray needs them equal).
 
-    def __init__(self, pod_name: str, files: dict[str, bytes]) -> None:
-        import importlib
-
-        from .._worker.serve import exported
-
-        project = tempfile.mkdtemp(prefix=f"pypods-ray-{pod_name}-")
-        self.pod_dir = os.path.join(project, "pods", pod_name)
-        for relative, data in files.items():
-            target = os.path.join(self.pod_dir, relative)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(target, "wb") as handle:
-                handle.write(data)
-        sys.path.insert(0, project)
-        self.error: dict[str, Any] | None = None
-        self.functions: dict[str, Any] = {}
-        try:
-            self.functions = exported(importlib.import_module(f"pods.{pod_name}.pod"), self.pod_dir)
-        except Exception as exc:  # reported by describe(), like a local worker's hello
-            from .._worker.messages import error_info
-
-            self.error = error_info(exc, "import")
-
-    def describe(self) -> dict[str, Any]:
-        from .._worker.messages import describe
-
-        if self.error is not None:
-            return {"error": self.error}
-        return {"functions": [describe(name, fn) for name, fn in self.functions.items()], "pid": os.getpid()}
-
-    def call(self, name: str, args: Any, kwargs: Any) -> tuple[str, Any]:
-        from .._worker.messages import error_info
-
-        function = self.functions.get(name)
-        try:
-            if function is None:
-                raise AttributeError(f"pod has no function {name!r}")
-            return ("ok", function(*args, **kwargs))
-        except Exception as exc:
-            return ("error", error_info(exc, "remote"))
-
-    def stream(self, name: str, args: Any, kwargs: Any) -> Iterator[tuple[str, Any]]:
-        from .._worker.messages import error_info
-
-        try:
-            for item in self.functions[name](*args, **kwargs):
-                yield ("item", item)
-        except Exception as exc:
-            yield ("error", error_info(exc, "remote"))
-
-    def pid(self) -> int:
-        return os.getpid()
+    Raises:
+        PodBuildError: *python* names another version or interpreter.
+    """
+    cluster = ".".join(map(str, sys.version_info[:2]))
+    if python is None or python.strip() in (cluster, sys.executable) or python.startswith(cluster + "."):
+        return
+    raise PodBuildError(
+        f"pod {pod!r}: option python={python!r} is not supported by backend {BACKEND!r}: pods run on the "
+        f"cluster's Python ({cluster}); remove it or use backend 'local'"
+    )
 
 
-def runtime_env(layout: PodLayout, settings: PodSettings) -> dict[str, Any]:
-    """The Ray ``runtime_env`` of a pod: staged code, its requirements and its environment variables."""
-    source = layout.lock if layout.lock.exists() else layout.requirements
-    lines = requirement_lines(source.read_text(encoding="utf-8")) if source.exists() else []
-    packages, options = [], []
-    for line in lines:
-        if not line.startswith("-"):
-            packages.append(line)
-            continue
-        flag, _, value = line.replace("=", " ", 1).partition(" ")
-        value = value.strip()
-        if flag in ("--find-links", "-f") and value and "://" not in value and not os.path.isabs(value):
-            value = str((layout.pod_dir / value).resolve())
-        options += [flag, value] if value else [flag]
-    env: dict[str, Any] = {"env_vars": dict(settings.env)}
-    if packages:
-        env["pip"] = {"packages": packages, "pip_check": False}
-        if options:
-            env["pip"]["pip_install_options"] = options
-    return env
+class RayConnection:
+    """One Ray actor serving one pod: calls, streams, deadlines, and the errors of a local worker.
 
+    Raises (from the constructor):
+        PodBuildError: the actor or its runtime_env could not be created.
+        PodTimeoutError: the actor did not say hello within *start_timeout* seconds (it was killed).
+        PodRemoteError: importing the pod's ``pod.py`` failed in the actor.
+    """
 
-def pod_files(layout: PodLayout) -> dict[str, bytes]:
-    """The pod's own files (not its venv, state or caches), by path relative to its folder."""
-    files = {}
-    for path in sorted(layout.pod_dir.rglob("*")):
-        relative = path.relative_to(layout.pod_dir)
-        if path.is_file() and not {"venv", ".pypods", "__pycache__"} & set(relative.parts):
-            files[str(relative)] = path.read_bytes()
-    return files
-
-
-class RayPool:
-    """``workers`` Ray actors for one pod: least-busy dispatch, dead actors replaced, timeouts enforced."""
-
-    def __init__(self, layout: PodLayout, settings: PodSettings) -> None:
+    def __init__(self, ray: Any, actor_class: Any, layout: PodLayout, settings: PodSettings) -> None:
         self.pod = layout.name
-        self.ray = _ray()
-        if not self.ray.is_initialized():
-            address = settings.address or os.environ.get("RAY_ADDRESS")
-            self.ray.init(address=address, include_dashboard=False, ignore_reinit_error=True)
-        if settings.python is not None:
-            cluster = ".".join(map(str, sys.version_info[:2]))
-            if settings.python.strip() not in (cluster, sys.executable) and not settings.python.startswith(
-                cluster + "."
-            ):
-                raise PodBuildError(
-                    f"pod {self.pod!r}: backend 'ray' runs pods on the cluster's Python ({cluster}); "
-                    f"python = {settings.python!r} cannot be honoured. Remove it or use the local backend."
-                )
-        self._env = runtime_env(layout, settings)
-        self._files = self.ray.put(pod_files(layout))
-        self._actor_class = self.ray.remote(PodActor)
+        self.ray = ray
+        self.proto = CallProtocol(self.pod, settings.codec)
         self._lock = threading.Lock()
-        self._closed: str | None = None
-        self._actors: list[Any] = [None] * settings.workers
-        self._busy = [0] * settings.workers
-        self.description: list[dict[str, Any]] | None = None
+        self._in_flight = 0
+        self._broken: PodError | None = None
+        self.hello: dict[str, Any] = {}
+        self.description: list[dict[str, Any]] = []
+        self.actor = actor_class.options(
+            runtime_env=rayship.runtime_env(layout, settings), scheduling_strategy="SPREAD", max_restarts=0
+        ).remote(self.pod, rayship.pod_files(layout), settings.codec)
+        try:
+            start_timeout: float | None = getattr(settings, "start_timeout", None)  # None: Ray's own default
+            self.hello = self._decode(self._get(self.actor.hello.remote(), start_timeout or START_TIMEOUT, START))
+            self.description = check_hello(self.pod, self.hello)
+        except PodCrashedError as exc:
+            self.close(kill=True)
+            raise PodBuildError(f"pod {self.pod!r}: its Ray actor could not start: {exc}") from exc
+        except BaseException:
+            self.close(kill=True)
+            raise
+        self._generators = {info.get("name") for info in self.description if info.get("generator")}
 
     @property
-    def size(self) -> int:
-        return len(self._actors)
+    def pid(self) -> int:
+        pid = self.hello.get("pid")
+        return pid if type(pid) is int else 0
 
-    def _spawn(self) -> Any:
-        actor = self._actor_class.options(runtime_env=self._env, max_concurrency=1).remote(self.pod, self._files)
+    @property
+    def broken(self) -> PodError | None:
+        return self._broken
+
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def _count(self, step: int) -> None:
+        with self._lock:
+            self._in_flight += step
+
+    def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
+        """Run *name* on the actor: its value, or a ``RayStream`` for a generator function.
+
+        Raises:
+            PodRemoteError: the function raised.
+            PodSerializationError: an argument or the result cannot cross.
+            PodTimeoutError: no answer within *timeout*; the actor was killed.
+            PodCrashedError: the actor died.
+            PodProtocolError: the actor sent something that is not a message of ours.
+            PodClosedError: the pod was closed meanwhile.
+        """
+        if self._broken is not None:
+            raise NotSentError(f"pod {self.pod!r}: its Ray actor is gone: {self._broken}")
+        request = self._encode(name, args, kwargs)
+        if name in self._generators:
+            refs = self.actor.stream.options(
+                num_returns="streaming", concurrency_group="streams", _generator_backpressure_num_objects=64
+            ).remote(request)
+            return RayStream(self, refs, name, timeout)
+        self._count(1)
         try:
-            info = self.ray.get(actor.describe.remote())
+            reply = self._decode(self._get(self.actor.call.remote(request), timeout, name))
+            outcome = self._meaning(self.proto.outcome, name, reply)
+        finally:
+            self._count(-1)
+        if outcome.kind != Outcome.VALUE:
+            raise self._protocol_error(f"a stream reply to the plain call {name!r}")
+        return outcome.value
+
+    def _encode(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        """The call request as bytes, all in band (an actor may run on another machine: no shared memory)."""
+        call_id = self.proto.next_id()
+        try:
+            if self.proto.codec != "pickle":
+                return bytes(Encoder().request(call_id, name, args, kwargs))
+            packed = messages.pack_pickle((args, kwargs))
+            return bytes(Encoder().document({"id": call_id, "op": "call", "name": name, **packed}))
+        except Exception as exc:  # EncodeError (any failure), or pickling with the opt-in codec
+            raise PodSerializationError(f"pod {self.pod!r}, function {name!r}: {exc}") from exc
+
+    def _get(self, ref: Any, timeout: float | None, what: str) -> bytes:
+        """Wait for one reply object (see ``_wait``)."""
+        return self._wait(lambda: rayobjects.read_raw(self.ray, ref, timeout), timeout, what, ref)
+
+    def _wait(self, read: Callable[[], bytes], timeout: float | None, what: str, cancel: Any) -> bytes:
+        """Run *read*; map Ray's failures to ours (the one place that does). Ctrl-C cancels *cancel*."""
+        errors = self.ray.exceptions
+        try:
+            return read()
+        except rayobjects.UnsafeObject as exc:
+            raise self._protocol_error(exc) from None
+        except errors.GetTimeoutError:
+            error = self.proto.timeout_error(what, timeout)
+            self._break(error)
+            raise error from None
+        except errors.RuntimeEnvSetupError as exc:
+            self._break(PodBuildError(str(exc)))
+            raise PodBuildError(f"pod {self.pod!r}: Ray could not build its runtime_env: {exc}") from exc
+        except errors.RayError as exc:  # the actor died, its node died, the object was lost
+            if isinstance(self._broken, PodClosedError):
+                raise PodClosedError(str(self._broken)) from exc
+            crashed = PodCrashedError(f"pod {self.pod!r}: its Ray actor died during {what!r}: {exc}")
+            self._break(crashed)
+            raise crashed from exc
+        except KeyboardInterrupt:
+            try:
+                self.ray.cancel(cancel)
+            except Exception:
+                pass
+            raise
+
+    def _decode(self, data: bytes) -> dict[str, Any]:
+        """One message, decoded without out-of-band buffers: an actor has no shared memory with us."""
+        try:
+            message = Decoder().document(data)
         except Exception as exc:
-            self.ray.kill(actor)
-            raise PodBuildError(f"pod {self.pod!r}: the Ray actor could not start: {exc}") from exc
-        if "error" in info:
-            self.ray.kill(actor)
-            raise error_from_reply(self.pod, None, info["error"])
-        if self.description is None:
-            self.description = info["functions"]
-        return actor
+            raise self._protocol_error(exc) from exc
+        if type(message.get("id")) is not int:
+            raise self._protocol_error("a message without an integer id")
+        return message
 
-    def start(self, count: int | None = None) -> None:
-        with self._lock:
-            for index in range(count if count is not None else len(self._actors)):
-                if self._actors[index] is None:
-                    self._actors[index] = self._spawn()
-
-    def pids(self) -> list[int]:
-        return [self.ray.get(actor.pid.remote()) for actor in self._actors if actor is not None]
-
-    def _pick(self) -> int:
-        with self._lock:
-            if self._closed is not None:
-                raise PodClosedError(self._closed)
-            index = min(range(len(self._actors)), key=lambda i: (self._busy[i], self._actors[i] is None))
-            if self._actors[index] is None:
-                self._actors[index] = self._spawn()
-            self._busy[index] += 1
-            return index
-
-    def _replace(self, index: int, actor: Any) -> None:
-        with self._lock:
-            if self._actors[index] is actor:
-                self._actors[index] = None
+    def _meaning(self, read: Callable[[str, dict[str, Any]], Outcome], name: str, reply: dict[str, Any]) -> Outcome:
+        """What the core makes of a reply; a malformed one breaks this connection too."""
         try:
-            self.ray.kill(actor)
+            return read(name, reply)
+        except PodProtocolError as exc:
+            self._break(exc)
+            raise
+
+    def _protocol_error(self, cause: object) -> PodProtocolError:
+        error = self.proto.protocol_error(cause)
+        self._break(error)
+        return error
+
+    def _break(self, reason: PodError) -> None:
+        """Mark the connection broken and kill the actor (the pool replaces it)."""
+        if self._broken is None:
+            self._broken = reason
+        try:
+            self.ray.kill(self.actor, no_restart=True)
         except Exception:
             pass
 
-    def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
-        index = self._pick()
-        actor = self._actors[index]
-        generator = any(info["name"] == name and info.get("generator") for info in self.description or [])
+    def close(self, kill: bool = False) -> None:
+        """Stop the actor without blocking: it removes its staged code and exits, unless killed.
+
+        An actor with calls in flight is killed, so that their callers get ``PodClosedError`` now.
+        """
+        if self._broken is None:
+            self._broken = PodClosedError(f"pod {self.pod!r} was closed")
         try:
-            if generator:
-                refs = actor.stream.options(num_returns="streaming").remote(name, list(args), kwargs)
-                return RayStream(self, refs, name, timeout)
-            kind, value = self._get(actor.call.remote(name, list(args), kwargs), timeout, index, actor, name)
-        finally:
-            self._busy[index] -= 1
-        if kind == "ok":
-            return value
-        raise error_from_reply(self.pod, name, value)
-
-    def _get(self, ref: Any, timeout: float | None, index: int, actor: Any, name: str) -> Any:
-        exceptions = self.ray.exceptions
-        try:
-            return self.ray.get(ref, timeout=timeout)
-        except exceptions.GetTimeoutError:
-            self._replace(index, actor)
-            raise PodTimeoutError(
-                f"pod {self.pod!r}, function {name!r}: no answer within {timeout}s; the actor was killed"
-            ) from None
-        except exceptions.RayActorError as exc:
-            self._replace(index, actor)
-            raise PodCrashedError(f"pod {self.pod!r}: its Ray actor died during {name!r}: {exc}") from exc
-
-    def in_flight(self) -> int:
-        return sum(self._busy)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = f"pod {self.pod!r} was closed"
-            actors, self._actors = self._actors, [None] * len(self._actors)
-        for actor in actors:
-            if actor is not None:
-                try:
-                    self.ray.kill(actor)
-                except Exception:
-                    pass
+            if kill or self._in_flight:
+                self.ray.kill(self.actor, no_restart=True)
+            else:
+                self.actor.exit.remote()
+        except Exception:
+            pass
 
 
 class RayStream(Stream):
-    """A pod generator on Ray (a streaming generator): items as the actor yields them."""
+    """A pod generator on Ray (a streaming generator): its items as the actor yields them."""
 
-    def __init__(self, pool: RayPool, refs: Any, name: str, timeout: float | None) -> None:
-        self._pool, self._refs, self._name, self._timeout = pool, refs, name, timeout
+    def __init__(self, conn: RayConnection, refs: Any, name: str, timeout: float | None) -> None:
+        self._conn, self._refs, self._name, self._timeout = conn, refs, name, timeout
         self._done = False
+        conn._count(1)
 
     def __next__(self) -> Any:
         if self._done:
             raise StopIteration
+        conn = self._conn
         try:
-            ref = next(self._refs)
-            kind, value = self._pool.ray.get(ref, timeout=self._timeout)
-        except StopIteration:
-            self._done = True
+            read = functools.partial(rayobjects.read_item, conn.ray, self._refs, self._timeout)
+            reply = conn._decode(conn._wait(read, self._timeout, self._name, self._refs))
+            outcome = conn._meaning(conn.proto.stream_item, self._name, reply)
+        except BaseException:
+            self._finish()
             raise
-        except self._pool.ray.exceptions.RayActorError as exc:
-            self._done = True
-            raise PodCrashedError(f"pod {self._pool.pod!r}: its Ray actor died during {self._name!r}") from exc
-        if kind == "error":
-            self._done = True
-            raise error_from_reply(self._pool.pod, self._name, value)
-        return value
+        if outcome.kind == Outcome.ITEM:
+            return outcome.value
+        self._finish()
+        raise StopIteration
 
-    def close(self) -> None:
+    def _finish(self) -> None:
         if not self._done:
             self._done = True
-            try:
-                self._pool.ray.cancel(self._refs)
-            except Exception:
-                pass
+            self._conn._count(-1)
+
+    def close(self) -> None:
+        """Stop the generator in the actor (Ray cancels it; its ``finally`` runs there)."""
+        if self._done:
+            return
+        self._finish()
+        try:
+            self._conn.ray.cancel(self._refs)
+        except Exception:
+            pass
+
+
+def open_ray(layout: PodLayout, settings: PodSettings) -> Callable[[], RayConnection]:
+    """Check what the loader cannot, join the cluster, and return the factory of the pod's actors.
+
+    Each actor gets the pod's files as they are when it starts, so a replaced (or reloaded) actor
+    runs the current code, as a new local worker would.
+
+    Raises:
+        PodBuildError: ``python`` is not the cluster's, or the pod would ship too much.
+        ImportError: Ray is not installed.
+    """
+    check_python(layout.name, settings.python)
+    rayship.select_files(layout)  # refuse a pod that ships too much at load, not at its first call
+    ray = _ray()
+    if not ray.is_initialized():
+        address = settings.address or os.environ.get("RAY_ADDRESS")
+        ray.init(address=address, include_dashboard=False, ignore_reinit_error=True)
+    actor_class = ray.remote(concurrency_groups=rayactor.CONCURRENCY_GROUPS)(rayactor.PodActor)
+
+    def spawn() -> RayConnection:
+        return RayConnection(ray, actor_class, layout, settings)
+
+    return spawn

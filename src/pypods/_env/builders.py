@@ -47,19 +47,36 @@ def requirement_lines(text: str) -> list[str]:
     return lines
 
 
-def requirements_digest(layout: PodLayout, interpreter: Interpreter) -> str:
-    """What a lock was resolved from: the requirement lines and the Python ``major.minor``."""
+def requirements_digest(layout: PodLayout) -> str:
+    """What a lock was resolved from: the requirement lines only (a lock is universal, not per Python)."""
     text = layout.requirements.read_text(encoding="utf-8") if layout.requirements.exists() else ""
+    return hashlib.sha256("\n".join(requirement_lines(text)).encode()).hexdigest()
+
+
+def lock_stamp(digest: str, interpreter: Interpreter) -> str:
+    """The lock's first line: the requirements' digest and the oldest Python the lock was resolved for."""
     major, minor = interpreter.version[:2]
-    basis = "\n".join(requirement_lines(text)) + f"\npython={major}.{minor}"
-    return hashlib.sha256(basis.encode()).hexdigest()
+    return f"{LOCK_MARK}{digest} python>={major}.{minor}"
 
 
-def lock_is_current(layout: PodLayout, digest: str) -> bool:
+def lock_is_current(layout: PodLayout, digest: str, interpreter: Interpreter) -> bool:
+    """True if the lock was resolved from these requirements for this Python or an older one.
+
+    A lock resolved with ``uv pip compile --universal`` holds every platform's and every newer
+    Python's pins (with markers), so building on another machine or Python leaves it unchanged.
+    """
     if not layout.lock.exists():
         return False
-    head = layout.lock.read_text(encoding="utf-8").splitlines()[:3]
-    return any(line == LOCK_MARK + digest for line in head)
+    for line in layout.lock.read_text(encoding="utf-8").splitlines()[:3]:
+        if not line.startswith(LOCK_MARK):
+            continue
+        found, _, floor = line[len(LOCK_MARK) :].partition(" python>=")
+        try:
+            oldest = tuple(int(part) for part in floor.split("."))
+        except ValueError:
+            return False
+        return found == digest and oldest <= interpreter.version[:2]
+    return False
 
 
 def _venv_version(venv: Path) -> str | None:
@@ -83,27 +100,44 @@ def venv_matches(layout: PodLayout, interpreter: Interpreter) -> bool:
     )
 
 
+_NETWORK = re.compile(
+    r"error sending request|tcp connect error|dns error|failed to lookup address|connection (refused|reset)"
+    r"|timed out|network (connectivity )?(is|was) disabled|request failed after|certificate|proxy",
+    re.IGNORECASE,
+)
+_UV_DETAIL = re.compile(r"^\s*(error|cause|hint|warning)\b|^\s*[\u00d7\u2570\u2502]")
+
+
 def _fail(layout: PodLayout, what: str, output: str) -> PodBuildError:
-    """A build error naming the pod, the requirements that uv's output mentions, and its last lines."""
+    """A build error naming the pod, the requirements that uv's output mentions, uv's causes and a hint."""
     text = layout.requirements.read_text(encoding="utf-8") if layout.requirements.exists() else ""
     reqs = [line for line in requirement_lines(text) if not line.startswith("-")]
     names = [req for req in reqs if (m := _NAME.match(req)) and m[1].lower() in output.lower()]
     named = ", ".join(names or reqs) or "(no requirements)"
-    tail = "\n".join(output.strip().splitlines()[-15:])
+    lines = output.strip().splitlines()
+    if len(lines) > 40:  # keep every error/cause/hint line, and the end
+        lines = [line for line in lines[:-15] if _UV_DETAIL.match(line)] + lines[-15:]
+    said = "\n".join("  " + line for line in lines)
+    if _NETWORK.search(output):
+        hint = (
+            "hint: the package index could not be reached (or uv is offline: UV_OFFLINE): check the network "
+            "(or proxy), or point requirements.txt at a reachable index (--index-url, --find-links)"
+        )
+    else:
+        hint = f"hint: fix {layout.requirements} and load the pod again"
     message = (
-        f"pod {layout.name!r}: {what} failed for requirement(s) {named} "
-        f"(from {layout.requirements}).\nThe installer said:\n{tail}\n"
-        "Fix requirements.txt; the pod is not ready until a build succeeds."
+        f"pod {layout.name!r}: {what} failed for requirement(s) {named}.\nThe installer (uv) said:\n{said}\n"
+        f"{hint}; the pod is not ready until a build succeeds."
     )
     return PodBuildError(message, pod=layout.name, output=output)
 
 
-def _add_options(layout: PodLayout, lock_text: str, digest: str) -> str:
-    """Stamp the lock with its digest and carry index options over (uv emits only some of them)."""
+def _add_options(layout: PodLayout, lock_text: str, stamp: str) -> str:
+    """Stamp the lock and carry index options over (uv emits only some of them)."""
     text = layout.requirements.read_text(encoding="utf-8") if layout.requirements.exists() else ""
     options = [line for line in requirement_lines(text) if _OPTION.match(line + " ")]
     existing = set(lock_text.splitlines())
-    header = [LOCK_MARK + digest] + [line for line in options if line not in existing]
+    header = [stamp] + [line for line in options if line not in existing]
     return "\n".join(header) + "\n" + lock_text
 
 
@@ -123,31 +157,34 @@ class UvBuilder:
                 if result.returncode != 0:
                     raise _fail(layout, "creating the environment", result.stderr + result.stdout)
         python = str(layout.venv_python)
-        digest = requirements_digest(layout, interpreter)
-        if not lock_is_current(layout, digest):
-            self._lock(layout, python, digest, report)
+        if not lock_is_current(layout, requirements_digest(layout), interpreter):
+            self._lock(layout, interpreter, report)
         with report.step("installing locked requirements"):
-            result = tools.run_uv(
-                ["pip", "sync", "--no-config", "--allow-empty-requirements", "--python", python, str(layout.lock)], cwd
-            )
+            args = ["pip", "sync", "--no-config", "--allow-empty-requirements", "--python", python, str(layout.lock)]
+            result = tools.run_uv(args, cwd, live=report.live)
             if result.returncode != 0:
                 raise _fail(layout, "installing", result.stderr + result.stdout)
 
-    def _lock(self, layout: PodLayout, python: str, digest: str, report: BuildReport) -> None:
+    def _lock(self, layout: PodLayout, interpreter: Interpreter, report: BuildReport) -> None:
         text = layout.requirements.read_text(encoding="utf-8") if layout.requirements.exists() else ""
+        stamp = lock_stamp(requirements_digest(layout), interpreter)
         if not any(not line.startswith("-") for line in requirement_lines(text)):
-            layout.lock.write_text(_add_options(layout, "", digest), encoding="utf-8")
+            layout.lock.write_text(_add_options(layout, "", stamp), encoding="utf-8")
             return
-        with report.step("resolving requirements"):
-            # The old lock, if any, stays as uv's preference: versions only move where they must.
-            args = ["pip", "compile", "--no-config", "--python", python, "--emit-find-links", "--emit-index-url"]
-            args += ["--quiet", "--no-header", str(layout.requirements), "-o", str(layout.lock)]
-            result = tools.run_uv(args, str(layout.pod_dir))
+        with report.step("resolving requirements (for every platform)"):
+            # Universal: one lock for every platform and every Python from the pod's up, so a lock made
+            # on macOS keeps Linux-only dependencies. The old lock, if any, stays as uv's preference:
+            # versions only move where they must.
+            version = "{}.{}".format(*interpreter.version[:2])
+            args = ["pip", "compile", "--no-config", "--universal", "--python-version", version]
+            args += ["--emit-find-links", "--quiet", "--no-header"]  # index options: only the pod's own
+            args += [str(layout.requirements), "-o", str(layout.lock)]
+            result = tools.run_uv(args, str(layout.pod_dir), live=report.live)
             if result.returncode != 0:
                 raise _fail(layout, "resolving", result.stderr + result.stdout)
             locked = layout.lock.read_text(encoding="utf-8") if layout.lock.exists() else ""
             locked = "\n".join(line for line in locked.splitlines() if not line.startswith(LOCK_MARK))
-            layout.lock.write_text(_add_options(layout, locked.lstrip("\n"), digest), encoding="utf-8")
+            layout.lock.write_text(_add_options(layout, locked.lstrip("\n"), stamp), encoding="utf-8")
 
 
 class VenvBuilder:
@@ -162,8 +199,7 @@ class VenvBuilder:
                 shutil.rmtree(layout.venv, ignore_errors=True)
                 self._run(layout, [interpreter.path, "-m", "venv", str(layout.venv)], cwd, "creating the environment")
         python = str(layout.venv_python)
-        digest = requirements_digest(layout, interpreter)
-        current = lock_is_current(layout, digest)
+        current = lock_is_current(layout, requirements_digest(layout), interpreter)
         source = layout.lock if current else layout.requirements
         text = source.read_text(encoding="utf-8") if source.exists() else ""
         if any(not line.startswith("-") for line in requirement_lines(text)):
@@ -172,7 +208,10 @@ class VenvBuilder:
                 self._run(layout, pip, cwd, "installing")
         if not current:
             frozen = self._run(layout, [python, "-m", "pip", "freeze", "--exclude-editable"], cwd, "locking")
-            layout.lock.write_text(_add_options(layout, frozen, digest), encoding="utf-8")
+            # pip freeze pins this platform only: the fallback's lock is not universal.
+            layout.lock.write_text(
+                _add_options(layout, frozen, lock_stamp(requirements_digest(layout), interpreter)), encoding="utf-8"
+            )
 
     @staticmethod
     def _run(layout: PodLayout, args: list[str], cwd: str, what: str) -> str:

@@ -1,4 +1,8 @@
-"""Where a pod lives on disk (``<root>/pods/<name>/``), its template files, and its ``pod.toml`` settings."""
+"""Where a pod lives on disk (``<root>/pods/<name>/``): finding the root, the template files, creating a pod.
+
+The root is found the way git finds ``.git``: the nearest ``pods/`` folder at or above the current
+directory, else one next to the ``__main__`` script, unless ``root=`` or ``$PYPODS_ROOT`` says otherwise.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,12 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
+from .._errors import PodError, PodNotFoundError
 from .names import check_pod_name
+from .settings import PodSettings, toml_string
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.9/3.10 clients
-    import tomli as tomllib
+__all__ = ["PodLayout", "PodSettings", "find_root", "ignored_folders", "list_pods", "open_layout", "resolve_root"]
 
 PODS_DIR = "pods"
 POD_FILE = "pod.py"
@@ -62,13 +64,14 @@ REQUIREMENTS_TEMPLATE = """\
 
 SETTINGS_TEMPLATE = """\
 # Settings of the {name} pod. Arguments given to PodLoader(...) or pypods.load(...) override these.
-# python = "3.11"        # a version found on this machine, or a path to an interpreter
+{python_line}
 # workers = 1            # worker processes serving this pod
 # timeout = 30.0         # seconds a call may take before its worker is replaced
 # start = "auto"         # "eager": start workers on load; "lazy": on the first call;
 #                        # "auto": lazy when the cached description is valid, else eager
 # idle_timeout = 300.0   # stop an idle worker after this many seconds
-# codec = "bson"         # "pickle" trades safety (runs code on decode) for any picklable value
+# start_timeout = 60.0   # seconds a worker may take to start
+# (codec = "pickle" can only be chosen in the client's code: pypods.load(name, codec="pickle"))
 # log = "stderr"         # where the pod's output goes: "stderr" or "logging" (the pypods logger)
 # backend = "local"      # "ray": run the workers as Ray actors (pip install 'pypods[ray]')
 # address = "ray://..."  # the Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)
@@ -135,114 +138,136 @@ class PodLayout:
     def exists(self) -> bool:
         return self.pod_py.is_file()
 
-    def create(self) -> bool:
-        """Write the template files that are missing; return True if ``pod.py`` was new."""
+    def create(self, python: str | None = None) -> bool:
+        """Write the template files that are missing; return True if ``pod.py`` was new.
+
+        ``pod.toml`` pins *python* (default: this interpreter's ``major.minor``), so every client and
+        the ``pypods`` command build the pod with the same Python.
+        """
+        pinned = python or "{}.{}".format(*sys.version_info[:2])
+        python_line = f"python = {toml_string(pinned)}  # pinned when the pod was created; a version or a path"
         self.pod_dir.mkdir(parents=True, exist_ok=True)
         created = False
         for path, text in (
-            (self.pod_py, POD_TEMPLATE),
-            (self.requirements, REQUIREMENTS_TEMPLATE),
-            (self.settings, SETTINGS_TEMPLATE),
+            (self.pod_py, POD_TEMPLATE.format(name=self.name)),
+            (self.requirements, REQUIREMENTS_TEMPLATE.format(name=self.name)),
+            (self.settings, SETTINGS_TEMPLATE.format(name=self.name, python_line="{python_line}")),
             (self.pod_dir / ".gitignore", GITIGNORE),
         ):
             try:
                 with open(path, "x", encoding="utf-8") as handle:
-                    handle.write(text.format(name=self.name))
+                    handle.write(text.replace("{python_line}", python_line) if path == self.settings else text)
                 created = created or path == self.pod_py
             except FileExistsError:
                 pass
         return created
 
 
-def resolve_root(root: str | os.PathLike[str] | None) -> Path:
-    """The project root holding ``pods/``: *root*, else ``$PYPODS_ROOT``, else the current directory."""
-    chosen = root if root is not None else os.environ.get("PYPODS_ROOT") or os.getcwd()
-    return Path(chosen).expanduser().resolve()
+def check_platform() -> None:
+    """Refuse Windows clearly: workers rely on POSIX fds, process groups and ``fork``-safe pipes.
+
+    Raises:
+        PodError: on Windows (use WSL).
+    """
+    if os.name == "nt":  # pragma: no cover - not run on Windows in CI
+        raise PodError("pypods runs on Linux and macOS; on Windows, use it inside WSL (Windows Subsystem for Linux)")
+
+
+def find_root(start: Path) -> Path | None:
+    """The nearest folder at or above *start* that holds a ``pods/`` folder, as git finds ``.git``.
+
+    Above *start*, a ``pods/`` folder counts only if it holds a pod (a folder with ``pod.py``), so an
+    unrelated ``~/pods/`` (Kubernetes manifests, podcasts) does not capture every project below it.
+    """
+    if (start / PODS_DIR).is_dir():
+        return start
+    for folder in start.parents:
+        if _holds_a_pod(folder / PODS_DIR):
+            return folder
+    return None
+
+
+def _holds_a_pod(pods: Path) -> bool:
+    try:
+        return any((child / POD_FILE).is_file() for child in pods.iterdir())
+    except OSError:
+        return False
+
+
+def _script_root() -> Path | None:
+    """The folder of the ``__main__`` script if it holds ``pods/`` (``python examples/client.py``)."""
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None)
+    if not isinstance(script, str) or getattr(main, "__spec__", None) is not None:
+        return None  # interactive, or ``python -m module``: no script of the user's
+    folder = Path(script).resolve().parent
+    return folder if (folder / PODS_DIR).is_dir() else None
+
+
+def resolve_root(root: str | os.PathLike[str] | None = None) -> Path:
+    """The project root holding ``pods/``.
+
+    In order: *root*; ``$PYPODS_ROOT``; the nearest folder at or above the current directory that
+    holds ``pods/``; the ``__main__`` script's folder if it holds ``pods/``; else the current directory.
+    """
+    chosen = root if root is not None else os.environ.get("PYPODS_ROOT")
+    if chosen:
+        return Path(chosen).expanduser().resolve()
+    here = Path.cwd().resolve()
+    return find_root(here) or _script_root() or here
 
 
 def list_pods(root: Path) -> list[str]:
-    """Names of the pods under *root* (folders of ``pods/`` that hold a ``pod.py``)."""
+    """Names of the pods under *root* (folders of ``pods/`` with a valid pod name that hold a ``pod.py``)."""
     pods = root / PODS_DIR
     if not pods.is_dir():
         return []
-    return sorted(p.name for p in pods.iterdir() if p.name.isidentifier() and (p / POD_FILE).is_file())
+    return sorted(p.name for p in pods.iterdir() if _valid(p.name) and (p / POD_FILE).is_file())
 
 
-@dataclasses.dataclass(frozen=True)
-class PodSettings:
-    """A pod's settings: defaults, then ``pod.toml``, then the caller's arguments."""
-
-    python: str | None = None
-    workers: int = 1
-    timeout: float | None = None
-    start: str = "auto"
-    idle_timeout: float | None = None
-    codec: str = "bson"
-    log: str = "stderr"
-    backend: str = "local"
-    address: str | None = None
-    env: dict[str, str] = dataclasses.field(default_factory=dict)
-    start_timeout: float | None = None  # seconds a worker may take to start (None: the default, 60 s)
-
-    @classmethod
-    def load(cls, layout: PodLayout, overrides: dict[str, Any]) -> PodSettings:
-        """Read ``pod.toml`` (if any) and apply *overrides* (None means "not given").
-
-        Raises:
-            ValueError: ``pod.toml`` is not valid TOML, names an unknown setting, or a value has
-                the wrong type; the message names the file and the key.
-        """
-        values: dict[str, Any] = {}
-        if layout.settings.is_file():
-            try:
-                values = tomllib.loads(layout.settings.read_text(encoding="utf-8"))
-            except tomllib.TOMLDecodeError as exc:
-                raise ValueError(f"{layout.settings}: not valid TOML: {exc}") from exc
-        values.update({key: value for key, value in overrides.items() if value is not None})
-        return cls.from_mapping(values, str(layout.settings))
-
-    @classmethod
-    def from_mapping(cls, values: dict[str, Any], source: str) -> PodSettings:
-        known = {field.name: field for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
-        checked: dict[str, Any] = {}
-        for key, value in values.items():
-            checked[key] = _check(key, value, source)
-        return cls(**checked)
+def _valid(name: str) -> bool:
+    try:
+        check_pod_name(name)
+    except ValueError:
+        return False
+    return True
 
 
-def _check(key: str, value: Any, source: str) -> Any:
-    def bad(expected: str) -> ValueError:
-        return ValueError(f"{source}: setting {key!r} must be {expected}, not {value!r}")
+def ignored_folders(root: Path) -> dict[str, str]:
+    """Folders of ``pods/`` that are not pods, each with why (``pods/my-pod/``: not an identifier)."""
+    pods = root / PODS_DIR
+    if not pods.is_dir():
+        return {}
+    ignored: dict[str, str] = {}
+    for folder in sorted(pods.iterdir()):
+        if not folder.is_dir() or folder.name.startswith((".", "_")):
+            continue  # __pycache__, .git and the like are expected
+        if not _valid(folder.name):
+            fixed = "".join(c if c.isalnum() or c == "_" else "_" for c in folder.name)
+            ignored[folder.name] = f"not a valid pod name; rename it to a Python identifier such as {fixed!r}"
+        elif not (folder / POD_FILE).is_file():
+            ignored[folder.name] = f"no {POD_FILE}"
+    return ignored
 
-    if key in ("python", "address"):
-        if isinstance(value, os.PathLike):
-            value = os.fspath(value)
-        if not isinstance(value, str):
-            raise bad("a string")
-        return value
-    if key == "workers":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise bad("a whole number of at least 1")
-        return value
-    if key in ("timeout", "idle_timeout", "start_timeout"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise bad("a positive number of seconds")
-        return float(value)
-    choices = {
-        "start": ("auto", "eager", "lazy"),
-        "codec": ("bson", "pickle"),
-        "log": ("stderr", "logging"),
-        "backend": ("local", "ray"),
-    }
-    if key in choices:
-        if value not in choices[key]:
-            raise bad("one of " + ", ".join(repr(c) for c in choices[key]))
-        return value
-    if key == "env":
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise bad("a table of strings")
-        return {k: str(v) for k, v in value.items()}
-    raise bad("known")  # pragma: no cover - guarded by from_mapping
+
+def open_layout(name: str, root: str | os.PathLike[str] | None, create: bool, python: str | None = None) -> PodLayout:
+    """Locate pod *name*; create it from the template if it is missing and *create* (saying so on stderr).
+
+    Raises:
+        ValueError: *name* is not a valid pod name.
+        PodNotFoundError: the pod does not exist and *create* is False (also a ``FileNotFoundError``).
+    """
+    check_platform()
+    layout = PodLayout.at(name, root)
+    if layout.exists():
+        return layout
+    existing = ", ".join(list_pods(layout.root)) or "none yet"
+    if not create:
+        raise PodNotFoundError(
+            f"no pod {name!r} in {layout.root / PODS_DIR} (pods there: {existing}); "
+            f"create it with `pypods new {name}` or load it with create=True"
+        )
+    if layout.create(python):
+        sys.stderr.write(f"pypods: created new pod {name!r} in {layout.pod_dir} (existing pods: {existing})\n")
+        sys.stderr.flush()
+    return layout

@@ -1,4 +1,9 @@
-"""Tell the user what a build is doing: a line per step with its time on a terminal, always in the log."""
+"""Tell the user what a build is doing: one line per step on stderr (terminal or not), and the log.
+
+Jupyter, CI and IDEs give stderr no terminal, and a first build there used to be silent for
+minutes; so lines are printed whatever stderr is. A failure is not printed here: it is raised, and
+whoever catches it prints it once.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import logging
 import sys
 import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -15,33 +20,47 @@ log = logging.getLogger("pypods")
 
 
 class BuildReport:
-    """Print build steps to stderr when it is a terminal (or when forced), and log them always."""
+    """Print ``pypods: <pod>: <step>`` per build step, and ``ready`` at the end.
 
-    def __init__(self, pod: str, show: bool | None = None) -> None:
+    Args:
+        pod: the pod's name.
+        show: None or True print the lines; False only logs them (``progress=False``).
+        installer: let uv draw its own progress on a terminal (not when several builds run at once).
+    """
+
+    def __init__(self, pod: str, show: bool | None = None, installer: bool = True) -> None:
         self.pod = pod
-        self.show = sys.stderr.isatty() if show is None else show
-        self._console: Any = None
-        if self.show:
-            from rich.console import Console
-
-            self._console = Console(stderr=True, highlight=False)
+        self.show = show is not False
+        self.installer = installer  # False: never hand the terminal to uv (builds running side by side)
         self.started = time.perf_counter()
+        self.steps = 0
+
+    @property
+    def live(self) -> bool:
+        """True if the installer's own progress (downloads) should reach the user's terminal."""
+        return self.show and self.installer and sys.stderr.isatty()
+
+    def _say(self, text: str) -> None:
+        if self.show:
+            sys.stderr.write(f"pypods: {self.pod}: {text}\n")
+            sys.stderr.flush()
 
     @contextmanager
     def step(self, text: str) -> Iterator[None]:
         begin = time.perf_counter()
-        log.info("[%s] %s", self.pod, text)
-        if self._console is not None:
-            with self._console.status(f"[bold]{self.pod}[/]: {text}", spinner="dots"):
-                yield
-            took = time.perf_counter() - begin
-            self._console.print(f"[green]✓[/] [bold]{self.pod}[/]: {text} [dim]({took:.2f}s)[/]")
-        else:
-            yield
-            took = time.perf_counter() - begin
-        log.info("[%s] %s: done in %.2fs", self.pod, text, took)
+        self.steps += 1
+        log.debug("[%s] %s", self.pod, text)
+        self._say(text)
+        yield
+        log.info("[%s] %s: done in %.2fs", self.pod, text, time.perf_counter() - begin)
+
+    def done(self) -> None:
+        """Say the pod is ready, if any step ran."""
+        if self.steps:
+            took = time.perf_counter() - self.started
+            log.info("[%s] ready in %.2fs", self.pod, took)
+            self._say(f"ready ({took:.2f}s)")
 
     def fail(self, text: str) -> None:
-        log.error("[%s] %s", self.pod, text)
-        if self._console is not None:
-            self._console.print(f"[red]✗[/] [bold]{self.pod}[/]: {text}")
+        """Log a failure at debug level only: the raised error is what the user sees, once."""
+        log.debug("[%s] build failed: %s", self.pod, text)

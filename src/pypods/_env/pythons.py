@@ -103,6 +103,10 @@ def find(request: str | None) -> Interpreter:
     if not match:
         raise PodBuildError(f"python = {request!r}: expected a version like '3.9' or a path to an interpreter")
     major, minor, patch = int(match[1]), int(match[2]), match[3]
+    if (major, minor) < MIN_VERSION:
+        raise PodBuildError(
+            f'python = {request!r} is too old: pods need Python 3.8 or newer (set python in pod.toml, e.g. "3.11")'
+        )
     here = current()
     if here.version[:2] == (major, minor) and (patch is None or here.version[2] == int(patch)):
         return here
@@ -118,7 +122,10 @@ def find(request: str | None) -> Interpreter:
         found = probe(uv_path)
         if found.version[:2] == (major, minor):
             return found
-    raise PodBuildError(f"no Python {request} found on this machine; searched {searched_places()}")
+    raise PodBuildError(
+        f"no Python {request} found on this machine; searched {searched_places()}.\n"
+        f"hint: install it (e.g. `uv python install {major}.{minor}`) or change `python` in the pod's pod.toml"
+    )
 
 
 def installed() -> list[Interpreter]:

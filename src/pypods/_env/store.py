@@ -73,16 +73,28 @@ def _stat_id(path: str) -> list[int]:
 
 
 def resolve_python(layout: PodLayout, request: str | None, marker: dict[str, Any] | None) -> Interpreter:
-    """The pod's interpreter; reuses the marker's answer while that file is unchanged (no probe)."""
-    if marker is not None and marker.get("request") == request and request is not None:
-        path = marker.get("python")
-        try:
-            if isinstance(path, str) and marker.get("python_stat") == _stat_id(path):
-                major, minor, patch = marker["version"]
-                return Interpreter(path, (int(major), int(minor), int(patch)))
-        except (OSError, KeyError, TypeError):
-            pass
+    """The pod's interpreter; reuses the marker's answer while that file is unchanged (no probe).
+
+    A pod without a ``python`` setting keeps the Python it was first built with, so clients on
+    different Pythons (and the ``pypods`` command) do not rebuild it back and forth.
+    """
+    if marker is not None and marker.get("request") == request:
+        built = marker_interpreter(marker)
+        if built is not None:
+            return built
     return pythons.find(request)
+
+
+def marker_interpreter(marker: dict[str, Any]) -> Interpreter | None:
+    """The interpreter the marker names, if that file is unchanged since the build (stat only, never run)."""
+    path = marker.get("python")
+    try:
+        if isinstance(path, str) and marker.get("python_stat") == _stat_id(path):
+            major, minor, patch = marker["version"]
+            return Interpreter(path, (int(major), int(minor), int(patch)))
+    except (OSError, KeyError, TypeError, ValueError):
+        pass
+    return None
 
 
 def _write_marker(layout: PodLayout, key: str, request: str | None, interpreter: Interpreter) -> None:
@@ -100,23 +112,31 @@ def _write_marker(layout: PodLayout, key: str, request: str | None, interpreter:
 
 
 def state(layout: PodLayout, request: str | None) -> EnvState:
-    """Say whether the pod's environment is ready, and if not, why."""
+    """Say whether the pod's environment is ready, and if not, why, from what is on disk.
+
+    Runs no interpreter (neither the pod's nor one named in its ``pod.toml``): ``pypods list`` and
+    ``pypods doctor`` must not execute a pod's files just to show its state.
+    """
     if not layout.venv.exists():
         return EnvState("missing", "no venv/ yet")
     marker = read_marker(layout)
     if marker is None:
-        return EnvState("broken", "venv/ exists but no build finished (interrupted or failed)")
-    try:
-        interpreter = resolve_python(layout, request, marker)
-    except Exception as exc:
-        return EnvState("broken", str(exc))
-    if marker.get("python") != interpreter.path or marker.get("version") != list(interpreter.version):
-        return EnvState("stale", f"Python changed to {interpreter.version_text} ({interpreter.path})")
-    if marker.get("key") != env_key(layout, interpreter):
-        return EnvState("stale", "requirements changed")
+        return EnvState("broken", "venv/ exists but no build finished: interrupted or failed")
+    built = marker_interpreter(marker)
+    if built is None:
+        return EnvState("stale", f"its Python {marker.get('python')} changed or is gone")
+    if request is not None and marker.get("request") != request and not _same_version(request, built):
+        return EnvState("stale", f"python setting changed to {request!r} (built with {built.version_text})")
     if not layout.venv_python.exists():
         return EnvState("broken", "venv/ has no Python")
+    if marker.get("key") != env_key(layout, built):
+        return EnvState("stale", "requirements changed")
     return EnvState("ready")
+
+
+def _same_version(request: str, built: Interpreter) -> bool:
+    parts = request.strip().removeprefix("python").split(".")
+    return parts == [str(n) for n in built.version[: len(parts)]]
 
 
 def ensure_ready(
@@ -150,4 +170,5 @@ def ensure_ready(
             report.fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             raise
         _write_marker(layout, env_key(layout, interpreter), request, interpreter)
+    report.done()
     return interpreter

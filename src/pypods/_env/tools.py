@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -58,15 +59,59 @@ def clean_environ(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run_uv(args: Sequence[str], cwd: str) -> subprocess.CompletedProcess[str]:
-    """Run ``uv ARGS`` in *cwd*, capturing its output (never through a shell)."""
+def run_uv(args: Sequence[str], cwd: str, live: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run ``uv ARGS`` in *cwd*, capturing its output (never through a shell).
+
+    With *live* (stderr is a terminal), uv's own progress (downloads) is shown as it draws it.
+    """
     binary = uv_binary()
     if binary is None:
         raise FileNotFoundError("uv")
+    argv = [binary, *args]
+    if live and hasattr(os, "openpty"):
+        return _run_on_terminal(argv, cwd, clean_environ())
     env = clean_environ({"UV_NO_PROGRESS": "1", "NO_COLOR": "1"})
-    return subprocess.run(
-        [binary, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
-    )
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
+
+
+_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+
+
+def _run_on_terminal(argv: list[str], cwd: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Give uv a pseudo-terminal as stderr (it draws progress only on one), copy it to ours, keep its text."""
+    import fcntl
+    import termios
+
+    master, slave = os.openpty()
+    try:
+        try:  # the same width as the user's terminal, so progress bars fit
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, fcntl.ioctl(2, termios.TIOCGWINSZ, b"\0" * 8))
+        except OSError:
+            pass
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
+    finally:
+        os.close(slave)
+    out: list[bytes] = []
+    reader = threading.Thread(target=lambda: out.append(proc.stdout.read() if proc.stdout else b""), daemon=True)
+    reader.start()
+    drawn = bytearray()
+    try:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: uv closed the terminal (Linux)
+                break
+            if not data:
+                break
+            drawn += data
+            os.write(2, data)
+    finally:
+        os.close(master)
+        proc.wait()
+        reader.join()
+    lines = _ESCAPE.sub("", drawn.decode("utf-8", "replace")).replace("\r\n", "\n").split("\n")
+    text = "\n".join(line.rsplit("\r", 1)[-1] for line in lines)
+    return subprocess.CompletedProcess(argv, proc.returncode, b"".join(out).decode("utf-8", "replace"), text)
 
 
 @functools.lru_cache(maxsize=32)

@@ -1,12 +1,17 @@
 """Decoding the pod wire format: BSON plus the extension documents that ``codec.py`` writes.
 
-Decoding never imports or runs user code: extension tags map to fixed constructors, and enums and
-exceptions resolve only to classes of already-imported or standard-library modules (registered
-dataclasses and NamedTuples only to classes registered on this side).
+The decoder reads hostile input (a pod's replies, ``.pypods/description.bson``). It never imports a
+module and never calls anything but the constructors of a fixed set of value types: extension tags
+map to fixed constructors; ``enum``/``exc`` classes resolve only from ``sys.modules`` (modules this
+process already imported), looked up through class and module ``__dict__``s (no ``__getattr__``
+hooks); registered dataclasses and NamedTuples only to classes registered on this side. Every
+allocation is bounded by the bytes received, and sets and dicts with non-string keys refuse more
+than ``MAX_COLLISIONS`` keys sharing one hash, so hash flooding cannot make decoding quadratic.
 """
 
 from __future__ import annotations
 
+import collections
 import datetime
 import decimal
 import enum
@@ -14,7 +19,7 @@ import pathlib
 import struct
 import sys
 import uuid
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import exttypes
 
@@ -24,6 +29,9 @@ _unpack_f64 = struct.Struct("<d").unpack_from
 TAG = "$t"
 # Classes registered on this side, by wire name "module:QualName" (see codec.register).
 _BY_NAME: Dict[str, type] = {}
+MAX_COLLISIONS = 64  # keys of one set/dict that may share one hash value (hash flooding bound)
+MAX_INT_DIGITS = 4300  # a decimal ``int`` payload (older peers); ours are two's-complement bytes
+MAX_FLAG_BITS = 4096  # an enum.Flag value sent as an int
 
 
 class DecodeError(ValueError):
@@ -50,6 +58,10 @@ class Decoder:
         try:
             if len(data) < 5 or _unpack_i32(data, 0)[0] != len(data):
                 raise DecodeError("document length does not match its frame")
+            if data[4:8] == b"\x10id\x00" and data[-1] == 0:
+                known = _hot_shape(data)
+                if known is not None:
+                    return known
             doc, _ = self._doc(data, 0, False)
         except DecodeError:
             raise
@@ -147,40 +159,137 @@ class Decoder:
         return special(payload, fields, self)
 
 
-def _importable_class(spec: Any, base: type) -> Optional[type]:
-    """Resolve ``module:qualname`` without running code: only modules already imported or stdlib."""
+_CALL = b"\x02op\x00\x05\x00\x00\x00call\x00\x02name\x00"
+_OK = b"\x08ok\x00\x01"
+_SCALAR_VALUES: Dict[bytes, Callable[[bytes, int], Tuple[Any, int]]] = {
+    b"\x10value\x00": lambda data, pos: (_unpack_i32(data, pos)[0], pos + 4),
+    b"\x01value\x00": lambda data, pos: (_unpack_f64(data, pos)[0], pos + 8),
+    b"\x0avalue\x00": lambda data, pos: (None, pos),
+}
+
+
+def _hot_shape(data: bytes) -> Optional[Dict[str, Any]]:
+    """The two messages of every call, read by their fixed layout (what ``_doc`` would return, faster).
+
+    A call ``{"id": int32, "op": "call", "name": str, "a": binary}`` and a result
+    ``{"id": int32, "ok": true, "value": int32 | double | null[, "j": str]}``; None for anything
+    else (the generic decoder then reads it, and raises if it must).
+    """
+    end = len(data) - 1
+    call_id = _unpack_i32(data, 8)[0]
+    if data.startswith(_CALL, 12):
+        pos = 12 + len(_CALL)
+        length = _unpack_i32(data, pos)[0]
+        stop = pos + 3 + length
+        if length < 1 or stop + 8 > end or data[stop] != 0 or data[stop + 1 : stop + 4] != b"\x05a\x00":
+            return None
+        name = data[pos + 4 : stop].decode("utf-8", "surrogatepass")
+        size = _unpack_i32(data, stop + 4)[0]
+        start = stop + 9
+        if data[stop + 8] != 0 or size < 0 or start + size != end:
+            return None
+        return {"id": call_id, "op": "call", "name": name, "a": data[start:end]}
+    if data.startswith(_OK, 12):
+        read = _SCALAR_VALUES.get(data[17:24])
+        if read is None:
+            return None
+        value, pos = read(data, 24)
+        if pos == end:
+            return {"id": call_id, "ok": True, "value": value}
+        if value is not None or data[pos : pos + 3] != b"\x02j\x00" or pos + 8 > end:
+            return None
+        length = _unpack_i32(data, pos + 3)[0]
+        stop = pos + 6 + length
+        if length < 1 or stop != end - 1 or data[stop] != 0:
+            return None
+        return {"id": call_id, "ok": True, "value": None, "j": data[pos + 7 : stop].decode("utf-8", "surrogatepass")}
+    return None
+
+
+def _lookup(spec: Any, base: type) -> Optional[type]:
+    """Resolve ``module:QualName`` from ``sys.modules`` only, through ``__dict__``s: no import, no hook."""
     if not isinstance(spec, str) or ":" not in spec:
         return None
     module_name, qualname = spec.split(":", 1)
-    module = sys.modules.get(module_name)
-    if module is None and exttypes.is_stdlib(module_name):
-        import importlib
-
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            return None
-    obj: Any = module
+    obj: Any = sys.modules.get(module_name)
     for part in qualname.split("."):
-        obj = getattr(obj, part, None) if obj is not None else None
+        if obj is None:
+            return None
+        try:
+            obj = vars(obj).get(part)
+        except TypeError:  # no __dict__
+            return None
     return obj if isinstance(obj, type) and issubclass(obj, base) else None
 
 
 def _decode_enum(payload: Any, fields: Dict[str, Any]) -> Any:
-    cls = _importable_class(fields.get("c"), enum.Enum)
+    cls = _lookup(fields.get("c"), enum.Enum)
     if cls is None:
-        raise DecodeError("enum %s is not importable on this side" % fields.get("c"))
-    return cls[payload]  # type: ignore[index]
+        raise DecodeError("enum %s is not importable on this side (its module is not imported)" % fields.get("c"))
+    if type(payload) is str:
+        member = vars(cls).get("_member_map_", {}).get(payload)
+        if member is None:
+            raise DecodeError("enum %s has no member %r" % (fields.get("c"), payload))
+        return member
+    # A combination of flags (re.I | re.M) crosses as its int value; only Flag classes take one, and
+    # only through enum's own metaclass (a custom one could run code on call).
+    flag = issubclass(cls, enum.Flag) and type(cls) is type(enum.Flag)
+    if type(payload) is int and flag and payload.bit_length() <= MAX_FLAG_BITS:
+        return cls(payload)
+    raise DecodeError("bad value for enum %s" % fields.get("c"))
+
+
+def _builtin_base(cls: type) -> Optional[type]:
+    """The nearest builtin exception class in *cls*'s MRO (whose constructor runs no Python code)."""
+    if type(cls) is not type:  # a metaclass could run code on call
+        return None
+    for klass in cls.__mro__:
+        if klass.__module__ == "builtins":
+            return klass
+    return None
 
 
 def _decode_exception(payload: Any, fields: Dict[str, Any]) -> BaseException:
-    cls = _importable_class(fields.get("c"), BaseException)
-    if cls is not None:
+    cls = _lookup(fields.get("c"), BaseException)
+    base = _builtin_base(cls) if cls is not None else None
+    if cls is not None and base is not None and isinstance(payload, list):
         try:
-            return cls(*payload)  # type: ignore[no-any-return]
+            # The builtin base's __new__ and __init__ only: a class's own Python constructor never runs.
+            exc: Any = base.__new__(cls, *payload)
+            base.__init__(exc, *payload)  # type: ignore[misc]
+            return exc  # type: ignore[no-any-return]
         except Exception:
             pass
-    return Exception("%s: %s" % (fields.get("c", "?").replace(":", "."), fields.get("m", "")))
+    name = str(fields.get("c", "?")).replace(":", ".")
+    return Exception("%s: %s" % (name, fields.get("m", "")))
+
+
+def _check_keys(keys: List[Any]) -> None:
+    """Refuse more than MAX_COLLISIONS keys with one hash: inserting them would be quadratic."""
+    if len(keys) > MAX_COLLISIONS:
+        counts = collections.Counter(map(hash, keys))
+        if max(counts.values()) > MAX_COLLISIONS:
+            raise DecodeError("more than %d keys share one hash value (hash flooding)" % MAX_COLLISIONS)
+
+
+def _items(payload: Any) -> List[Any]:
+    if type(payload) is not list:
+        raise DecodeError("extension payload is not an array")
+    return payload
+
+
+def _decode_set(payload: Any, fields: Dict[str, Any]) -> Any:
+    items = _items(payload)
+    _check_keys(items)
+    return set(items) if fields[TAG] == "set" else frozenset(items)
+
+
+def _decode_int(payload: Any, fields: Dict[str, Any]) -> int:
+    if isinstance(payload, bytes):  # two's complement, little-endian: linear in size, no digit limit
+        return int.from_bytes(payload, "little", signed=True)
+    if type(payload) is str and len(payload) <= MAX_INT_DIGITS:
+        return int(payload)
+    raise DecodeError("bad int payload")
 
 
 _PATHS = {
@@ -209,25 +318,36 @@ def _decode_datetime(payload: Any, fields: Dict[str, Any]) -> datetime.datetime:
     return value.replace(fold=1) if fields.get("fold") else value
 
 
+def _decode_time(payload: Any, fields: Dict[str, Any]) -> datetime.time:
+    value = datetime.time.fromisoformat(payload)
+    return value.replace(fold=1) if fields.get("fold") else value
+
+
 def _decode_dict(payload: Any, fields: Dict[str, Any]) -> Dict[Any, Any]:
-    return dict(payload)
+    pairs = _items(payload)
+    if not all(type(pair) is list and len(pair) == 2 for pair in pairs):
+        raise DecodeError("dict payload is not an array of [key, value] pairs")
+    _check_keys([pair[0] for pair in pairs])
+    return dict(pairs)
 
 
 def _decode_bytearray(payload: Any, fields: Dict[str, Any]) -> bytearray:
+    if not isinstance(payload, (bytes, bytearray)):  # never bytearray(n) from a declared n
+        raise DecodeError("bytearray payload is not binary")
     return payload if isinstance(payload, bytearray) else bytearray(payload)
 
 
 _DECODERS: Dict[str, Callable[[Any, Dict[str, Any]], Any]] = {
-    "tuple": lambda v, f: tuple(v),
-    "set": lambda v, f: set(v),
-    "frozenset": lambda v, f: frozenset(v),
+    "tuple": lambda v, f: tuple(_items(v)),
+    "set": _decode_set,
+    "frozenset": _decode_set,
     "dict": _decode_dict,
-    "int": lambda v, f: int(v),
+    "int": _decode_int,
     "complex": lambda v, f: complex(v[0], v[1]),
     "decimal": lambda v, f: decimal.Decimal(v),
     "datetime": _decode_datetime,
     "date": lambda v, f: datetime.date.fromisoformat(v),
-    "time": lambda v, f: datetime.time.fromisoformat(v),
+    "time": _decode_time,
     "timedelta": lambda v, f: datetime.timedelta(v[0], v[1], v[2]),
     "range": lambda v, f: range(v[0], v[1], v[2]),
     "path": _decode_path,

@@ -1,21 +1,15 @@
-"""Optional wire types (numpy, pandas) and out-of-band buffers in shared memory (stdlib only to import).
+"""Optional wire types (numpy, pandas), imported only when a value of theirs crosses (stdlib only to import).
 
 Nothing here imports numpy, pandas or pyarrow until a value of theirs is sent or received, so a pod
-without them pays nothing. Large buffers go through files in ``/dev/shm`` (a tmpfs: memory, not
-disk), named ``pypods-<pid>-<n>`` so that whoever outlives a crash can sweep what the dead side left.
+without them pays nothing. Large buffers go out of band through ``sharedmem`` (sealed memfds).
 """
 
 from __future__ import annotations
 
-import mmap
-import os
-import re
 import sys
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
-SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else os.environ.get("TMPDIR", "/tmp")
-_SHM_NAME = re.compile(r"\Apypods-[0-9]+-[0-9]+\Z")
-DEFAULT_THRESHOLD = 1 << 20
+from .sharedmem import DEFAULT_THRESHOLD as DEFAULT_THRESHOLD, OutOfBand as OutOfBand  # re-exported
 
 
 class MissingLibrary(ModuleNotFoundError):
@@ -29,84 +23,6 @@ class RawBuffer:
 
     def __init__(self, view: memoryview) -> None:
         self.view = view
-
-
-class OutOfBand:
-    """Move buffers of ``threshold`` bytes or more through shared memory instead of the pipe.
-
-    The sender creates a segment per buffer and records it; the receiver reads it and unlinks it at
-    once. ``discard()`` (called by the sender when the call ends, however it ends) unlinks whatever
-    the receiver did not take, so nothing outlives the call.
-    """
-
-    __slots__ = ("_counter", "created", "threshold")
-
-    def __init__(self, threshold: int = DEFAULT_THRESHOLD) -> None:
-        self.threshold = threshold
-        self.created: List[str] = []
-        self._counter = 0
-
-    def put(self, data: Any) -> str:
-        """Copy *data* (a bytes-like object) into a new segment and return its name."""
-        self._counter += 1
-        name = "pypods-%d-%d" % (os.getpid(), self._counter)
-        path = os.path.join(SHM_DIR, name)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        self.created.append(path)
-        try:
-            view = memoryview(data).cast("B")
-            written = 0
-            while written < len(view):
-                written += os.write(fd, view[written:])
-        finally:
-            os.close(fd)
-        return name
-
-    def get(self, name: Any, kind: Any) -> Any:
-        """Take a segment: ``bytes``/``bytearray`` copy it out, ``raw`` maps it (private, writable)."""
-        if not isinstance(name, str) or not _SHM_NAME.match(name):
-            raise ValueError("bad shared-memory segment name %r" % (name,))
-        path = os.path.join(SHM_DIR, name)
-        fd = os.open(path, os.O_RDWR)
-        try:
-            os.unlink(path)
-            size = os.fstat(fd).st_size
-            if kind == "raw":
-                if size == 0:
-                    return bytearray()
-                return memoryview(mmap.mmap(fd, size, access=mmap.ACCESS_COPY))
-            with os.fdopen(os.dup(fd), "rb", buffering=0) as handle:
-                data = handle.readall()
-            return bytearray(data) if kind == "bytearray" else data
-        finally:
-            os.close(fd)
-
-    def discard(self) -> None:
-        """Unlink every segment this side created that is still there."""
-        for path in self.created:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-        del self.created[:]
-
-
-def sweep(pid: int) -> int:
-    """Remove segments left by process *pid* (it died mid-call); return how many."""
-    prefix = "pypods-%d-" % pid
-    removed = 0
-    try:
-        names = os.listdir(SHM_DIR)
-    except OSError:
-        return 0
-    for name in names:
-        if name.startswith(prefix):
-            try:
-                os.unlink(os.path.join(SHM_DIR, name))
-                removed += 1
-            except OSError:
-                pass
-    return removed
 
 
 def is_stdlib(module: str) -> bool:
@@ -170,6 +86,8 @@ def _encode_ndarray(enc: Any, out: bytearray, key: bytes, obj: Any) -> None:
 def _decode_ndarray(payload: Any, fields: Dict[str, Any], dec: Any) -> Any:
     np = _require("numpy", "numpy array")
     dtype = np.lib.format.descr_to_dtype(_lists_to_tuples(fields["d"]))
+    if dtype.hasobject:
+        raise ValueError("numpy dtype %s holds Python objects: refused" % dtype)
     if isinstance(payload, (bytes, bytearray)):
         payload = bytearray(payload)  # a writable buffer, as a locally made array would be
     flat = np.frombuffer(payload, dtype=dtype)
@@ -204,9 +122,22 @@ def _encode_pandas(enc: Any, out: bytearray, key: bytes, obj: Any) -> None:
 
 
 def _decode_pandas(payload: Any, fields: Dict[str, Any], dec: Any) -> Any:
+    from . import arrowguard
+
     _require("pandas", "pandas object")
     pa = _require("pyarrow", "pandas object")
-    frame = pa.ipc.open_stream(pa.py_buffer(bytes(payload))).read_all().to_pandas()
+    if not arrowguard.pyarrow_ok(pa.__version__):
+        raise MissingLibrary(
+            "cannot receive a pandas object: pyarrow %s is older than %s (CVE-2023-47248)"
+            % (pa.__version__, ".".join(map(str, arrowguard.MIN_PYARROW))),
+            name="pyarrow",
+        )
+    if not isinstance(payload, (bytes, bytearray)):
+        raise ValueError("pandas payload is not binary")
+    arrowguard.check_stream(payload)
+    table = pa.ipc.open_stream(pa.py_buffer(bytes(payload))).read_all()
+    arrowguard.check_table(pa, table, len(payload))
+    frame = table.to_pandas()
     if fields.get("series"):
         series = frame.iloc[:, 0]
         return series.rename(None) if series.name == "__series__" else series

@@ -17,11 +17,12 @@ import time
 import types
 from typing import Any, Callable, Deque, Dict, List, Optional, Set
 
-from . import messages
+from . import fastcodec, messages
 from .codec import Encoder, register
 from .decoding import DecodeError, Decoder
-from .exttypes import MissingLibrary, OutOfBand, sweep
+from .exttypes import MissingLibrary, OutOfBand
 from .framing import FrameError, FrameReader, PipeClosed, write_all
+from .sharedmem import FdChannel
 
 SPIN = float(os.environ.get("PYPODS_SPIN_US", "100")) / 1e6
 
@@ -47,12 +48,6 @@ def _guard_stdio() -> tuple[int, int]:
     return proto_in, proto_out
 
 
-def _orphaned_cleanup(parent: int) -> None:
-    """Our client died: remove shared-memory segments it or we left for a read that never came."""
-    sweep(parent)
-    sweep(os.getpid())
-
-
 def _watch_parent(parent: int) -> None:
     """Exit if the client dies while a long call keeps us from seeing the pipe close."""
 
@@ -60,10 +55,40 @@ def _watch_parent(parent: int) -> None:
         while True:
             time.sleep(0.5)
             if os.getppid() != parent:
-                _orphaned_cleanup(parent)
+                _end_group()
                 os._exit(70)
 
     threading.Thread(target=watch, name="pypods-parent-watch", daemon=True).start()
+
+
+def _end_group() -> None:
+    """Our client is gone: end the processes this pod started (our group), then ourselves."""
+    if os.getpgrp() == os.getpid():  # we lead the group (start_new_session): never kill a foreign one
+        try:
+            os.killpg(os.getpid(), signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _end_children() -> None:
+    """We are exiting: end every other process of our group, so none of the pod's outlives us.
+
+    The client ends the group too, but it may have died first (its pipe closes before we are
+    reparented, so we cannot tell). Linux only (``/proc``); elsewhere the client's kill does it.
+    """
+    me = os.getpid()
+    if os.getpgrp() != me or not os.path.isdir("/proc"):
+        return
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open("/proc/%s/stat" % entry, "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+            if int(fields[2]) == me:  # state, ppid, pgrp
+                os.kill(int(entry), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            continue
 
 
 def _no_breakpoint(*args: Any, **kwargs: Any) -> None:
@@ -132,6 +157,7 @@ class Worker:
         self.import_error: Optional[Dict[str, Any]] = None
         self.busy = False  # True only while pod code runs: the one time a Ctrl-C may interrupt
         self.cancelled: Set[int] = set()  # ids the client cancelled before we started them
+        self.fast = False  # the client chose the fast1 encoding for replies (fastcodec.py)
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         """The client passes Ctrl-C on: interrupt the pod function, never the protocol itself."""
@@ -146,8 +172,12 @@ class Worker:
         """
         sent = True
         try:
-            if fast:  # a plain result: {"id", "ok": true, "value"}
+            if fast and self.fast:  # fast1: JSON or packed floats when exact, else BSON
+                data = fastcodec.encode_reply(self.big, message["id"], message["value"])
+            elif fast:  # a plain result: {"id", "ok": true, "value"}
                 data = Encoder(self.big).reply(message["id"], message["value"])
+            elif self.fast and "yield" in message and "p" not in message:
+                data = fastcodec.encode_reply(self.big, message["id"], message["yield"], "yield")
             else:
                 data = Encoder(self.big).document(message)
         except Exception as exc:  # EncodeError, or any failure of a value's own methods
@@ -182,6 +212,7 @@ class Worker:
             "pid": os.getpid(),
             "python": list(sys.version_info[:3]),
             "executable": sys.executable,
+            "encodings": fastcodec.ENCODINGS,
         }
         if self.import_error is not None:
             message["error"] = self.import_error
@@ -245,6 +276,8 @@ class Worker:
                 self.hello()
             elif op == "register":
                 self.register(request.get("classes") or [])
+            elif op == "encoding":
+                self.fast = request.get("name") == fastcodec.NAME
             elif op == "shutdown":
                 return
 
@@ -346,7 +379,12 @@ class Worker:
                 return
             if function is None:
                 raise AttributeError("no function %r in this pod (it offers: %s)" % (name, ", ".join(self.functions)))
-            args, kwargs = request.get("args", ()), request.get("kwargs", {})
+            try:
+                args, kwargs = fastcodec.decode_request(request, self.decoder)
+            except (DecodeError, MissingLibrary) as exc:  # the arguments cannot be received here
+                self.big.discard()
+                self.send({"id": call_id, "ok": False, "error": messages.error_info(exc, "decode")})
+                return
             if "p" in request:
                 if not self.pickle:
                     raise PermissionError("pod %r does not accept pickled arguments (codec is bson)" % self.pod_name)
@@ -387,20 +425,61 @@ class Worker:
         return message if message.get("op") in ("more", "cancel") else None
 
 
+def import_pods_package(project_root: str) -> None:
+    """Make ``pods`` importable without putting the project root on ``sys.path``.
+
+    Anything else in the client's folder (a ``queue.py``, a ``json/``) must not shadow the pod's
+    standard library or packages, so only ``<root>/pods`` becomes reachable, as package ``pods``.
+    """
+    import importlib.machinery
+    import importlib.util
+
+    folder = os.path.join(project_root, "pods")
+    init = os.path.join(folder, "__init__.py")
+    if os.path.isfile(init):
+        spec = importlib.util.spec_from_file_location("pods", init, submodule_search_locations=[folder])
+    else:
+        spec = importlib.machinery.ModuleSpec("pods", None, is_package=True)
+        spec.submodule_search_locations = [folder]
+    if spec is None:  # pragma: no cover - spec_from_file_location of an existing .py
+        raise ImportError("cannot import the pods package from %s" % folder)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pods"] = module
+    if spec.loader is not None:
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules["pods"]  # the pod's import then fails and the hello reports why
+            raise
+
+
 def main(argv: List[str]) -> int:
-    """Entry point: ``argv`` is ``[pod_name, pod_dir, project_root, codec, describe ("1"/"0")]``."""
+    """Entry point: ``argv`` is ``[pod_name, pod_dir, project_root, codec, describe ("1"/"0"), channel fd]``.
+
+    The channel fd is the worker's end of the socketpair for shared memory, ``-1`` for none.
+    """
     pod_name, pod_dir, project_root = argv[:3]
     codec = argv[3] if len(argv) > 3 else "bson"
     describe = argv[4] != "0" if len(argv) > 4 else True
+    channel_fd = int(argv[5]) if len(argv) > 5 else -1
     parent = os.getppid()
     proto_in, proto_out = _guard_stdio()
     sys.breakpointhook = _no_breakpoint
-    sys.path[:] = [project_root] + [p for p in sys.path if p not in ("", project_root)]
+    sys.path[:] = [p for p in sys.path if p not in ("", project_root)]
+    pods_error: Optional[BaseException] = None
+    try:
+        import_pods_package(project_root)
+    except Exception as exc:  # reported as the pod's import error below, not as a dead worker
+        pods_error = exc
     _watch_parent(parent)
     worker = Worker(pod_name, pod_dir, proto_in, proto_out, codec)
+    if channel_fd >= 0:
+        worker.big.attach(FdChannel.from_fd(channel_fd))
     worker.describe = describe
     signal.signal(signal.SIGINT, worker.on_sigint)
     worker.load("pods.%s.pod" % pod_name)
+    if pods_error is not None and worker.import_error is not None:
+        worker.import_error = messages.error_info(pods_error, "import")  # the cause, not "no module pods"
     try:
         worker.hello()
         worker.serve()
@@ -408,8 +487,7 @@ def main(argv: List[str]) -> int:
         pass
     finally:
         worker.big.discard()
-        if os.getppid() != parent:
-            _orphaned_cleanup(parent)
         if isinstance(sys.stdout, io.TextIOBase):
             sys.stdout.flush()
+        _end_children()
     return 0

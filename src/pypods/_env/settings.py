@@ -1,0 +1,171 @@
+"""A pod's settings (``pod.toml``, then the caller's arguments), validated as hostile input, and TOML written safely.
+
+``pod.toml`` lives in the pod's folder, so it is treated like anything else a pod leaves on disk: every
+value is type-checked and bounded, and it may not choose the pickle codec (which runs code in the
+client on decode); only the client's own code can, with an argument to ``load``/``PodLoader``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from .._errors import PodConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.9/3.10 clients
+    import tomli as tomllib
+
+if TYPE_CHECKING:
+    from .layout import PodLayout
+
+MAX_WORKERS = 64
+MAX_SECONDS = 10_000_000.0  # about four months; larger values overflow some platforms' wait calls
+ARGUMENTS = "arguments"
+CHOICES = {
+    "start": ("auto", "eager", "lazy"),
+    "codec": ("bson", "pickle"),
+    "log": ("stderr", "logging"),
+    "backend": ("local", "ray"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PodSettings:
+    """A pod's settings: defaults, then ``pod.toml``, then the caller's arguments."""
+
+    python: str | None = None
+    workers: int = 1
+    timeout: float | None = None
+    start: str = "auto"
+    start_timeout: float | None = None
+    idle_timeout: float | None = None
+    codec: str = "bson"
+    log: str = "stderr"
+    backend: str = "local"
+    address: str | None = None
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def load(cls, layout: PodLayout, overrides: dict[str, Any]) -> PodSettings:
+        """Read ``pod.toml`` (if any) and apply *overrides* (None means "not given").
+
+        Raises:
+            PodConfigError: ``pod.toml`` is not valid TOML, names an unknown setting (with a "did you
+                mean"), a value has the wrong type or is out of range, or it sets ``codec = "pickle"``;
+                the message names the file and the key. Also a ``ValueError``.
+        """
+        values: dict[str, Any] = {}
+        if layout.settings.is_file():
+            source = str(layout.settings)
+            try:
+                raw = tomllib.loads(layout.settings.read_text(encoding="utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise PodConfigError(f"{source}: not valid TOML: {exc}") from exc
+            values = _checked(raw, source, from_file=True)
+        given = {key: value for key, value in overrides.items() if value is not None}
+        values.update(_checked(given, ARGUMENTS, from_file=False))
+        return cls(**values)
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any], source: str) -> PodSettings:
+        """Settings from *values* as the client's own code gives them (pickle allowed)."""
+        return cls(**_checked(values, source, from_file=False))
+
+
+KNOWN = tuple(field.name for field in dataclasses.fields(PodSettings))
+
+
+def _checked(values: dict[str, Any], source: str, *, from_file: bool) -> dict[str, Any]:
+    unknown = sorted(set(values) - set(KNOWN))
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, KNOWN, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise PodConfigError(f"{source}: unknown setting {key!r}{hint} (known: {', '.join(KNOWN)})")
+    checked = {key: _check(key, value, source) for key, value in values.items()}
+    if from_file and checked.get("codec") == "pickle":
+        raise PodConfigError(
+            f'{source}: codec = "pickle" is not allowed in pod.toml: the pickle codec runs code in the client '
+            "when it decodes, and pod.toml lives in the pod's own folder. If you trust this pod, choose it in your "
+            'own code: pypods.load(name, codec="pickle") or PodLoader(name, globals(), codec="pickle")'
+        )
+    return checked
+
+
+def _where(source: str, key: str) -> str:
+    return f"argument {key!r}" if source == ARGUMENTS else f"{source}: setting {key!r}"
+
+
+def _check(key: str, value: Any, source: str) -> Any:
+    def bad(expected: str) -> PodConfigError:
+        return PodConfigError(f"{_where(source, key)} must be {expected}, not {value!r}")
+
+    if key in ("python", "address"):
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if not isinstance(value, str) or not value.strip() or len(value) > 4096 or _has_control(value):
+            raise bad("a non-empty string without control characters")
+        return value
+    if key == "workers":
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+            raise bad(f"a whole number from 1 to {MAX_WORKERS}")
+        return value
+    if key in ("timeout", "idle_timeout", "start_timeout"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number of seconds")
+        if not math.isfinite(value) or not 0 < value <= MAX_SECONDS:
+            raise bad(f"a finite number of seconds above 0 and at most {MAX_SECONDS:,.0f}")
+        return float(value)
+    if key in CHOICES:
+        if not isinstance(value, str) or value not in CHOICES[key]:
+            raise bad("one of " + ", ".join(repr(c) for c in CHOICES[key]))
+        return value
+    if key == "env":
+        return _check_env(value, _where(source, key))
+    raise bad("a known setting")  # pragma: no cover - guarded by _checked
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(char) < 32 or ord(char) == 127 for char in text)
+
+
+def _check_env(table: Any, where: str) -> dict[str, str]:
+    """Environment variables: names without ``=``/NUL (and not empty), string or number values without NUL."""
+    if not isinstance(table, dict):
+        raise PodConfigError(f'{where} must be a table of NAME = "value", not {table!r}')
+    env: dict[str, str] = {}
+    for name, value in table.items():
+        if not isinstance(name, str) or not name or "=" in name or "\0" in name:
+            raise PodConfigError(f"{where}: {name!r} is not a valid environment variable name (empty, or has = or NUL)")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise PodConfigError(
+                f'{where}: {name} must be a string or a number (quote it: {name} = "..."), not {value!r}'
+            )
+        text = str(value)
+        if "\0" in text:
+            raise PodConfigError(f"{where}: the value of {name} contains a NUL character")
+        env[name] = text
+    return env
+
+
+def toml_string(text: str) -> str:
+    """*text* as a TOML basic string: quotes, backslashes and control characters escaped, nothing injected."""
+    out = ['"']
+    for char in text:
+        code = ord(char)
+        if char in ('"', "\\"):
+            out.append("\\" + char)
+        elif code < 32 or code == 127:
+            out.append(f"\\u{code:04x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            raise ValueError(f"cannot write a lone surrogate ({code:#x}) to TOML")
+        else:
+            out.append(char)
+    out.append('"')
+    return "".join(out)

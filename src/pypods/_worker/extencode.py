@@ -1,0 +1,241 @@
+"""Encoders of the extension values (tuples, sets, dates, enums, exceptions, dataclasses, ...) and the
+class registry; ``codec.Encoder`` calls them for every value plain BSON cannot carry (stdlib only).
+
+Each encoder is ``(encoder, out, key, value) -> None`` and writes one element through
+``Encoder.ext``; ``_encoder_for_subclass`` picks one for types not in the table. Every failure is
+an ``EncodeError`` by the time it leaves ``codec.Encoder``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import enum
+import pathlib
+import uuid
+from typing import TYPE_CHECKING, Any, Callable, Dict, List
+
+from . import exttypes
+from .decoding import _BY_NAME
+
+if TYPE_CHECKING:
+    from .codec import Encoder
+
+
+class EncodeError(TypeError):
+    """A value cannot be encoded; ``path`` says where it sat, innermost last."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path: List[str] = []
+
+    def where(self) -> str:
+        """Render the path as Python would index it: ``args[1]['items'][3]``."""
+        return "".join(reversed(self.path))
+
+    def __str__(self) -> str:
+        where = self.where()
+        return "%s: %s" % (where, self.message) if where else self.message
+
+
+def _raw(enc: Encoder, out: bytearray, key: bytes, obj: exttypes.RawBuffer) -> None:
+    enc._binary(out, key, obj.view, "raw")
+
+
+def _tuple(enc: Encoder, out: bytearray, key: bytes, obj: Any) -> None:
+    enc.ext(out, key, "tuple", list(obj))
+
+
+def _set(enc: Encoder, out: bytearray, key: bytes, obj: Any) -> None:
+    enc.ext(out, key, "set" if isinstance(obj, set) else "frozenset", list(obj))
+
+
+def _datetime(enc: Encoder, out: bytearray, key: bytes, obj: Any) -> None:
+    tag = "datetime" if isinstance(obj, datetime.datetime) else "date"
+    if tag == "datetime" and obj.fold:
+        enc.ext(out, key, tag, obj.isoformat(), fold=1)
+    else:
+        enc.ext(out, key, tag, obj.isoformat())
+
+
+def _time(enc: Encoder, out: bytearray, key: bytes, obj: datetime.time) -> None:
+    if obj.fold:
+        enc.ext(out, key, "time", obj.isoformat(), fold=1)
+    else:
+        enc.ext(out, key, "time", obj.isoformat())
+
+
+def _timedelta(enc: Encoder, out: bytearray, key: bytes, obj: datetime.timedelta) -> None:
+    enc.ext(out, key, "timedelta", [obj.days, obj.seconds, obj.microseconds])
+
+
+def _uuid(enc: Encoder, out: bytearray, key: bytes, obj: uuid.UUID) -> None:
+    out += b"\x05" + key + b"\x10\x00\x00\x00\x04" + obj.bytes
+
+
+def _complex(enc: Encoder, out: bytearray, key: bytes, obj: complex) -> None:
+    enc.ext(out, key, "complex", [obj.real, obj.imag])
+
+
+def _decimal(enc: Encoder, out: bytearray, key: bytes, obj: decimal.Decimal) -> None:
+    enc.ext(out, key, "decimal", str(obj))
+
+
+def _path(enc: Encoder, out: bytearray, key: bytes, obj: pathlib.PurePath) -> None:
+    enc.ext(out, key, "path", str(obj), k=type(obj).__name__)
+
+
+def _range(enc: Encoder, out: bytearray, key: bytes, obj: range) -> None:
+    enc.ext(out, key, "range", [obj.start, obj.stop, obj.step])
+
+
+def _bytearray(enc: Encoder, out: bytearray, key: bytes, obj: bytearray) -> None:
+    enc._binary(out, key, obj, "bytearray")
+
+
+def _memoryview(enc: Encoder, out: bytearray, key: bytes, obj: memoryview) -> None:
+    enc._binary(out, key, obj.cast("B") if obj.c_contiguous else obj.tobytes(), "bytes")
+
+
+def _enum(enc: Encoder, out: bytearray, key: bytes, obj: enum.Enum) -> None:
+    cls = type(obj)
+    name = obj._name_
+    payload: Any = name
+    if name is None or cls._member_map_.get(name) is not obj:
+        if not isinstance(obj, enum.Flag) or type(obj._value_) is not int:
+            raise EncodeError("cannot send %s: not a member of its enum" % cls.__qualname__)
+        payload = obj._value_  # a combination of flags (re.I | re.M) crosses as its int value
+    enc.ext(out, key, "enum", payload, c="%s:%s" % (cls.__module__, cls.__qualname__))
+
+
+def _exception(enc: Encoder, out: bytearray, key: bytes, obj: BaseException) -> None:
+    cls = type(obj)
+    args = [a if _sendable(enc, a) else _safe_text(repr, a) for a in obj.args]
+    enc.ext(out, key, "exc", args, c="%s:%s" % (cls.__module__, cls.__qualname__), m=_safe_text(str, obj))
+
+
+def _safe_text(render: Callable[[Any], str], obj: Any) -> str:
+    """``str``/``repr`` of a value whose own method may raise (the error is sent instead)."""
+    try:
+        return str(render(obj))
+    except Exception as exc:
+        return "<%s of %s failed: %s>" % (render.__name__, type(obj).__name__, type(exc).__name__)
+
+
+def _as_encode_error(exc: BaseException) -> EncodeError:
+    """Any failure while encoding, as the one error type callers catch."""
+    if isinstance(exc, EncodeError):
+        return exc
+    if isinstance(exc, RecursionError):
+        return EncodeError("value is nested too deeply to send")
+    return EncodeError("cannot send this value: %s: %s" % (type(exc).__name__, _safe_text(str, exc)))
+
+
+def _dataclass(enc: Encoder, out: bytearray, key: bytes, obj: Any) -> None:
+    import dataclasses
+
+    fields = {field.name: getattr(obj, field.name) for field in dataclasses.fields(obj)}
+    enc.value(out, key, fields)  # sent as its fields: the receiver may not have the class
+
+
+def _is_dataclass(obj: Any) -> bool:
+    """``dataclasses.is_dataclass`` without importing dataclasses (and inspect) at worker start."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    return hasattr(cls, "__dataclass_fields__")
+
+
+def _fields(obj: Any) -> Dict[str, Any]:
+    if _is_dataclass(obj):
+        import dataclasses
+
+        return {field.name: getattr(obj, field.name) for field in dataclasses.fields(obj)}
+    return dict(obj._asdict())  # a NamedTuple
+
+
+def _registered(enc: Encoder, out: bytearray, key: bytes, obj: Any) -> None:
+    enc.ext(out, key, "obj", _fields(obj), c=REGISTERED[type(obj)])
+
+
+# Classes both sides agreed to rebuild (dataclasses and NamedTuples): class -> "module:qualname".
+REGISTERED: Dict[type, str] = {}
+
+
+def register(cls: type) -> str:
+    """Let instances of *cls* (a dataclass or NamedTuple) cross as themselves; return its wire name."""
+    if not (_is_dataclass(cls) or (issubclass(cls, tuple) and hasattr(cls, "_fields"))):
+        raise TypeError("only dataclasses and NamedTuples can be registered, not %r" % (cls,))
+    name = "%s:%s" % (cls.__module__, cls.__qualname__)
+    if REGISTERED.get(cls) != name:
+        REGISTERED[cls] = name
+        _BY_NAME[name] = cls
+        _VERSION[0] += 1
+    return name
+
+
+_VERSION = [0]
+
+
+def registry_version() -> int:
+    """Bumped by every new registration, so connections know to tell their worker."""
+    return _VERSION[0]
+
+
+def _sendable(enc: Encoder, obj: Any) -> bool:
+    try:
+        type(enc)().value(bytearray(), b"x\x00", obj)
+    except Exception:
+        return False
+    return True
+
+
+_ENCODERS: Dict[type, Callable[[Encoder, bytearray, bytes, Any], None]] = {
+    tuple: _tuple,
+    set: _set,
+    frozenset: _set,
+    datetime.datetime: _datetime,
+    datetime.date: _datetime,
+    datetime.time: _time,
+    datetime.timedelta: _timedelta,
+    uuid.UUID: _uuid,
+    complex: _complex,
+    decimal.Decimal: _decimal,
+    range: _range,
+    bytearray: _bytearray,
+    memoryview: _memoryview,
+    exttypes.RawBuffer: _raw,
+}
+
+
+def _encoder_for_subclass(obj: Any) -> Callable[[Encoder, bytearray, bytes, Any], None]:
+    """Pick an encoder for a type not in the table (subclasses, optional libraries)."""
+    if isinstance(obj, enum.Enum):
+        return _enum
+    if isinstance(obj, pathlib.PurePath):
+        return _path
+    if isinstance(obj, BaseException):
+        return _exception
+    special = exttypes.encoder_for(obj)
+    if special is not None:
+        return special
+    if type(obj) in REGISTERED:
+        return _registered
+    if _is_dataclass(obj) and not isinstance(obj, type):
+        return _dataclass
+    for base in (bool, int, float, str, bytes, dict, list):
+        if isinstance(obj, base):
+            return lambda enc, out, key, o: enc.value(out, key, base(o))
+    if isinstance(obj, tuple):
+        return _tuple  # NamedTuple: sent as its fields
+    for kind, encode in _ENCODERS.items():
+        if isinstance(obj, kind):
+            return encode
+    raise EncodeError("cannot send %s" % _type_name(obj))
+
+
+def _type_name(obj: Any) -> str:
+    cls = type(obj)
+    module = cls.__module__
+    if module in ("builtins", "__main__"):
+        return cls.__qualname__
+    return "%s (from %s)" % (cls.__qualname__, module)

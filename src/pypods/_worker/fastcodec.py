@@ -1,0 +1,301 @@
+"""``fast1``: the value encoding a client and its worker negotiate for speed (stdlib only, Python 3.8+).
+
+The two directions trust different things, so they use different encodings (``docs/encoding.md``):
+
+- Requests (client -> worker) carry ``(args, kwargs)`` as restricted pickle (protocol 5) in field
+  ``a``. The worker trusts its client (the client owns it and could run anything there), and the
+  pickle never names a class: the pickler sends only exact builtin containers and scalars itself
+  and hands every other value to the BSON encoder (``bson_value``), so a request decodes to exactly
+  what BSON would give, and the worker's unpickler resolves one allow-listed function, nothing else.
+- Replies (worker -> client) are hostile input for the client, so they never carry pickle: a value
+  that JSON carries exactly (``json_exact``) goes as JSON text in field ``j``, decoded by the C
+  ``json`` module (bounded, runs no code, string keys only so their hashing is randomized);
+  anything else falls back to the BSON value encoding for that reply.
+"""
+
+from __future__ import annotations
+
+import array
+import io
+import json
+import pickle
+import struct
+import sys
+from itertools import chain, compress, repeat
+from operator import is_
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
+
+from .codec import Encoder
+from .decoding import DecodeError, Decoder
+from .exttypes import MissingLibrary
+
+if TYPE_CHECKING:
+    from .exttypes import OutOfBand
+
+NAME = "fast1"
+ENCODINGS = ["bson", NAME]  # what a worker offers in its hello, in order of preference
+INT_LIMIT = 2**63  # without a digit limit on this side, ints in JSON stay within int64 (bigger: BSON)
+MAX_LEVELS = 100  # nesting a JSON reply may have; deeper values go as BSON (which refuses past the stack)
+MAX_ITEMS = 1 << 22  # containers and scalars the exactness check visits before giving up on JSON
+# Python refuses to write or read ints of more than 4300 digits as text (3.11+ and security releases):
+# where that limit holds on this side, JSON needs no range check (a bigger int fails to encode -> BSON).
+_CHECK_INTS = not (0 < getattr(sys, "get_int_max_str_digits", lambda: 0)() <= 4300)
+VECTOR_MIN = 16  # floats in a list or dict before they are sent packed as float64
+_BIG_ENDIAN = sys.byteorder == "big"
+_MODULES = ("pypods._worker.fastcodec", "_pypods_worker.fastcodec")  # this module, client and pod side
+_pack_i32 = struct.Struct("<i").pack
+_pack_i32_into = struct.Struct("<i").pack_into
+_FLOATS = {float}
+_SCALARS = frozenset({str, float, bool, type(None)})
+_JSON_TYPES = _SCALARS | {int, list, dict}
+_json_decode = json.JSONDecoder().decode
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError("not JSON")
+
+
+def _json_encoder() -> Callable[[Any], str]:
+    """The C encoder made once (``JSONEncoder.encode`` makes one per call); the same text either way."""
+    slow = json.JSONEncoder(check_circular=False, separators=(",", ":"), default=_refuse).encode
+    try:
+        from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
+
+        chunks = c_make_encoder(None, _refuse, encode_basestring_ascii, None, ":", ",", False, False, True)
+        probe = [{"a": 1.5, "b": [None, True, "\u00e9\ud800"]}, float("nan"), -(2**70)]
+        if "".join(chunks(probe, 0)) == slow(probe):
+            return lambda value: "".join(chunks(value, 0))
+    except Exception:  # no C accelerator, or another signature: the documented API
+        pass
+    return slow
+
+
+_json_encode = _json_encoder()
+
+
+def bson_value(data: bytes) -> Any:  # pragma: no cover - never called: the worker maps it to its decoder
+    """The allow-listed pickle global: a value the pickler handed to the BSON encoder."""
+    raise pickle.UnpicklingError("bson_value is resolved by the worker's unpickler")
+
+
+class _Pickler(pickle.Pickler):
+    """Pickle exact builtin values natively; every other value becomes ``bson_value(<BSON bytes>)``."""
+
+    def __init__(self, file: Any, big: Optional[OutOfBand]) -> None:
+        super().__init__(file, protocol=5)
+        self.big = big
+
+    def reducer_override(self, obj: Any) -> Any:
+        # Called for every value but None, bools and exact int/float/str/bytes/bytearray/containers,
+        # and for bson_value itself when it is saved as the global of a reduction: that one is a global.
+        if obj is bson_value:
+            return NotImplemented
+        return bson_value, (bytes(Encoder(self.big).document({"v": obj})),)
+
+
+class _Unpickler(pickle.Unpickler):
+    """Resolve ``bson_value`` only (to this worker's BSON decoder); every other global is refused."""
+
+    def __init__(self, data: bytes, decoder: Decoder) -> None:
+        super().__init__(io.BytesIO(data))
+        self.decoder = decoder
+
+    def find_class(self, module: str, name: str) -> Any:
+        if name == "bson_value" and module in _MODULES:
+            return self._bson_value
+        raise pickle.UnpicklingError("global %s.%s is not allowed in a request" % (module, name))
+
+    def _bson_value(self, data: bytes) -> Any:
+        return self.decoder.document(data)["v"]
+
+
+def _big_buffer(items: Any, big: Optional[OutOfBand]) -> bool:
+    """A top-level argument that BSON would move out of band (pickle would copy it into the frame)."""
+    if big is None:
+        return False
+    return any(type(item) in (bytes, bytearray) and len(item) >= big.threshold for item in items)
+
+
+def encode_request(
+    big: Optional[OutOfBand], call_id: int, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]
+) -> bytearray:
+    """``{"id", "op": "call", "name", "a": <pickle of (args, kwargs)>}``, or the BSON request.
+
+    Raises EncodeError exactly when the BSON encoder would (it encodes every non-builtin value).
+    """
+    if _big_buffer(args, big) or _big_buffer(kwargs.values(), big):
+        return Encoder(big).request(call_id, name, args, kwargs)
+    sink = io.BytesIO()
+    try:
+        _Pickler(sink, big).dump((args, kwargs))
+    except Exception:
+        # BSON raises the same EncodeError, with the path to the value that failed (or sends it).
+        if big is not None:
+            big.discard()
+        return Encoder(big).request(call_id, name, args, kwargs)
+    encoder = Encoder(big)
+    out = encoder.call_head(call_id, name)
+    encoder._binary(out, b"a\x00", sink.getbuffer(), "bytes")  # a big pickle (nested buffers) goes out of band
+    out += b"\x00"
+    _pack_i32_into(out, 0, len(out))
+    return out
+
+
+def decode_request(request: Dict[str, Any], decoder: Decoder) -> Tuple[Any, Dict[str, Any]]:
+    """The ``(args, kwargs)`` of a request: field ``a`` (fast1) or ``args``/``kwargs`` (BSON)."""
+    data = request.get("a")
+    if data is None:
+        return request.get("args", ()), request.get("kwargs", {})
+    if not isinstance(data, bytes):
+        raise DecodeError("field 'a' is not binary")
+    try:
+        args, kwargs = _Unpickler(data, decoder).load()
+    except (DecodeError, MissingLibrary):
+        raise
+    except Exception as exc:
+        raise DecodeError("bad fast1 arguments: %s: %s" % (type(exc).__name__, exc)) from exc
+    if type(args) is not tuple or type(kwargs) is not dict:
+        raise DecodeError("fast1 arguments are not (tuple, dict)")
+    return args, kwargs
+
+
+def json_exact(value: Any) -> bool:
+    """True when JSON carries *value* exactly: exact dict (str keys), list, str, float, bool, None, int.
+
+    Checks one nesting level of the value at a time with C-speed builtins (``map``, ``set``,
+    ``chain``), so a list of records costs a few passes, not a Python call per item.
+    """
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    if kind is int:
+        return not _CHECK_INTS or -INT_LIMIT <= value < INT_LIMIT
+    level: List[Any] = [value]
+    visited = 0
+    for _ in range(MAX_LEVELS):
+        visited += len(level)
+        if visited > MAX_ITEMS:
+            return False
+        types = list(map(type, level))
+        kinds = set(types)
+        if not kinds <= _JSON_TYPES:
+            return False
+        single = len(kinds) == 1
+        if int in kinds and _CHECK_INTS:
+            ints = level if single else list(compress(level, map(is_, types, repeat(int))))
+            if max(ints) >= INT_LIMIT or min(ints) < -INT_LIMIT:
+                return False
+        below: List[Any] = []
+        if list in kinds:
+            below = list(chain.from_iterable(level if single else compress(level, map(is_, types, repeat(list)))))
+        if dict in kinds:
+            dicts = level if single else list(compress(level, map(is_, types, repeat(dict))))
+            # Distinct keys only (records share theirs); str subclasses are fine (BSON sends them as str too).
+            if not all(isinstance(key, str) for key in set().union(*dicts)):
+                return False
+            below.extend(chain.from_iterable(map(dict.values, dicts)))
+        if not below:
+            return True
+        level = below
+    return False
+
+
+def encode_reply(big: Optional[OutOfBand], call_id: int, value: Any, key: str = "value") -> bytearray:
+    """A result (``key="value"``) or stream item (``"yield"``): JSON text in ``j`` when exact, else BSON.
+
+    Raises EncodeError (only) when the value cannot be sent at all.
+    """
+    kind = type(value)
+    if kind in _SCALARS or kind is int:  # BSON writes a scalar faster than JSON and reads it as fast
+        return _bson_reply(big, call_id, value, key)
+    vector = _float_vector(value, big)
+    if vector is not None:
+        return _frame(call_id, key, vector)
+    if json_exact(value):
+        try:
+            text = _json_encode(value).encode("ascii")
+        except Exception:  # e.g. recursion in the C encoder: let BSON decide and explain
+            text = b""
+        if text:
+            return _frame(call_id, key, b"\x02j\x00" + _pack_i32(len(text) + 1) + text + b"\x00")
+    return _bson_reply(big, call_id, value, key)
+
+
+def _bson_reply(big: Optional[OutOfBand], call_id: int, value: Any, key: str) -> bytearray:
+    if key == "value":
+        return Encoder(big).reply(call_id, value)
+    return Encoder(big).document({"id": call_id, key: value})
+
+
+def _frame(call_id: int, key: str, fields: Union[bytes, bytearray]) -> bytearray:
+    """``{"id", "ok": true, "value": null, ...fields}`` (or ``"yield": null`` for a stream item)."""
+    out = bytearray(b"\x00\x00\x00\x00")
+    Encoder().value(out, b"id\x00", call_id)
+    out += b"\x08ok\x00\x01\x0avalue\x00" if key == "value" else b"\x0ayield\x00"
+    out += fields
+    out += b"\x00"
+    _pack_i32_into(out, 0, len(out))
+    return out
+
+
+def _float_vector(value: Any, big: Optional[OutOfBand]) -> Optional[bytearray]:
+    """Fields ``f`` (float64 binary) and, for a dict, ``k`` (its str keys as JSON): a list of floats or a
+    str-keyed dict of floats, packed (JSON would spend most of its time writing and parsing floats)."""
+    kind = type(value)
+    if kind is list:
+        if len(value) < VECTOR_MIN or set(map(type, value)) != _FLOATS:
+            return None
+        keys = b""
+        floats = array.array("d", value)
+    elif kind is dict:
+        if len(value) < VECTOR_MIN or set(map(type, value.values())) != _FLOATS:
+            return None
+        if not all(isinstance(name, str) for name in value):
+            return None
+        text = _json_encode(list(value)).encode("ascii")
+        keys = b"\x02k\x00" + _pack_i32(len(text) + 1) + text + b"\x00"
+        floats = array.array("d", value.values())
+    else:
+        return None
+    if _BIG_ENDIAN:
+        floats.byteswap()
+    out = bytearray(keys)
+    Encoder(big)._binary(out, b"f\x00", memoryview(floats).cast("B"), "bytes")  # out of band when big
+    return out
+
+
+def _unpack_vector(reply: Dict[str, Any], data: Any) -> Any:
+    if not isinstance(data, bytes) or len(data) % 8:
+        raise DecodeError("field 'f' is not float64 binary")
+    floats = array.array("d")
+    floats.frombytes(data)
+    if _BIG_ENDIAN:
+        floats.byteswap()
+    values = floats.tolist()
+    text = reply.get("k")
+    if text is None:
+        return values
+    keys = _decode_json(text)
+    if type(keys) is not list or len(keys) != len(values) or not all(type(name) is str for name in keys):
+        raise DecodeError("field 'k' is not an array of one str key per float")
+    return dict(zip(keys, values))
+
+
+def _decode_json(text: Any) -> Any:
+    if type(text) is not str:
+        raise DecodeError("JSON field is not a string")
+    try:
+        return _json_decode(text)
+    except Exception as exc:  # ValueError, RecursionError, an int past the digit limit
+        raise DecodeError("bad JSON value: %s: %s" % (type(exc).__name__, exc)) from exc
+
+
+def reply_value(reply: Dict[str, Any], key: str) -> Any:
+    """The value of a reply: JSON text in ``j`` (fast1), else the BSON field *key*. Raises DecodeError."""
+    text = reply.get("j")
+    if text is not None:
+        return _decode_json(text)
+    vector = reply.get("f")
+    if vector is not None:
+        return _unpack_vector(reply, vector)
+    return reply.get(key)
