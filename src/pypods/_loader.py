@@ -182,7 +182,8 @@ class Pod(PodBase):
         }
         self._functions = {}
         self._setup(prepare(name, root, create, options, progress), reload)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one reload at a time
+        self._close_lock = threading.Lock()
         self._holder: list[Pool] = []
         # Dropping every reference to the pod stops its workers (the pool does not refer back).
         weakref.finalize(self, _close_held, self._holder)
@@ -204,6 +205,9 @@ class Pod(PodBase):
         pool = open_pool(self._layout, settings, self._env_key, describe=description is None)
         old = self._holder[:]
         self._holder[:] = [pool, *old]  # the current pool first; old ones stay held until closed
+        if self._closed:  # closed while this pool was being made: close() may have missed it
+            _close_held(self._holder)
+            raise PodClosedError(f"pod {self._name!r} was closed")
         for stale in old[:1]:
             _close_when_idle(self._holder, stale)
         if description is None or settings.start == "eager":
@@ -248,8 +252,12 @@ class Pod(PodBase):
         return list(self._pool.pids())
 
     def close(self) -> None:
-        """Stop the pod's workers. Idempotent; calls afterwards raise PodClosedError."""
-        with self._lock:
+        """Stop the pod's workers. Idempotent; calls afterwards raise PodClosedError.
+
+        Never waits for a reload under way (that holds ``_lock`` while a worker starts): the pool it
+        opens is already held, so it is closed here too, and its start fails with PodClosedError.
+        """
+        with self._close_lock:
             if self._closed:
                 return
             self._closed = True

@@ -728,3 +728,21 @@ def test_a_dropped_pod_stops_its_workers_sync_and_async(make_pod: Any, root: Pat
         assert await asyncio.to_thread(_gone, apid), "a dropped AsyncPod left its worker running"
 
     asyncio.run(asyncio.wait_for(check(), 30))
+
+
+def test_close_does_not_wait_for_a_reload_in_progress(make_pod: Any, root: Path) -> None:
+    pod_py = make_pod("reloading", RELOADED.format(1)) / "pod.py"
+    pod = pypods.load("reloading", root=root, reload=True)
+    try:
+        assert pod.f() == 1
+        _edit(pod_py, "import time\ntime.sleep(2)\n\n" + RELOADED.format(2))  # the new code starts slowly
+        caller = _outcome(pod.f)  # reloads: starts a worker on the new code
+        time.sleep(0.5)
+        started = time.monotonic()
+        pod.close()
+        assert time.monotonic() - started < 0.5, "close() waited for the reload's worker to start"
+        caller["thread"].join(10)
+        assert isinstance(caller.get("error"), pypods.PodClosedError), caller
+        assert pypods.Pod.pids(pod) == []
+    finally:
+        pypods.Pod.close(pod)
