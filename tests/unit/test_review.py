@@ -340,7 +340,7 @@ def test_two_workers_started_on_demand_serve_two_calls_at_once() -> None:
             call["thread"].join(10)
         assert [call.get("value") for call in calls] == [1.0, 1.0]
         assert len(spawned) == 2
-        assert time.monotonic() - started < 1.9, "the two calls ran one after the other"
+        assert time.monotonic() - started < 2.2, "the calls ran one after the other (2.3 s+)"
     finally:
         workers.close()
 
@@ -352,7 +352,7 @@ def test_async_two_workers_started_on_demand_serve_two_calls_at_once() -> None:
         started = time.monotonic()
         assert await asyncio.gather(*(workers.call("sleep", (1.0,), {}, None) for _ in range(2))) == [1.0, 1.0]
         assert len(spawned) == 2
-        assert time.monotonic() - started < 1.9, "the two calls ran one after the other"
+        assert time.monotonic() - started < 2.2, "the calls ran one after the other (2.3 s+)"
         await workers.aclose()
 
     asyncio.run(asyncio.wait_for(main(), 20))
@@ -591,7 +591,7 @@ def test_a_client_that_exits_without_closing_its_workers_exits_at_once(tmp_path:
         assert proc.stdout.readline().strip() == "3"
         started = time.monotonic()
         proc.wait(30)
-    assert time.monotonic() - started < 1.5, "exit waited for workers to be killed one by one"
+    assert time.monotonic() - started < 2.5, "exit waited for workers to be killed one by one"  # 1 s each: 3 s
 
 
 def test_an_interrupted_reader_hands_the_pipe_to_a_waiting_thread() -> None:
