@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import socket
 import sys
 import textwrap
 import threading
@@ -746,3 +747,40 @@ def test_close_does_not_wait_for_a_reload_in_progress(make_pod: Any, root: Path)
         assert pypods.Pod.pids(pod) == []
     finally:
         pypods.Pod.close(pod)
+
+
+class _DiesAfterHello(ThreadWorker):
+    """A worker that says hello, then dies before reading anything (the client's next write fails)."""
+
+    def _serve(self) -> None:
+        self.worker.hello()
+        self.returncode = -11
+        self._server.shutdown(socket.SHUT_RDWR)
+
+
+def test_a_worker_dying_right_after_its_hello_is_a_crash_never_not_sent() -> None:
+    workers = WorkerPool("fake", lambda: ProcessConnection(_DiesAfterHello(), start_timeout=5), 1)
+    try:
+        for _ in range(3):
+            with pytest.raises(pypods.PodCrashedError) as caught:
+                workers.call("add", (1, 2), {}, 5)
+            assert type(caught.value) is not NotSentError
+    finally:
+        workers.close()
+
+
+def test_async_a_worker_dying_right_after_its_hello_is_a_crash_never_not_sent() -> None:
+    async def main() -> None:
+        async def spawn() -> AsyncProcessConnection:
+            conn = AsyncProcessConnection(_DiesAfterHello())
+            await conn.start(5)
+            return conn
+
+        workers = AsyncWorkerPool("fake", spawn, 1)
+        for _ in range(3):
+            with pytest.raises(pypods.PodCrashedError) as caught:
+                await workers.call("add", (1, 2), {}, 5)
+            assert type(caught.value) is not NotSentError
+        await workers.aclose()
+
+    asyncio.run(asyncio.wait_for(main(), 20))

@@ -72,7 +72,11 @@ class AsyncProcessConnection(WorkerConnection):
         try:
             encoding = self._started(await self._next(0, timeout, START))
             if encoding is not None:  # codec: fast1 negotiation, before the first call (docs/encoding.md)
-                await self._write(encoding)
+                try:
+                    await self._write(encoding)
+                except NotSentError:  # it died right after its hello: a crash at start, not a retry
+                    code, tail = await asyncio.to_thread(self.worker.exit_report)
+                    raise self.proto.crash_error(self.worker.pid, code, tail) from None
         except BaseException:
             await self.aclose(kill=True)
             raise

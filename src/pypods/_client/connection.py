@@ -109,7 +109,10 @@ class ProcessConnection(WorkerConnection):
             self._abandon(0)
         encoding = self._started(hello)
         if encoding is not None:  # codec: fast1 negotiation, before the first call (docs/encoding.md)
-            self._write(encoding, deadline, START, timeout)
+            try:
+                self._write(encoding, deadline, START, timeout)
+            except NotSentError as exc:  # it died right after its hello: a crash at start, not a retry
+                raise self._fail(exc) from exc
 
     # -- calls ---------------------------------------------------------------------------------
 
