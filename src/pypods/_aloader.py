@@ -7,6 +7,7 @@ Everything but ``await`` is shared with ``Pod`` (``_loader.PodBase``, ``_client.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from ._backends import Prepared, new_worker, prepare, remember, start_deadline
@@ -33,6 +34,11 @@ class AsyncPod(PodBase):
         self._functions = {}
         self._setup(ready, reload)
         self._pool: AsyncWorkerPool | None = None
+        self._draining: set[AsyncWorkerPool] = set()  # replaced by a reload, closed when their calls end
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Every pool not yet closed: dropping the pod without aclose() ends their workers (as for Pod).
+        self._held: list[AsyncWorkerPool] = []
+        weakref.finalize(self, _abandon, self._held)
 
     @classmethod
     async def open(
@@ -78,8 +84,16 @@ class AsyncPod(PodBase):
 
             spawner = await open_ray_async(layout, settings)
         old, self._pool = self._pool, AsyncWorkerPool(self._name, spawner, settings.workers, settings.idle_timeout)
+        self._held.append(self._pool)
         if old is not None:
-            await old.aclose()
+            # Calls still running on the old code finish there (nobody closed the pod); aclose() ends it.
+            self._draining.add(old)
+            if old.in_flight() == 0:
+                await self._retire(old)
+            else:
+                task = asyncio.get_running_loop().create_task(self._retire(old))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         if description is None or settings.start == "eager":
             await self._pool.start(1 if settings.start == "lazy" else None)
         self._set_functions(description if description is not None else self._pool.description or [], make_async_proxy)
@@ -88,8 +102,16 @@ class AsyncPod(PodBase):
         """Await pod function *name*; ``timeout`` is this call's deadline; errors as for ``Pod.call``."""
         return await self._call(name, args, kwargs, timeout)
 
+    async def _retire(self, old: AsyncWorkerPool) -> None:
+        while old.in_flight() > 0 and old in self._draining:
+            await asyncio.sleep(0.05)
+        self._draining.discard(old)
+        await old.aclose()
+        if old in self._held:
+            self._held.remove(old)
+
     async def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
-        if self._watch is not None and self._watch.changed():
+        if self._watch is not None and not self._closed and self._watch.changed():
             await self._open(describe=True)
         self._check_call(name)
         assert self._pool is not None
@@ -102,14 +124,23 @@ class AsyncPod(PodBase):
     async def aclose(self) -> None:
         """Stop the pod's workers; later calls raise PodClosedError."""
         self._closed = True
-        if self._pool is not None:
-            await self._pool.aclose()
+        draining, self._draining = list(self._draining), set()
+        for pool in [*draining, self._pool]:
+            if pool is not None:
+                await pool.aclose()
+        self._held.clear()
 
     async def __aenter__(self) -> AsyncPod:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await AsyncPod.aclose(self)
+
+
+def _abandon(pools: list[AsyncWorkerPool]) -> None:
+    for pool in pools:
+        pool.abandon()
+    pools.clear()
 
 
 async def aload(name: str, **options: Any) -> AsyncPod:

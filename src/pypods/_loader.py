@@ -8,9 +8,11 @@ worker's hello) and build one proxy per function. ``PodBase`` holds all of it; `
 
 from __future__ import annotations
 
+import contextlib
 import keyword
 import logging
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -180,7 +182,8 @@ class Pod(PodBase):
         }
         self._functions = {}
         self._setup(prepare(name, root, create, options, progress), reload)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one reload at a time
+        self._close_lock = threading.Lock()
         self._holder: list[Pool] = []
         # Dropping every reference to the pod stops its workers (the pool does not refer back).
         weakref.finalize(self, _close_held, self._holder)
@@ -200,9 +203,13 @@ class Pod(PodBase):
             # and with start="auto" no worker is needed until the first call.
             description = cache.load(self._layout, self._env_key)
         pool = open_pool(self._layout, settings, self._env_key, describe=description is None)
-        old, self._holder[:] = self._holder[:], [pool]
-        for stale in old:
-            stale.close()
+        old = self._holder[:]
+        self._holder[:] = [pool, *old]  # the current pool first; old ones stay held until closed
+        if self._closed:  # closed while this pool was being made: close() may have missed it
+            _close_held(self._holder)
+            raise PodClosedError(f"pod {self._name!r} was closed")
+        for stale in old[:1]:
+            _close_when_idle(self._holder, stale)
         if description is None or settings.start == "eager":
             pool.start(1 if settings.start == "lazy" else None)
         return description if description is not None else (pool.description or [])
@@ -227,7 +234,7 @@ class Pod(PodBase):
 
     def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         """The one entry of every call (proxies, ``call``): deadline apart, arguments go to the function."""
-        if self._watch is not None and self._watch.changed():
+        if self._watch is not None and not self._closed and self._watch.changed():
             self._reload()
         self._check_call(name)
         return self._pool.call(name, args, kwargs, self._timeout(timeout))
@@ -235,6 +242,8 @@ class Pod(PodBase):
     def _reload(self) -> None:
         """The pod's code changed: restart its workers, describe it again, refresh the proxies."""
         with self._lock:
+            if self._closed:
+                return  # a closed pod starts no worker
             log.info("pod %r changed: reloading it", self._name)
             self._set_functions(self._open(describe=True), make_proxy)
 
@@ -243,8 +252,12 @@ class Pod(PodBase):
         return list(self._pool.pids())
 
     def close(self) -> None:
-        """Stop the pod's workers. Idempotent; calls afterwards raise PodClosedError."""
-        with self._lock:
+        """Stop the pod's workers. Idempotent; calls afterwards raise PodClosedError.
+
+        Never waits for a reload under way (that holds ``_lock`` while a worker starts): the pool it
+        opens is already held, so it is closed here too, and its start fails with PodClosedError.
+        """
+        with self._close_lock:
             if self._closed:
                 return
             self._closed = True
@@ -258,8 +271,29 @@ class Pod(PodBase):
 
 
 def _close_held(holder: list[Pool]) -> None:
-    for pool in holder:
+    for pool in list(holder):
         pool.close()
+
+
+def _close_when_idle(holder: list[Pool], stale: Pool) -> None:
+    """Close a pool replaced by a reload once the calls it still runs are over.
+
+    Those calls were the user's, made before the edit: they finish on the old code rather than fail
+    with ``PodClosedError`` (which means "you closed the pod"). ``Pod.close`` closes it at once.
+    """
+    busy = getattr(stale, "in_flight", None)
+
+    def close() -> None:
+        while busy is not None and busy() > 0 and stale in holder:
+            time.sleep(0.05)
+        stale.close()
+        with contextlib.suppress(ValueError):
+            holder.remove(stale)
+
+    if busy is None or busy() == 0:
+        close()
+    else:
+        threading.Thread(target=close, name="pypods-reload-drain", daemon=True).start()
 
 
 def load(name: str, **options: Any) -> Pod:

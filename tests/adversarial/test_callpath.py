@@ -143,18 +143,18 @@ def test_a_pickled_reply_runs_no_code(hostile: Path, tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-@pytest.mark.parametrize(
-    "fields",
-    [
-        {"ok": True},
-        {"ok": 1, "value": 2},
-        {"ok": False, "error": 7},
-        {"ok": False, "error": {"message": ["x"]}},
-        {"ok": False, "error": {"mro": "builtins.ValueError"}},
-        {"yield": 1},
-        {"stream": "yes"},
-    ],
-)
+MALFORMED = [
+    {"ok": True},
+    {"ok": 1, "value": 2},
+    {"ok": False, "error": 7},
+    {"ok": False, "error": {"message": ["x"]}},
+    {"ok": False, "error": {"mro": "builtins.ValueError"}},
+    {"yield": 1},
+    {"stream": "yes"},
+]
+
+
+@pytest.mark.parametrize("fields", MALFORMED)
 def test_malformed_reply_fields_are_protocol_errors(hostile: Path, fields: dict[str, object]) -> None:
     with load(hostile) as pod:
         with pytest.raises(pypods.PodProtocolError):

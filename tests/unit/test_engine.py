@@ -338,7 +338,7 @@ def _swallow(function: Any, *args: Any) -> None:
         pass
 
 
-BIG = ["x" * 100] * 100_000  # ~10 MB inline (no single buffer reaches the out-of-band threshold)
+BIG = [f"{i:07d}" * 15 for i in range(100_000)]  # ~10 MB inline, distinct strings (no encoding can fold them)
 
 
 def test_a_write_that_cannot_finish_times_out_and_the_pod_recovers() -> None:

@@ -16,10 +16,10 @@ from .._errors import PodClosedError, PodError, PodProtocolError
 from .._worker.framing import FrameError, FrameReader
 from .base import AsyncStream
 from .connection import DEFAULT_START_TIMEOUT, NotSentError, open_pidfd
-from .core import START, Outcome, StreamCursor, WorkerConnection
+from .core import MAX_PENDING, START, Outcome, StreamCursor, WorkerConnection
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Awaitable, Callable, Coroutine
 
     from .base import WorkerHandle
 
@@ -72,7 +72,11 @@ class AsyncProcessConnection(WorkerConnection):
         try:
             encoding = self._started(await self._next(0, timeout, START))
             if encoding is not None:  # codec: fast1 negotiation, before the first call (docs/encoding.md)
-                await self._write(encoding)
+                try:
+                    await self._write(encoding)
+                except NotSentError:  # it died right after its hello: a crash at start, not a retry
+                    code, tail = await asyncio.to_thread(self.worker.exit_report)
+                    raise self.proto.crash_error(self.worker.pid, code, tail) from None
         except BaseException:
             await self.aclose(kill=True)
             raise
@@ -111,6 +115,9 @@ class AsyncProcessConnection(WorkerConnection):
                 return
             queue = self._calls.get(reply["id"])
             if queue is not None:
+                if queue.qsize() >= MAX_PENDING:
+                    self._break(self.proto.flooded(reply["id"]))
+                    return
                 queue.put_nowait(reply)
             # else: a reply to an abandoned call or a stray id: dropped.
 
@@ -159,8 +166,17 @@ class AsyncProcessConnection(WorkerConnection):
     # -- writing -------------------------------------------------------------------------------
 
     async def _write(self, data: bytes | bytearray) -> None:
+        pending = self._send(data)
+        if pending is not None:
+            await asyncio.shield(pending)
+
+    def _send(self, data: bytes | bytearray) -> asyncio.Future[None] | None:
+        """Write *data* now if the pipe takes it all (None); else queue the rest and return what to await."""
         if self._broken is not None:
-            raise copy.copy(self._broken)
+            if isinstance(self._broken, PodClosedError):
+                raise copy.copy(self._broken)
+            # Another call ended this worker first: this frame was never sent (the pool resends it).
+            raise NotSentError(f"pod {self.pod!r}: the worker was lost before the call was sent ({self._broken})")
         if not self._out:
             try:
                 sent = os.write(self.worker.write_fd, data)
@@ -170,7 +186,7 @@ class AsyncProcessConnection(WorkerConnection):
                 self._crash_soon()
                 raise NotSentError(f"pod {self.pod!r}: worker was gone before the call was sent") from exc
             if sent == len(data):
-                return
+                return None
             data = data[sent:]
         # The pipe is full: queue the rest and let the loop drain it as the worker reads. The frame is
         # queued whole at once, so a cancelled caller never leaves half a frame behind.
@@ -178,7 +194,7 @@ class AsyncProcessConnection(WorkerConnection):
         if self._out_done is None or self._out_done.done():
             self._out_done = self._loop.create_future()
             self._loop.add_writer(self.worker.write_fd, self._on_writable)
-        await asyncio.shield(self._out_done)
+        return self._out_done
 
     def _on_writable(self) -> None:
         try:
@@ -208,17 +224,32 @@ class AsyncProcessConnection(WorkerConnection):
 
     # -- calls ---------------------------------------------------------------------------------
 
-    async def _next(self, call_id: int, timeout: float | None, name: str) -> dict[str, Any]:
+    async def _next(
+        self, call_id: int, timeout: float | None, name: str, deadline: float | None = None
+    ) -> dict[str, Any]:
         queue = self._calls[call_id]
-        try:
-            reply = await asyncio.wait_for(queue.get(), timeout)
-        except asyncio.TimeoutError:
-            self._break(self.proto.killed_error(name))
-            raise self.proto.timeout_error(name, timeout) from None
+        reply: dict[str, Any] = await self._within(queue.get(), timeout, name, deadline)
         if reply is _BROKEN:
             assert self._broken is not None
             raise copy.copy(self._broken)
         return reply
+
+    async def _within(self, step: Awaitable[Any], timeout: float | None, name: str, deadline: float | None) -> Any:
+        """Await *step* until the call's deadline (*timeout* from now unless *deadline* is given)."""
+        if timeout is None:
+            return await step
+        timeout_left = timeout if deadline is None else max(deadline - self._loop.time(), 0)
+        try:
+            return await asyncio.wait_for(step, timeout_left)
+        except asyncio.TimeoutError:
+            self._break(self.proto.killed_error(name))
+            raise self.proto.timeout_error(name, timeout) from None
+
+    async def _sent(self, data: bytearray, timeout: float | None, name: str, deadline: float | None) -> None:
+        """Write a request under the call's deadline (at once, in the usual case of a pipe with room)."""
+        pending = self._send(data)
+        if pending is not None:
+            await self._within(asyncio.shield(pending), timeout, name, deadline)
 
     def _checked(self, step: Any, name: str, reply: dict[str, Any]) -> Outcome:
         try:
@@ -230,16 +261,18 @@ class AsyncProcessConnection(WorkerConnection):
     async def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         """Send one call and await its reply; a generator's items come as an ``AsyncStream``."""
         proto = self.proto
+        # One deadline covers writing the request too: a worker busy with another call reads nothing.
+        deadline = None if timeout is None else self._loop.time() + timeout
         registry = proto.registry_frame()
         if registry is not None:
-            await self._write(registry)
+            await self._sent(registry, timeout, name, deadline)
         call_id = proto.next_id()
         data, big = proto.encode_call(call_id, name, args, kwargs)
         self._calls[call_id] = asyncio.Queue()
         stream = False
         try:
-            await self._write(data)
-            outcome = self._checked(proto.outcome, name, await self._next(call_id, timeout, name))
+            await self._sent(data, timeout, name, deadline)
+            outcome = self._checked(proto.outcome, name, await self._next(call_id, timeout, name, deadline))
             stream = outcome.kind == Outcome.STREAM
         except asyncio.CancelledError:
             self.send_control(proto.control(call_id, "cancel"))  # the worker drops it if not yet started
@@ -261,6 +294,24 @@ class AsyncProcessConnection(WorkerConnection):
             await asyncio.to_thread(self.worker.kill)
         else:
             await asyncio.to_thread(self.worker.stop, 0.5)
+        self.worker.release()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def abandon(self) -> None:
+        """Its pod was dropped without aclose(): kill the worker now (from any thread, as the garbage
+        collector may run anywhere) and release the descriptors on the loop."""
+        self.worker.kill()
+        if not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._release_abandoned)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
+
+    def _release_abandoned(self) -> None:
+        self._fail(PodClosedError(f"pod {self.pod!r} was dropped without aclose()"))
+        self._unwatch()
         self.worker.release()
         if self._pidfd is not None:
             os.close(self._pidfd)

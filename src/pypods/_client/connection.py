@@ -9,18 +9,20 @@ child that keeps the pipe open cannot hide it), and every call in flight then fa
 
 from __future__ import annotations
 
+import atexit
 import collections
 import copy
 import os
 import select
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from .._errors import PodClosedError, PodCrashedError, PodError, PodProtocolError, PodWorkerError
 from .._worker.framing import FrameError, FrameReader, PipeClosed
-from .base import Stream
-from .core import START, Outcome, StreamCursor, WorkerConnection
+from .core import MAX_PENDING, START, Outcome, WorkerConnection
+from .pstream import ProcessStream
 
 if TYPE_CHECKING:
     from .base import WorkerHandle
@@ -48,6 +50,19 @@ def open_pidfd(pid: int) -> int | None:
         return None
 
 
+_open: weakref.WeakSet[ProcessConnection] = weakref.WeakSet()
+_at_exit: list[bool] = []
+
+
+def _close_inputs() -> None:
+    """At exit, before the process module ends the workers: close our input copies, so each worker
+    sees the end of its input at once rather than waiting to be killed."""
+    for conn in list(_open):
+        with conn._cv:
+            if not conn._writers:
+                conn._close_input()
+
+
 class ProcessConnection(WorkerConnection):
     """Calls to one worker process; any number of threads may use it at once."""
 
@@ -56,7 +71,15 @@ class ProcessConnection(WorkerConnection):
     def __init__(self, worker: WorkerHandle, start_timeout: float | None = DEFAULT_START_TIMEOUT) -> None:
         super().__init__(worker)
         self._reader = FrameReader(worker.read_fd)
-        os.set_blocking(worker.write_fd, False)
+        # Our own copy of the input pipe, closed only when no thread writes on it: the worker's
+        # kill() closes its descriptor at once, and a writer blocked on that number could
+        # otherwise wake to find it reused by another file and write the request there.
+        self._wfd: int | None = os.dup(worker.write_fd)
+        os.set_blocking(self._wfd, False)
+        if not _at_exit:  # registered after process.py's handler, so it runs before it
+            _at_exit.append(atexit.register(_close_inputs) is not None)
+        _open.add(self)
+        self._writers = 0  # threads writing on _wfd (under _cv)
         self._pidfd = open_pidfd(worker.pid)
         self._poll = select.poll()
         self._poll.register(worker.read_fd, select.POLLIN)
@@ -65,8 +88,10 @@ class ProcessConnection(WorkerConnection):
         self._wlock = threading.Lock()
         self._cv = threading.Condition(threading.Lock())
         self._reading = False
-        self._closed = False  # close() was called: the last reader releases the output pipe
+        self._closed = False  # close() was called: the last reader or writer releases the descriptors
         self._deferred: list[bytearray] = []  # controls from finalizers, sent with the next write
+        # Calls written and not yet answered, in the order the worker queues (and runs) them.
+        self._unanswered: dict[int, None] = {}
         try:
             self._handshake(start_timeout)
         except BaseException:
@@ -84,14 +109,16 @@ class ProcessConnection(WorkerConnection):
             self._abandon(0)
         encoding = self._started(hello)
         if encoding is not None:  # codec: fast1 negotiation, before the first call (docs/encoding.md)
-            self._write(encoding, deadline, START, timeout)
+            try:
+                self._write(encoding, deadline, START, timeout)
+            except NotSentError as exc:  # it died right after its hello: a crash at start, not a retry
+                raise self._fail(exc) from exc
 
     # -- calls ---------------------------------------------------------------------------------
 
     def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         """Send one call and wait for its reply (see ``Connection.call``)."""
         proto = self.proto
-        registry = proto.registry_frame()
         call_id = proto.next_id()
         data, big = proto.encode_call(call_id, name, args, kwargs)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -99,17 +126,18 @@ class ProcessConnection(WorkerConnection):
             self._calls[call_id] = collections.deque()
         stream = False
         try:
-            if registry is not None:
-                self._write(registry, deadline, name, timeout)
-            self._write(data, deadline, name, timeout)
+            self._write(data, deadline, name, timeout, call_id)
             reply = self._receive(call_id, deadline, name, timeout)
             outcome = self._checked(proto.outcome, name, reply)
             stream = outcome.kind == Outcome.STREAM
         except KeyboardInterrupt:
             # The pod function gets the Ctrl-C too (SIGINT if it runs, cancel if not yet started);
-            # the worker lives on, and the reply, if any, is dropped.
+            # the worker lives on, and the reply, if any, is dropped. A call queued behind another
+            # thread's gets only the cancel: the SIGINT would stop that other call.
+            with self._cv:
+                running = next(iter(self._unanswered), None) == call_id
             self.send_control(proto.control(call_id, "cancel"))
-            if self._broken is None:
+            if self._broken is None and running:
                 self.worker.interrupt()
             raise
         finally:
@@ -128,26 +156,63 @@ class ProcessConnection(WorkerConnection):
             self._break(exc, kill=True)
             raise
 
-    def _write(self, data: bytes | bytearray, deadline: float | None, name: str, timeout: float | None) -> None:
+    def _write(
+        self,
+        data: bytes | bytearray,
+        deadline: float | None,
+        name: str,
+        timeout: float | None,
+        call_id: int | None = None,
+    ) -> None:
         """Write one whole frame, or break the connection: a pipe is never left with half a frame."""
         with self._wlock:
-            if self._broken is not None:
-                raise copy.copy(self._broken)
+            fd = self._enter_write()
             view = memoryview(data)
             deferred, self._deferred = self._deferred, []
+            if call_id is not None:
+                # Under the write lock, so the worker learns of registered classes before any call
+                # that uses them, whichever thread sends first (and only once encoding succeeded).
+                registry = self.proto.registry_frame()
+                if registry is not None:
+                    deferred.append(registry)
             try:
                 for control in deferred:
-                    self._write_frame(memoryview(control), None, name, timeout)
-                self._write_frame(view, deadline, name, timeout)
+                    self._write_frame(fd, memoryview(control), deadline, name, timeout)
+                self._write_frame(fd, view, deadline, name, timeout)
+                if call_id is not None:
+                    with self._cv:
+                        self._unanswered[call_id] = None  # under _wlock: in the order written
             except BaseException:
                 if self._broken is None:  # interrupted mid-frame (Ctrl-C): this pipe is out of step
                     self._break(PodWorkerError(f"pod {self.pod!r}: a call was interrupted while sent"), kill=True)
                 raise
+            finally:
+                self._exit_write()
 
-    def _write_frame(self, view: memoryview, deadline: float | None, name: str, timeout: float | None) -> None:
-        # The write fd is non-blocking: a worker that stops reading cannot hold us past the deadline.
-        fd = self.worker.write_fd
+    def _enter_write(self) -> int:
+        """Our input descriptor, counted as in use until ``_exit_write`` (hold ``_wlock``)."""
+        with self._cv:
+            broken = self._broken
+            if broken is not None and not isinstance(broken, PodClosedError):
+                # Another call ended this worker while we waited to write: ours was never sent,
+                # so the pool may send it to a fresh worker.
+                raise NotSentError(f"pod {self.pod!r}: the worker was lost before the call was sent ({broken})")
+            if broken is not None or self._wfd is None:
+                raise copy.copy(broken or PodClosedError(f"pod {self.pod!r} was closed"))
+            self._writers += 1
+            return self._wfd
+
+    def _exit_write(self) -> None:
+        with self._cv:
+            self._writers -= 1
+            self._release_unused()
+
+    def _write_frame(self, fd: int, view: memoryview, deadline: float | None, name: str, timeout: float | None) -> None:
+        # The write fd is non-blocking: a worker that stops reading cannot hold us past the deadline,
+        # and its death (the pidfd) wakes us even if a child of it keeps the pipe open. poll, not
+        # select: a busy client may have descriptors above 1024, which select refuses.
         written = 0
+        waiter: select.poll | None = None
         while written < len(view):
             try:
                 written += os.write(fd, view[written:])
@@ -160,21 +225,48 @@ class ProcessConnection(WorkerConnection):
                 self._fail(exc)
                 raise NotSentError(f"pod {self.pod!r}: worker was gone before the call was sent") from exc
             remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and (remaining <= 0 or not select.select([], [fd], [], remaining)[1]):
+            if remaining is not None and remaining <= 0:
                 raise self._timed_out(name, timeout)
-            if remaining is None:
-                select.select([], [fd], [])
+            if waiter is None:
+                waiter = select.poll()
+                waiter.register(fd, select.POLLOUT)
+                if self._pidfd is not None:
+                    waiter.register(self._pidfd, select.POLLIN)
+            events = dict(waiter.poll(None if remaining is None else remaining * 1000))
+            if self._pidfd is not None and self._pidfd in events:
+                if self._broken is not None or written:
+                    raise self._fail(PipeClosed("the worker exited"))
+                self._fail(PipeClosed("the worker exited"))
+                raise NotSentError(f"pod {self.pod!r}: worker was gone before the call was sent")
 
     def send_control(self, message: bytearray, deferred: bool = False) -> None:
-        """Send a message that expects no reply (credit, cancel); *deferred* from finalizers never blocks."""
+        """Send a message that expects no reply (credit, cancel).
+
+        With *deferred* (closing a stream, from user code or a finalizer) it never blocks: if another
+        thread is writing, or the pipe is full because the worker is busy, the message goes out
+        with the next write.
+        """
         if self._broken is not None:
             return
         if not self._wlock.acquire(blocking=not deferred):
             self._deferred.append(message)
             return
         try:
-            if self._broken is None:
-                self._write_frame(memoryview(message), None, "(control)", None)
+            fd = self._enter_write()
+            try:
+                view = memoryview(message)
+                if deferred:
+                    try:
+                        view = view[os.write(fd, view) :]  # a control frame is far below PIPE_BUF: all or none
+                    except BlockingIOError:
+                        self._deferred.append(message)
+                        return
+                    except OSError:
+                        return  # the worker is gone; its reader reports how
+                if len(view):
+                    self._write_frame(fd, view, None, "(control)", None)
+            finally:
+                self._exit_write()
         except PodError:
             pass
         finally:
@@ -183,6 +275,7 @@ class ProcessConnection(WorkerConnection):
     def _abandon(self, call_id: int) -> None:
         with self._cv:
             self._calls.pop(call_id, None)
+            self._unanswered.pop(call_id, None)
 
     def _receive(self, call_id: int, deadline: float | None, name: str, timeout: float | None) -> dict[str, Any]:
         """Wait for the next reply to *call_id*, reading the pipe ourselves if nobody else is."""
@@ -209,8 +302,7 @@ class ProcessConnection(WorkerConnection):
         finally:
             with cv:
                 self._reading = False
-                if self._closed:
-                    self._release()
+                self._release_unused()
                 cv.notify_all()
 
     def _lead(self, call_id: int, deadline: float | None, name: str, timeout: float | None) -> dict[str, Any]:
@@ -229,14 +321,17 @@ class ProcessConnection(WorkerConnection):
             except PodProtocolError as exc:
                 raise self._break(exc, kill=True) from exc
             reply_id = reply["id"]
-            if reply_id == call_id:
-                return reply
             with self._cv:
+                self._unanswered.pop(reply_id, None)
+                if reply_id == call_id:
+                    return reply
                 box = self._calls.get(reply_id)
                 if box is not None:
                     box.append(reply)
                     self._cv.notify_all()
                 # else: a reply to an abandoned call (interrupted, closed stream) or a stray id: dropped.
+            if box is not None and len(box) > MAX_PENDING:
+                raise self._break(proto.flooded(reply_id), kill=True)
             if deadline is not None and time.monotonic() > deadline:
                 raise self._timed_out(name, timeout)  # a flood of other frames cannot stretch it
 
@@ -295,62 +390,37 @@ class ProcessConnection(WorkerConnection):
         """Stop the worker (killed at once if calls are in flight); waiting calls get PodClosedError."""
         busy = self.in_flight() > 0
         self._set_broken(PodClosedError(f"pod {self.pod!r} was closed"))
+        with self._cv:
+            if not self._writers:
+                self._close_input()  # first, so that stop() closing the worker's copy is an end of file
         if kill or busy:
             self.worker.kill()
         else:
             self.worker.stop(grace=0.5)
         with self._cv:
             self._closed = True
-            if not self._reading:
-                self._release()
+            self._release_unused()
+
+    def _close_input(self) -> None:
+        _close_fd(self._wfd)
+        self._wfd = None
+
+    def _release_unused(self) -> None:
+        """After close(): release the descriptors once no thread reads or writes them (hold ``_cv``)."""
+        if self._closed and not self._reading and not self._writers:
+            self._release()
 
     def _release(self) -> None:
-        """Close the output pipe and the pidfd; only when no thread can be polling them (hold ``_cv``)."""
+        """Close our pipes and the pidfd; only when no thread can be polling them (hold ``_cv``)."""
+        self._close_input()
         self.worker.release()
-        if self._pidfd is not None:
-            try:
-                os.close(self._pidfd)
-            except OSError:
-                pass
-            self._pidfd = None
+        _close_fd(self._pidfd)
+        self._pidfd = None
 
 
-class ProcessStream(Stream):
-    """The items of a generator running in a worker, with credit-based flow control."""
-
-    def __init__(self, conn: ProcessConnection, call_id: int, name: str, timeout: float | None) -> None:
-        self._conn = conn
-        self._cursor = StreamCursor(call_id, name, timeout)
-
-    def __next__(self) -> Any:
-        conn, cursor = self._conn, self._cursor
-        if cursor.done:
-            raise StopIteration
-        deadline = None if cursor.timeout is None else time.monotonic() + cursor.timeout
+def _close_fd(fd: int | None) -> None:
+    if fd is not None:
         try:
-            reply = conn._receive(cursor.call_id, deadline, cursor.name, cursor.timeout)
-            more, item, grant = cursor.advance(conn._checked(conn.proto.stream_item, cursor.name, reply))
-        except BaseException:
-            cursor.done = True
-            conn._abandon(cursor.call_id)
-            raise
-        if grant is not None:
-            conn.send_control(grant)
-        if more:
-            return item
-        conn._abandon(cursor.call_id)
-        raise StopIteration
-
-    def close(self, deferred: bool = False) -> None:
-        """Stop the generator in the pod (it sees GeneratorExit); items still in transit are dropped."""
-        cancel = self._cursor.cancel()
-        if cancel is not None:
-            self._conn._abandon(self._cursor.call_id)
-            self._conn.send_control(cancel, deferred=deferred)
-
-    def __del__(self) -> None:
-        # From the garbage collector, possibly while this thread holds the write lock: never block.
-        try:
-            self.close(deferred=True)
-        except Exception:
+            os.close(fd)
+        except OSError:
             pass

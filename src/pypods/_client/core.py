@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 START = "(start)"  # the name a start handshake waits under
 STREAM_WINDOW = 64  # stream items the worker may send ahead of the consumer (the "window" of a call)
+# Replies one call may have waiting unread: a window of items and an end, with room to spare. A pod
+# that sends more ignores flow control (it is hostile) and would otherwise grow client memory forever.
+MAX_PENDING = 2 * STREAM_WINDOW
 
 
 def new_out_of_band(worker: WorkerHandle | None, threshold: int = DEFAULT_THRESHOLD) -> OutOfBand:
@@ -216,6 +219,9 @@ class CallProtocol:
 
     def protocol_error(self, cause: object) -> PodProtocolError:
         return PodProtocolError(f"pod {self.pod!r}: bad data from the worker: {cause}")
+
+    def flooded(self, call_id: int) -> PodProtocolError:
+        return self.protocol_error(f"more than {MAX_PENDING} unread replies to call {call_id} (stream credit ignored)")
 
     def crash_error(self, pid: int, code: int | None, tail: str) -> PodCrashedError:
         text = f"pod {self.pod!r}: worker (pid {pid}) died: {describe_exit(code)}"

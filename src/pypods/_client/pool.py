@@ -30,7 +30,8 @@ C = TypeVar("C", bound=Union[Connection, AsyncConnection])
 class CrashBrake:
     """Stop restarting a pod whose workers keep dying: CRASH_LIMIT crashes within CRASH_WINDOW seconds.
 
-    Only crashes count (a worker that died); timeouts, protocol errors and closes never do.
+    Only crashes count (a worker that died, also while starting); timeouts, protocol errors and
+    closes never do.
     """
 
     def __init__(self, pod: str) -> None:
@@ -63,6 +64,7 @@ class Slots(Generic[C]):
         self._closed: PodError | None = None
         self._idle_timeout = idle_timeout
         self._last_used = time.monotonic()
+        self._pending: set[int] = set()  # slots whose worker is starting
         self.description: list[dict[str, Any]] | None = None
 
     @property
@@ -80,16 +82,21 @@ class Slots(Generic[C]):
             raise copy.copy(self._closed)
 
     def _pick(self) -> tuple[int, C | None]:
-        """The slot to use: an idle live worker, else an empty slot (start one), else the least busy.
+        """The slot to use: an idle live worker, else an empty slot (start one), else the least busy,
+        else a slot whose worker is starting (wait for it).
 
-        Returns the slot and its connection, or None when the caller must start one there.
+        Returns the slot and its connection, or None when the caller must start one there (or
+        wait for the start under way).
         """
         self._last_used = time.monotonic()
         free: int | None = None
+        starting: int | None = None
         best, best_load = 0, -1
         for index, conn in enumerate(self._slots):
             if conn is None or conn.broken is not None:
-                if free is None:
+                if index in self._pending:
+                    starting = index if starting is None else starting
+                elif free is None:
                     free = index
                 continue
             load = conn.in_flight()
@@ -99,6 +106,8 @@ class Slots(Generic[C]):
                 best, best_load = index, load
         if free is not None:
             return free, None
+        if best_load < 0 and starting is not None:
+            return starting, None
         return best, self._slots[best]
 
     def _live(self, index: int) -> tuple[C | None, C | None]:
@@ -110,6 +119,13 @@ class Slots(Generic[C]):
         old = self._retire(index) if conn is not None else None
         return None, old
 
+    def _start_failed(self, error: BaseException) -> None:
+        """A worker died while it started: that is a crash too (a pod that segfaults on import)."""
+        if isinstance(error, PodCrashedError) and self._closed is None:
+            stop = self._brake.note(error)
+            if stop is not None:
+                self._closed = stop
+
     def _retire(self, index: int) -> C | None:
         """Take a dead connection out of slot *index* (the caller closes it); a crash feeds the brake."""
         conn = self._slots[index]
@@ -120,12 +136,15 @@ class Slots(Generic[C]):
                 self._closed = stop
         return conn
 
-    def _install(self, index: int, conn: C) -> C:
+    def _install(self, index: int, conn: C) -> bool:
+        """Put a fresh connection in slot *index*; False if the pool was closed while it started."""
+        if self._closed is not None:
+            return False  # the caller closes it and raises: no worker outlives close()
         self._last_used = time.monotonic()  # a worker just started is not idle yet
         self._slots[index] = conn
         if self.description is None:
             self.description = conn.description
-        return conn
+        return True
 
     def _idle(self) -> list[C]:
         """Connections to stop because the pod has been idle for ``idle_timeout``."""
@@ -165,7 +184,9 @@ class WorkerPool(Slots[Connection]):
     ) -> None:
         super().__init__(pod, size, idle_timeout)
         self._spawn = spawn
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held only for decisions, never while a worker starts
+        self._starting = [threading.Lock() for _ in range(size)]  # one start per slot at a time
+        self._stopped = threading.Event()  # set by close(): the idle reaper ends at once, not at its next look
         if idle_timeout is not None:
             threading.Thread(target=self._reap_idle, name=f"pypods-{pod}-idle", daemon=True).start()
 
@@ -175,15 +196,31 @@ class WorkerPool(Slots[Connection]):
             self._ensure(index)
 
     def _ensure(self, index: int) -> Connection:
-        """The live connection in slot *index*, starting or replacing it."""
-        with self._lock:
-            conn, old = self._live(index)
+        """The live connection in slot *index*, starting or replacing it (close() does not wait for a start)."""
+        with self._starting[index]:
+            with self._lock:
+                conn, old = self._live(index)
             if conn is not None:
                 return conn
             if old is not None:
                 old.close(kill=True)
             self._check_open()  # the brake may have tripped on that one
-            return self._install(index, self._spawn())
+            with self._lock:
+                self._pending.add(index)
+            try:
+                fresh = self._spawn()
+            except BaseException as exc:
+                with self._lock:
+                    self._pending.discard(index)
+                    self._start_failed(exc)
+                raise
+            with self._lock:
+                self._pending.discard(index)
+                installed = self._install(index, fresh)
+            if not installed:
+                fresh.close(kill=True)
+                self._check_open()
+            return fresh
 
     def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         """Run *name* on the least busy worker; a worker found dead before the send is replaced once."""
@@ -209,8 +246,7 @@ class WorkerPool(Slots[Connection]):
             old.close(kill=True)
 
     def _reap_idle(self) -> None:
-        while self._closed is None:
-            time.sleep(self._idle_step())
+        while not self._stopped.wait(self._idle_step()) and self._closed is None:
             with self._lock:
                 idle = self._idle()
             for conn in idle:
@@ -220,6 +256,7 @@ class WorkerPool(Slots[Connection]):
         """Stop every worker; later calls raise PodClosedError."""
         with self._lock:
             conns = self._close_all()
+        self._stopped.set()
         for conn in conns:
             conn.close()
 
@@ -237,6 +274,7 @@ class AsyncWorkerPool(Slots[AsyncConnection]):
         super().__init__(pod, size, idle_timeout)
         self._spawn = spawn
         self._lock = asyncio.Lock()
+        self._starting = [asyncio.Lock() for _ in range(size)]  # one start per slot at a time
         self._tasks: set[asyncio.Task[Any]] = set()  # strong references: the loop keeps only weak ones
         if idle_timeout is not None:
             self._keep(asyncio.get_running_loop().create_task(self._reap_idle()))
@@ -250,14 +288,25 @@ class AsyncWorkerPool(Slots[AsyncConnection]):
             await self._ensure(index)
 
     async def _ensure(self, index: int) -> AsyncConnection:
-        async with self._lock:
+        async with self._starting[index]:
             conn, old = self._live(index)
             if conn is not None:
                 return conn
             if old is not None:
                 await old.aclose(kill=True)
             self._check_open()  # the brake may have tripped on that one
-            return self._install(index, await self._spawn())
+            self._pending.add(index)
+            try:
+                fresh = await self._spawn()
+            except BaseException as exc:
+                self._start_failed(exc)
+                raise
+            finally:
+                self._pending.discard(index)
+            if not self._install(index, fresh):
+                await fresh.aclose(kill=True)
+                self._check_open()
+            return fresh
 
     async def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         self._check_open()
@@ -282,6 +331,13 @@ class AsyncWorkerPool(Slots[AsyncConnection]):
             await asyncio.sleep(self._idle_step())
             for conn in self._idle():
                 await conn.aclose()
+
+    def abandon(self) -> None:
+        """The pod was dropped without ``aclose()``: end its workers now, without awaiting."""
+        for conn in self._close_all():
+            abandon = getattr(conn, "abandon", None)  # a process connection kills its worker at once
+            if abandon is not None:
+                abandon()
 
     async def aclose(self) -> None:
         conns = self._close_all()

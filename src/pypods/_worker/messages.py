@@ -86,7 +86,18 @@ def _annotation(value: Any) -> Any:
 
     if value is inspect.Parameter.empty:
         return None
-    return value if isinstance(value, str) else inspect.formatannotation(value)
+    try:
+        return value if isinstance(value, str) else inspect.formatannotation(value)
+    except Exception:  # an annotation object whose repr raises: shown as nothing
+        return None
+
+
+def _shown(value: Any) -> str:
+    """A default's source-like text; never raises (a repr may, e.g. an int of 5,000 digits)."""
+    try:
+        return repr(value)
+    except Exception:
+        return "<%s>" % type(value).__name__
 
 
 def describe(name: str, function: Callable[..., Any]) -> Dict[str, Any]:
@@ -110,7 +121,7 @@ def describe(name: str, function: Callable[..., Any]) -> Dict[str, Any]:
     for param in signature.parameters.values():
         entry: Dict[str, Any] = {"name": param.name, "kind": int(param.kind)}
         if param.default is not inspect.Parameter.empty:
-            entry["default"] = repr(param.default)
+            entry["default"] = _shown(param.default)
             if _plain(param.default):
                 entry["value"] = param.default
         annotation = _annotation(param.annotation)
@@ -124,7 +135,9 @@ def describe(name: str, function: Callable[..., Any]) -> Dict[str, Any]:
 
 def _plain(value: Any) -> bool:
     """True for defaults that the client can rebuild as the same value (not just their repr)."""
-    if value is None or type(value) in (bool, int, float, str, bytes):
+    if type(value) is int:
+        return abs(value) < 1 << 64  # a huge one would not cross, and need not
+    if value is None or type(value) in (bool, float, str, bytes):
         return True
     if type(value) in (tuple, list, frozenset):
         return all(_plain(item) for item in value)

@@ -217,9 +217,17 @@ class Worker:
         if self.import_error is not None:
             message["error"] = self.import_error
         elif self.describe:
-            message["functions"] = [messages.describe(name, fn) for name, fn in self.functions.items()]
+            message["functions"] = [self._described(name, fn) for name, fn in self.functions.items()]
             message["files"] = self.own_files()
         self.send(message)
+
+    @staticmethod
+    def _described(name: str, function: Callable[..., Any]) -> Dict[str, Any]:
+        """A function's description, or just its name if describing it failed (the pod still loads)."""
+        try:
+            return messages.describe(name, function)
+        except Exception:
+            return {"name": name, "params": None}
 
     def own_files(self) -> List[str]:
         """Source files of the pod's own modules that are loaded (the describe cache hashes them)."""
@@ -314,7 +322,8 @@ class Worker:
             kind = "interrupted" if isinstance(exc, KeyboardInterrupt) else "remote"
             self.send({"id": call_id, "ok": False, "error": messages.error_info(exc, kind)})
             return
-        if not self.send(self.result(call_id, item, "yield")):
+        reply = self.result(call_id, item, "yield")
+        if not self.send(reply) or "error" in reply:
             self._run(stream[0].close)  # the item could not cross: the stream ended with that error
             return
         stream[1] -= 1
