@@ -248,6 +248,7 @@ def test_failed_new_leaves_nothing_behind(root: Path, wheelhouse: Path) -> None:
     first = run(root, *args)
     assert first.returncode == 1
     assert "the pod was not created" in first.stderr
+    assert first.stderr.count("hint:") == 1  # not also "fix requirements.txt and load the pod again"
     assert not (root / "pods" / "broken").exists()
     second = run(root, *args)
     assert "already exists" not in second.stderr
@@ -339,6 +340,27 @@ def test_json_on_every_command_that_prints_data(geo: Path) -> None:
     assert json.loads(run(geo, "gc", "--dry-run", "--json").stdout)["dry_run"] is True
     assert json.loads(run(geo, "doctor", "--json").stdout)["pods"][0]["name"] == "geo"
     assert "geo" in json.loads(run(geo, "stubs", "--json").stdout)["pods"]
+    kept = json.loads(run(geo, "rm", "geo", "--all", "--json", input="n\n").stdout)  # the question is on stderr
+    assert kept["removed"] is False
+    removed = json.loads(run(geo, "rm", "geo", "--json").stdout)
+    assert removed["removed"] is True
+    assert removed["bytes"] > 0
+    assert removed["path"] == str(geo / "pods" / "geo" / "venv")
+
+
+def test_add_and_remove_print_json(make_pod, root: Path, wheelhouse: Path) -> None:
+    make_pod("deps", "def f():\n    return 1\n")
+    (root / "pods" / "deps" / "requirements.txt").write_text(f"--no-index\n--find-links {wheelhouse}\n")
+    added = run(root, "add", "deps", "tinypkg==1.0", "--json")
+    assert added.returncode == 0, added.stderr
+    assert "tinypkg==1.0" in json.loads(added.stdout)["requirements"]
+    assert json.loads(added.stdout)["synced"] is True
+    removed = json.loads(run(root, "remove", "deps", "tinypkg", "--no-sync", "--json").stdout)
+    assert "tinypkg==1.0" not in removed["requirements"]
+    assert removed["synced"] is False
+    failed = run(root, "add", "deps", "tinypkg==9.9")
+    assert failed.returncode == 1
+    assert failed.stderr.count("hint:") == 1, failed.stderr  # "left as it was", not "fix requirements.txt"
 
 
 def test_ctrl_c_exits_130(make_pod, root: Path) -> None:
