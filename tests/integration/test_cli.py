@@ -234,6 +234,19 @@ def test_call_arguments_negative_numbers_and_malformed_json(geo: Path) -> None:
     assert run(geo, "call", "geo", "area", "2", "--timeout", "nan").returncode == 2
 
 
+@pytest.mark.parametrize("text", ['"x', "[1,", "{bad json", '{"a": "b'])
+def test_malformed_argument_hint_quotes_it_so_it_parses_back(text: str) -> None:
+    import click
+
+    from pypods._cli.calls import parse_argument
+
+    with pytest.raises(click.BadParameter) as info:
+        parse_argument(text)
+    suggested = str(info.value.message).rsplit("quote it: ", 1)[1]
+    assert suggested[0] == suggested[-1] == "'"
+    assert parse_argument(suggested[1:-1]) == text
+
+
 def test_call_on_a_bad_pod_toml_is_an_error_not_a_traceback(geo: Path) -> None:
     (geo / "pods" / "geo" / "pod.toml").write_text("timout = 3\n")
     for args in (("call", "geo", "area", "2"), ("describe", "geo"), ("sync", "geo"), ("run", "geo", "--", "true")):

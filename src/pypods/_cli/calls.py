@@ -74,7 +74,7 @@ def parse_argument(text: str) -> Any:
         pass
     if text.startswith(_STRUCTURED):
         raise click.BadParameter(
-            f"{text!r} is not valid JSON or a Python literal; to pass it as text, quote it: '\"{text}\"'",
+            f"{text!r} is not valid JSON or a Python literal; to pass it as text, quote it: '{json.dumps(text)}'",
             param_hint="argument",
         )
     return text
