@@ -192,6 +192,17 @@ def test_stubs_make_mypy_check_pod_calls(geo: Path) -> None:
     assert ran.stdout.split() == ["12.56636", "3.0"], ran.stderr
 
 
+def test_one_broken_pod_does_not_keep_the_others_from_their_stubs(make_pod, geo: Path) -> None:
+    make_pod("syntax", "def f(:\n    pass\n")
+    result = run(geo, "stubs")
+    assert result.returncode == 1
+    assert "skipped pod 'syntax'" in result.stderr
+    assert "hint:" in result.stderr
+    assert (geo / "pods_typed" / "geo.pyi").exists()
+    assert not (geo / "pods_typed" / "syntax.pyi").exists()
+    assert run(geo, "stubs", "syntax").returncode == 1  # named: its own error
+
+
 def test_global_options_anywhere_and_quiet(geo: Path, tmp_path: Path) -> None:
     elsewhere = {**os.environ}
     elsewhere.pop("PYPODS_ROOT", None)
