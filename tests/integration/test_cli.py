@@ -318,6 +318,9 @@ def test_list_empty_and_ignored_folders(root: Path) -> None:
     assert "'my_pod'" in listed.stdout
     doctor = run(root, "doctor")
     assert "pods/my-pod/ is ignored" in doctor.stdout
+    called = run(root, "call", "my-pod", "f")
+    assert called.returncode == 2
+    assert "hint: pods/my-pod/ is not a valid pod name; rename it" in called.stderr
 
 
 def test_add_and_remove_edit_requirements_and_resync(make_pod, root: Path, wheelhouse: Path) -> None:

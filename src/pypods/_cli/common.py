@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from .._env import cache, store
-from .._env.layout import PodLayout, PodSettings, list_pods, resolve_root
+from .._env.layout import PodLayout, PodSettings, ignored_folders, list_pods, resolve_root
 from .._env.progress import BuildReport
 from .._errors import PodError
 
@@ -103,7 +103,8 @@ class Context:
         try:
             layout = PodLayout.at(name, self.root)
         except ValueError as exc:
-            raise CliError(str(exc), code=2) from exc
+            why = ignored_folders(self.root).get(name, "")  # pods/my-pod/ exists: say how to fix it
+            raise CliError(str(exc), hint=f"pods/{name}/ is {why}" if why else "", code=2) from exc
         if layout.exists():
             return layout
         if create:
