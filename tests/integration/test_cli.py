@@ -219,6 +219,10 @@ def test_global_options_anywhere_and_quiet(geo: Path, tmp_path: Path) -> None:
     loud = run(geo, "rm", "geo")
     assert "removed" in loud.stderr
     assert run(geo, "-q", "sync").stderr == ""
+    verbose = run(geo, "call", "geo", "area", "1", "-v")
+    assert f"pypods: root: {geo} ($PYPODS_ROOT)" in verbose.stderr
+    assert "pypods: pod 'geo': worker " in verbose.stderr
+    assert "root:" not in run(geo, "call", "geo", "area", "1").stderr
 
 
 def test_usage_errors_exit_2_and_failures_exit_1_with_hints(geo: Path) -> None:

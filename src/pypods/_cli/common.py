@@ -85,6 +85,8 @@ class Context:
         self.root = resolve_root(meta.get("root"))
         if self.verbose:
             logging.basicConfig(level=logging.DEBUG if self.verbose > 1 else logging.INFO, format="pypods: %(message)s")
+            how = "--root" if meta.get("root") else "$PYPODS_ROOT" if os.environ.get("PYPODS_ROOT") else "found"
+            logging.getLogger("pypods").info("root: %s (%s)", self.root, how)
 
     def note(self, text: str) -> None:
         """A message for people (stderr), silenced by ``-q``."""
