@@ -233,6 +233,7 @@ def test_usage_errors_exit_2_and_failures_exit_1_with_hints(geo: Path) -> None:
     assert missing.returncode == 1
     assert missing.stderr.splitlines()[0] == f"pypods: error: no pod 'gae' in {geo / 'pods'} (pods there: geo)"
     assert missing.stderr.splitlines()[1].startswith("hint: create it with `pypods new gae`")
+    assert "did you mean 'geo'?" in missing.stderr.splitlines()[1]
     assert not (geo / "pods" / "gae").exists()  # a typo creates nothing
 
 

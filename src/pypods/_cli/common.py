@@ -6,6 +6,7 @@ to stdout (a table on a terminal, tab-separated when piped, JSON with ``--json``
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -113,10 +114,12 @@ class Context:
             layout.create()
             self.note(f"pypods: created new pod {name!r} in {layout.pod_dir}")
             return layout
-        known = ", ".join(list_pods(self.root)) or "none"
+        pods = list_pods(self.root)
+        close = difflib.get_close_matches(name, pods, n=1)
+        guess = f" (or did you mean {close[0]!r}?)" if close else ""
         raise CliError(
-            f"no pod {name!r} in {self.root / 'pods'} (pods there: {known})",
-            hint=f"create it with `pypods new {name}`, or give --root (or run from the project folder)",
+            f"no pod {name!r} in {self.root / 'pods'} (pods there: {', '.join(pods) or 'none'})",
+            hint=f"create it with `pypods new {name}`{guess}, or give --root (or run from the project folder)",
         )
 
     def settings(self, layout: PodLayout) -> PodSettings:
