@@ -138,6 +138,10 @@ def test_rm_and_gc(geo: Path) -> None:
     assert "nothing removed" in kept.stderr
     assert "error" not in kept.stderr
     assert (geo / "pods" / "geo").exists()
+    no_answer = run(geo, "rm", "geo", "--all", input="")  # stdin closed, as in a script: "no", not Ctrl-C
+    assert no_answer.returncode == 0, no_answer.stderr
+    assert "nothing removed" in no_answer.stderr
+    assert (geo / "pods" / "geo").exists()
     assert run(geo, "rm", "geo", "--all", "--yes").returncode == 0
     assert not (geo / "pods" / "geo").exists()
     orphan = geo / "pods" / "gone" / "venv"

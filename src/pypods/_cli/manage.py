@@ -205,11 +205,7 @@ def rm(name: str, whole: bool, yes: bool, as_json: bool) -> None:
     ctx = Context()
     layout = ctx.layout(name)
     target = layout.pod_dir if whole else layout.venv
-    if (
-        whole
-        and not yes
-        and not click.confirm(f"Delete {layout.pod_dir} and everything in it?", default=False, err=True)
-    ):
+    if whole and not yes and not _confirm(f"Delete {layout.pod_dir} and everything in it?"):
         if as_json:
             emit(True, {"name": name, "path": str(target), "removed": False, "bytes": 0}, [], [])
         ctx.note(f"kept {layout.pod_dir}: nothing removed")
@@ -222,6 +218,16 @@ def rm(name: str, whole: bool, yes: bool, as_json: bool) -> None:
         emit(True, {"name": name, "path": str(target), "removed": True, "bytes": size}, [], [])
     else:
         ctx.note(f"removed {target} ({human(size)})")
+
+
+def _confirm(question: str) -> bool:
+    """Ask on stderr; no answer at all (stdin closed, as in a script) is "no", not an interruption."""
+    try:
+        return click.confirm(question, default=False, err=True)
+    except click.Abort as exc:
+        if isinstance(exc.__context__, EOFError):
+            return False
+        raise
 
 
 def _garbage(root: Path) -> list[Path]:
