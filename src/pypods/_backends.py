@@ -8,6 +8,7 @@ setting that backend would not honour.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._client.connection import DEFAULT_START_TIMEOUT, ProcessConnection
@@ -120,4 +121,7 @@ def spawn_process(layout: PodLayout, settings: PodSettings, env_key: str, descri
     """Start one worker for the pod under the start deadline; a failed start leaves nothing running."""
     conn = ProcessConnection(new_worker(layout, settings, describe), start_deadline(settings))
     remember(layout, env_key, conn.hello, conn.description)
+    logging.getLogger("pypods").info(
+        "pod %r: worker %s started (%s)", layout.name, conn.hello.get("pid"), layout.venv_python
+    )
     return conn

@@ -138,6 +138,10 @@ def test_rm_and_gc(geo: Path) -> None:
     assert "nothing removed" in kept.stderr
     assert "error" not in kept.stderr
     assert (geo / "pods" / "geo").exists()
+    no_answer = run(geo, "rm", "geo", "--all", input="")  # stdin closed, as in a script: "no", not Ctrl-C
+    assert no_answer.returncode == 0, no_answer.stderr
+    assert "nothing removed" in no_answer.stderr
+    assert (geo / "pods" / "geo").exists()
     assert run(geo, "rm", "geo", "--all", "--yes").returncode == 0
     assert not (geo / "pods" / "geo").exists()
     orphan = geo / "pods" / "gone" / "venv"
@@ -192,6 +196,17 @@ def test_stubs_make_mypy_check_pod_calls(geo: Path) -> None:
     assert ran.stdout.split() == ["12.56636", "3.0"], ran.stderr
 
 
+def test_one_broken_pod_does_not_keep_the_others_from_their_stubs(make_pod, geo: Path) -> None:
+    make_pod("syntax", "def f(:\n    pass\n")
+    result = run(geo, "stubs")
+    assert result.returncode == 1
+    assert "skipped pod 'syntax'" in result.stderr
+    assert "hint:" in result.stderr
+    assert (geo / "pods_typed" / "geo.pyi").exists()
+    assert not (geo / "pods_typed" / "syntax.pyi").exists()
+    assert run(geo, "stubs", "syntax").returncode == 1  # named: its own error
+
+
 def test_global_options_anywhere_and_quiet(geo: Path, tmp_path: Path) -> None:
     elsewhere = {**os.environ}
     elsewhere.pop("PYPODS_ROOT", None)
@@ -208,6 +223,10 @@ def test_global_options_anywhere_and_quiet(geo: Path, tmp_path: Path) -> None:
     loud = run(geo, "rm", "geo")
     assert "removed" in loud.stderr
     assert run(geo, "-q", "sync").stderr == ""
+    verbose = run(geo, "call", "geo", "area", "1", "-v")
+    assert f"pypods: root: {geo} ($PYPODS_ROOT)" in verbose.stderr
+    assert "pypods: pod 'geo': worker " in verbose.stderr
+    assert "root:" not in run(geo, "call", "geo", "area", "1").stderr
 
 
 def test_usage_errors_exit_2_and_failures_exit_1_with_hints(geo: Path) -> None:
@@ -218,6 +237,7 @@ def test_usage_errors_exit_2_and_failures_exit_1_with_hints(geo: Path) -> None:
     assert missing.returncode == 1
     assert missing.stderr.splitlines()[0] == f"pypods: error: no pod 'gae' in {geo / 'pods'} (pods there: geo)"
     assert missing.stderr.splitlines()[1].startswith("hint: create it with `pypods new gae`")
+    assert "did you mean 'geo'?" in missing.stderr.splitlines()[1]
     assert not (geo / "pods" / "gae").exists()  # a typo creates nothing
 
 
@@ -234,6 +254,19 @@ def test_call_arguments_negative_numbers_and_malformed_json(geo: Path) -> None:
     assert run(geo, "call", "geo", "area", "2", "--timeout", "nan").returncode == 2
 
 
+@pytest.mark.parametrize("text", ['"x', "[1,", "{bad json", '{"a": "b'])
+def test_malformed_argument_hint_quotes_it_so_it_parses_back(text: str) -> None:
+    import click
+
+    from pypods._cli.calls import parse_argument
+
+    with pytest.raises(click.BadParameter) as info:
+        parse_argument(text)
+    suggested = str(info.value.message).rsplit("quote it: ", 1)[1]
+    assert suggested[0] == suggested[-1] == "'"
+    assert parse_argument(suggested[1:-1]) == text
+
+
 def test_call_on_a_bad_pod_toml_is_an_error_not_a_traceback(geo: Path) -> None:
     (geo / "pods" / "geo" / "pod.toml").write_text("timout = 3\n")
     for args in (("call", "geo", "area", "2"), ("describe", "geo"), ("sync", "geo"), ("run", "geo", "--", "true")):
@@ -248,6 +281,7 @@ def test_failed_new_leaves_nothing_behind(root: Path, wheelhouse: Path) -> None:
     first = run(root, *args)
     assert first.returncode == 1
     assert "the pod was not created" in first.stderr
+    assert first.stderr.count("hint:") == 1  # not also "fix requirements.txt and load the pod again"
     assert not (root / "pods" / "broken").exists()
     second = run(root, *args)
     assert "already exists" not in second.stderr
@@ -293,6 +327,9 @@ def test_list_empty_and_ignored_folders(root: Path) -> None:
     assert "'my_pod'" in listed.stdout
     doctor = run(root, "doctor")
     assert "pods/my-pod/ is ignored" in doctor.stdout
+    called = run(root, "call", "my-pod", "f")
+    assert called.returncode == 2
+    assert "hint: pods/my-pod/ is not a valid pod name; rename it" in called.stderr
 
 
 def test_add_and_remove_edit_requirements_and_resync(make_pod, root: Path, wheelhouse: Path) -> None:
@@ -339,6 +376,27 @@ def test_json_on_every_command_that_prints_data(geo: Path) -> None:
     assert json.loads(run(geo, "gc", "--dry-run", "--json").stdout)["dry_run"] is True
     assert json.loads(run(geo, "doctor", "--json").stdout)["pods"][0]["name"] == "geo"
     assert "geo" in json.loads(run(geo, "stubs", "--json").stdout)["pods"]
+    kept = json.loads(run(geo, "rm", "geo", "--all", "--json", input="n\n").stdout)  # the question is on stderr
+    assert kept["removed"] is False
+    removed = json.loads(run(geo, "rm", "geo", "--json").stdout)
+    assert removed["removed"] is True
+    assert removed["bytes"] > 0
+    assert removed["path"] == str(geo / "pods" / "geo" / "venv")
+
+
+def test_add_and_remove_print_json(make_pod, root: Path, wheelhouse: Path) -> None:
+    make_pod("deps", "def f():\n    return 1\n")
+    (root / "pods" / "deps" / "requirements.txt").write_text(f"--no-index\n--find-links {wheelhouse}\n")
+    added = run(root, "add", "deps", "tinypkg==1.0", "--json")
+    assert added.returncode == 0, added.stderr
+    assert "tinypkg==1.0" in json.loads(added.stdout)["requirements"]
+    assert json.loads(added.stdout)["synced"] is True
+    removed = json.loads(run(root, "remove", "deps", "tinypkg", "--no-sync", "--json").stdout)
+    assert "tinypkg==1.0" not in removed["requirements"]
+    assert removed["synced"] is False
+    failed = run(root, "add", "deps", "tinypkg==9.9")
+    assert failed.returncode == 1
+    assert failed.stderr.count("hint:") == 1, failed.stderr  # "left as it was", not "fix requirements.txt"
 
 
 def test_ctrl_c_exits_130(make_pod, root: Path) -> None:

@@ -223,7 +223,18 @@ def test_syntax_error_names_pod_py_with_its_path(make_pod, root: Path) -> None:
     with pytest.raises(SyntaxError) as info:
         pypods.load("broken", root=root)
     assert str(pod_dir / "pod.py") in str(info.value)
-    assert "<frozen importlib" not in info.value.remote_traceback  # type: ignore[attr-defined]
+    remote = info.value.remote_traceback  # type: ignore[attr-defined]
+    assert "importlib" not in remote  # neither <frozen importlib._bootstrap> nor importlib/__init__.py
+    assert f'File "{pod_dir / "pod.py"}", line 1' in remote
+
+
+def test_import_error_traceback_starts_in_pod_py(make_pod, root: Path) -> None:
+    pod_dir = make_pod("noimport", "import not_a_module_anywhere\n")
+    with pytest.raises(ModuleNotFoundError) as info:
+        pypods.load("noimport", root=root)
+    remote = info.value.remote_traceback  # type: ignore[attr-defined]
+    assert "importlib" not in remote
+    assert remote.splitlines()[1].startswith(f'  File "{pod_dir / "pod.py"}"')
 
 
 def test_pod_py_is_never_imported_in_the_client(make_pod, root: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import pickle
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -404,3 +405,20 @@ def test_a_setting_the_backend_would_ignore_is_refused_naming_both() -> None:
     with pytest.raises(ValueError, match=r"'address'.*'local' backend"):
         check_backend_options(PodSettings(address="ray://x"))
     assert "idle_timeout" in BACKEND_OPTIONS["local"]
+
+
+def test_a_reply_this_client_cannot_receive_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A numpy array in a reply to a client without numpy: the client, not the pod, cannot receive it.
+    np = pytest.importorskip("numpy")
+    from pypods._client.core import CallProtocol
+    from pypods._worker.codec import Encoder
+
+    frame = bytes(Encoder().document({"id": 7, "ok": True, "value": np.arange(3)}))
+    monkeypatch.setitem(sys.modules, "numpy", None)  # import numpy now fails, as without it
+    proto = CallProtocol("arrays")
+    reply = proto.decode(frame)
+    assert reply["id"] == 7
+    with pytest.raises(ModuleNotFoundError, match="numpy is not installed") as info:
+        proto.outcome("make", reply)
+    assert "this client could not receive the result" in str(info.value)
+    assert "the pod could not receive the arguments" not in str(info.value)

@@ -74,7 +74,7 @@ def parse_argument(text: str) -> Any:
         pass
     if text.startswith(_STRUCTURED):
         raise click.BadParameter(
-            f"{text!r} is not valid JSON or a Python literal; to pass it as text, quote it: '\"{text}\"'",
+            f"{text!r} is not valid JSON or a Python literal; to pass it as text, quote it: '{json.dumps(text)}'",
             param_hint="argument",
         )
     return text
@@ -185,8 +185,16 @@ def stubs(names: tuple[str, ...], as_json: bool) -> None:
 
     ctx = Context()
     root = ctx.root
-    chosen = names or tuple(list_pods(root))
-    pods = {name: describe(ctx, ctx.layout(name)) for name in chosen}
+    pods: dict[str, list[dict[str, Any]]] = {}
+    failed: list[str] = []
+    for name in names or list_pods(root):
+        try:
+            pods[name] = describe(ctx, ctx.layout(name))
+        except (PodError, CliError) as exc:
+            if names:  # a pod named on the command line must work
+                raise
+            failed.append(name)  # one broken pod does not keep the others from their stubs
+            ctx.note(f"skipped pod {name!r}: {str(exc).splitlines()[0]}")
     if names:  # keep the overloads of the pods not named this time
         for other in list_pods(root):
             if other not in pods and (root / _stubs.PACKAGE / f"{other}.pyi").exists():
@@ -198,6 +206,11 @@ def stubs(names: tuple[str, ...], as_json: bool) -> None:
         emit(True, {"files": [str(path) for path in written], "pods": sorted(pods)}, [], [])
     else:
         ctx.note(f"wrote {len(written)} files to {root / _stubs.PACKAGE}: " + ", ".join(sorted(pods)))
+    if failed:
+        raise CliError(
+            f"no stubs for {', '.join(map(repr, failed))}: describing failed",
+            hint="fix the pod (`pypods describe NAME` shows the error), then run `pypods stubs` again",
+        )
 
 
 COMMANDS = [sync, call, run, stubs]

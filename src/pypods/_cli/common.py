@@ -6,6 +6,7 @@ to stdout (a table on a terminal, tab-separated when piped, JSON with ``--json``
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from .._env import cache, store
-from .._env.layout import PodLayout, PodSettings, list_pods, resolve_root
+from .._env.layout import PodLayout, PodSettings, ignored_folders, list_pods, resolve_root
 from .._env.progress import BuildReport
 from .._errors import PodError
 
@@ -85,6 +86,8 @@ class Context:
         self.root = resolve_root(meta.get("root"))
         if self.verbose:
             logging.basicConfig(level=logging.DEBUG if self.verbose > 1 else logging.INFO, format="pypods: %(message)s")
+            how = "--root" if meta.get("root") else "$PYPODS_ROOT" if os.environ.get("PYPODS_ROOT") else "found"
+            logging.getLogger("pypods").info("root: %s (%s)", self.root, how)
 
     def note(self, text: str) -> None:
         """A message for people (stderr), silenced by ``-q``."""
@@ -103,17 +106,20 @@ class Context:
         try:
             layout = PodLayout.at(name, self.root)
         except ValueError as exc:
-            raise CliError(str(exc), code=2) from exc
+            why = ignored_folders(self.root).get(name, "")  # pods/my-pod/ exists: say how to fix it
+            raise CliError(str(exc), hint=f"pods/{name}/ is {why}" if why else "", code=2) from exc
         if layout.exists():
             return layout
         if create:
             layout.create()
             self.note(f"pypods: created new pod {name!r} in {layout.pod_dir}")
             return layout
-        known = ", ".join(list_pods(self.root)) or "none"
+        pods = list_pods(self.root)
+        close = difflib.get_close_matches(name, pods, n=1)
+        guess = f" (or did you mean {close[0]!r}?)" if close else ""
         raise CliError(
-            f"no pod {name!r} in {self.root / 'pods'} (pods there: {known})",
-            hint=f"create it with `pypods new {name}`, or give --root (or run from the project folder)",
+            f"no pod {name!r} in {self.root / 'pods'} (pods there: {', '.join(pods) or 'none'})",
+            hint=f"create it with `pypods new {name}`{guess}, or give --root (or run from the project folder)",
         )
 
     def settings(self, layout: PodLayout) -> PodSettings:

@@ -82,13 +82,22 @@ def new(name: str, python: str | None, requirements: tuple[str, ...], no_build: 
         except (PodError, CliError) as exc:
             if not existed:  # leave nothing behind, so a retry is not told the pod exists
                 shutil.rmtree(layout.pod_dir, ignore_errors=True)
-            raise CliError(str(exc), hint="the pod was not created; fix the requirement or --python and retry") from exc
+            hint = "the pod was not created; fix the requirement or --python and retry"
+            raise CliError(_own_hint(exc), hint=hint) from exc
     record = {"name": name, "path": str(layout.pod_dir), "built": took is not None, "seconds": took}
     if as_json:
         emit(True, record, [], [])
         return
     built = f", built in {took:.2f}s" if took is not None else ""
     ctx.note(f"created pod {name!r} in {layout.pod_dir}{built}: add functions to {layout.pod_py}")
+
+
+def _own_hint(exc: Exception) -> str:
+    """The build error without its "fix requirements.txt and load again" hint, which ``new`` and ``add`` replace."""
+    lines = str(exc).splitlines()
+    if lines and lines[-1].startswith("hint: fix "):
+        lines.pop()
+    return "\n".join(lines)
 
 
 class _Edit:
@@ -111,7 +120,7 @@ class _Edit:
                 _build(ctx, self.layout)
             except (PodError, CliError):
                 pass
-            raise CliError(str(exc), hint=f"{self.layout.requirements} was left as it was") from exc
+            raise CliError(_own_hint(exc), hint=f"{self.layout.requirements} was left as it was") from exc
 
     def restore(self) -> None:
         for path, data in self.saved.items():
@@ -133,8 +142,9 @@ def _index(lines: list[str], project: str | None) -> Iterator[int]:
 @click.argument("requirements", nargs=-1, required=True)
 @click.option("--no-sync", is_flag=True, help="Only edit requirements.txt.")
 @click.option("--create", is_flag=True, help="Create the pod from the template if it does not exist.")
+@json_option
 @global_options
-def add(name: str, requirements: tuple[str, ...], no_sync: bool, create: bool) -> None:
+def add(name: str, requirements: tuple[str, ...], no_sync: bool, create: bool, as_json: bool) -> None:
     """Add REQUIREMENTS to pod NAME (replacing the same project's line) and re-sync its environment."""
     ctx = Context()
     edit = _Edit(ctx.layout(name, create=create))
@@ -145,16 +155,18 @@ def add(name: str, requirements: tuple[str, ...], no_sync: bool, create: bool) -
         else:
             edit.lines.append(requirement)
     took = edit.apply(ctx, not no_sync)
-    done = f"; synced in {took:.2f}s" if took is not None else ""
-    ctx.note(f"added {', '.join(requirements)} to pod {name!r}{done}")
+    if not _edited(as_json, edit, name, took):
+        done = f"; synced in {took:.2f}s" if took is not None else ""
+        ctx.note(f"added {', '.join(requirements)} to pod {name!r}{done}")
 
 
 @click.command()
 @click.argument("name")
 @click.argument("requirements", nargs=-1, required=True)
 @click.option("--no-sync", is_flag=True, help="Only edit requirements.txt.")
+@json_option
 @global_options
-def remove(name: str, requirements: tuple[str, ...], no_sync: bool) -> None:
+def remove(name: str, requirements: tuple[str, ...], no_sync: bool, as_json: bool) -> None:
     """Remove REQUIREMENTS (project names) from pod NAME and re-sync its environment."""
     ctx = Context()
     edit = _Edit(ctx.layout(name))
@@ -169,28 +181,53 @@ def remove(name: str, requirements: tuple[str, ...], no_sync: bool) -> None:
         for i in reversed(found):
             del edit.lines[i]
     took = edit.apply(ctx, not no_sync)
-    done = f"; synced in {took:.2f}s" if took is not None else ""
-    ctx.note(f"removed {', '.join(requirements)} from pod {name!r}{done}")
+    if not _edited(as_json, edit, name, took):
+        done = f"; synced in {took:.2f}s" if took is not None else ""
+        ctx.note(f"removed {', '.join(requirements)} from pod {name!r}{done}")
+
+
+def _edited(as_json: bool, edit: _Edit, name: str, took: float | None) -> bool:
+    """Print the result of ``add``/``remove`` as JSON if asked; say whether it did."""
+    if as_json:
+        record = {"name": name, "requirements": edit.lines, "synced": took is not None, "seconds": took}
+        emit(True, record, [], [])
+    return as_json
 
 
 @click.command()
 @click.argument("name")
 @click.option("--all", "whole", is_flag=True, help="Remove the whole pod folder, code included.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
 @global_options
-def rm(name: str, whole: bool, yes: bool) -> None:
+def rm(name: str, whole: bool, yes: bool, as_json: bool) -> None:
     """Remove pod NAME's environment (rebuilt on the next load), or with --all the whole pod."""
     ctx = Context()
     layout = ctx.layout(name)
     target = layout.pod_dir if whole else layout.venv
-    if whole and not yes and not click.confirm(f"Delete {layout.pod_dir} and everything in it?", default=False):
+    if whole and not yes and not _confirm(f"Delete {layout.pod_dir} and everything in it?"):
+        if as_json:
+            emit(True, {"name": name, "path": str(target), "removed": False, "bytes": 0}, [], [])
         ctx.note(f"kept {layout.pod_dir}: nothing removed")
         return
     size = size_of(target) if target.exists() else 0
     shutil.rmtree(target, ignore_errors=True)
     if not whole:
         shutil.rmtree(layout.state, ignore_errors=True)
-    ctx.note(f"removed {target} ({human(size)})")
+    if as_json:
+        emit(True, {"name": name, "path": str(target), "removed": True, "bytes": size}, [], [])
+    else:
+        ctx.note(f"removed {target} ({human(size)})")
+
+
+def _confirm(question: str) -> bool:
+    """Ask on stderr; no answer at all (stdin closed, as in a script) is "no", not an interruption."""
+    try:
+        return click.confirm(question, default=False, err=True)
+    except click.Abort as exc:
+        if isinstance(exc.__context__, EOFError):
+            return False
+        raise
 
 
 def _garbage(root: Path) -> list[Path]:

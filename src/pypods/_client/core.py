@@ -169,7 +169,7 @@ class CallProtocol:
         try:
             message = self._decoder.document(frame)
         except MissingLibrary as exc:  # our side lacks a library for a value: that call fails, not the pipe
-            return {"id": messages.peek_id(frame), "ok": False, "error": messages.error_info(exc, "decode")}
+            return {"id": messages.peek_id(frame), "ok": False, "error": messages.error_info(exc, "receive")}
         except (DecodeError, RecursionError, MemoryError, ValueError, TypeError) as exc:
             raise self.protocol_error(exc) from exc
         if type(message.get("id")) is not int:
@@ -327,6 +327,8 @@ def error_from_reply(pod: str, function: str | None, error: Any) -> Exception:
         text = f"{where}: importing pod.py failed: {remote_type}: {message}"
     elif kind == "decode":
         text = f"{where}: the pod could not receive the arguments: {remote_type}: {message}"
+    elif kind == "receive":  # made by this client's own decode (e.g. a numpy array without numpy here)
+        text = f"{where}: this client could not receive the result: {remote_type}: {message}"
     else:
         text = f"{where}: {remote_type}: {message}"
     cls = remote_error_type(mro)

@@ -59,14 +59,18 @@ def error_info(exc: BaseException, kind: str) -> Dict[str, Any]:
     """Describe an exception for the wire: its type and bases, message and formatted traceback.
 
     The traceback starts in the pod's code: the worker loop's frames and the import machinery's
-    (``<frozen importlib._bootstrap>``) are left out.
+    (``importlib.import_module``, ``<frozen importlib._bootstrap>``) are left out.
     """
     import traceback
 
     cls = type(exc)
     tb = exc.__traceback__
-    # Drop our own frames (the worker loop) so the traceback starts in the pod's code.
-    while tb is not None and tb.tb_frame.f_globals.get("__package__") == __package__:
+    # Drop our own frames (the worker loop, then importlib.import_module for pod.py) so the
+    # traceback starts in the pod's code.
+    while tb is not None and (
+        tb.tb_frame.f_globals.get("__package__") == __package__
+        or str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0] == "importlib"
+    ):
         tb = tb.tb_next
     try:
         lines = traceback.format_exception(cls, exc, tb)
