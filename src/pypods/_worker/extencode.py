@@ -112,7 +112,11 @@ def _enum(enc: Encoder, out: bytearray, key: bytes, obj: enum.Enum) -> None:
 def _exception(enc: Encoder, out: bytearray, key: bytes, obj: BaseException) -> None:
     cls = type(obj)
     args = [a if _sendable(enc, a) else _safe_text(repr, a) for a in obj.args]
-    enc.ext(out, key, "exc", args, c="%s:%s" % (cls.__module__, cls.__qualname__), m=_safe_text(str, obj))
+    try:
+        message = str(obj)
+    except Exception as exc:  # a value that cannot be described cannot be sent (issue #11)
+        raise EncodeError("cannot send %s: its __str__ raised %s" % (cls.__qualname__, type(exc).__name__))
+    enc.ext(out, key, "exc", args, c="%s:%s" % (cls.__module__, cls.__qualname__), m=message)
 
 
 def _safe_text(render: Callable[[Any], str], obj: Any) -> str:
