@@ -125,14 +125,7 @@ class PodActor:
 
     def hello(self, describe: bool = True) -> bytes:
         """The worker hello of the protocol: who we are, and the functions or the import error."""
-        message: dict[str, Any] = {
-            "id": 0,
-            "op": "hello",
-            "protocol": messages.PROTOCOL,
-            "pid": os.getpid(),
-            "python": list(sys.version_info[:3]),
-            "executable": sys.executable,
-        }
+        message = messages.hello_header()
         try:
             if self.import_error is not None:
                 message["error"] = self.import_error

@@ -22,6 +22,21 @@ def peek_id(frame: bytes) -> int:
     return 0
 
 
+def hello_header() -> Dict[str, Any]:
+    """The fields every hello starts with: protocol version, pid, Python version and executable."""
+    import os
+    import sys
+
+    return {
+        "id": 0,
+        "op": "hello",
+        "protocol": PROTOCOL,
+        "pid": os.getpid(),
+        "python": list(sys.version_info[:3]),
+        "executable": sys.executable,
+    }
+
+
 def pack_pickle(value: Any) -> Dict[str, Any]:
     """The opt-in pickle codec: protocol 5, large buffers out of band (as ``RawBuffer`` payloads)."""
     import pickle

@@ -205,15 +205,8 @@ class Worker:
 
     def hello(self) -> None:
         # 2. Say who we are and what we offer, before reading anything.
-        message: Dict[str, Any] = {
-            "id": 0,
-            "op": "hello",
-            "protocol": messages.PROTOCOL,
-            "pid": os.getpid(),
-            "python": list(sys.version_info[:3]),
-            "executable": sys.executable,
-            "encodings": fastcodec.ENCODINGS,
-        }
+        message = messages.hello_header()
+        message["encodings"] = fastcodec.ENCODINGS
         if self.import_error is not None:
             message["error"] = self.import_error
         elif self.describe:
