@@ -18,6 +18,7 @@ import enum
 import pathlib
 import struct
 import sys
+import types
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -206,6 +207,22 @@ def _hot_shape(data: bytes) -> Optional[Dict[str, Any]]:
     return None
 
 
+# The descriptors behind ``module.__dict__`` and ``cls.__dict__``, read directly: ``vars(obj)`` would ask
+# the object (a lazily loaded module's ``__getattribute__`` executes the module; a proxy's runs its code).
+_MODULE_DICT: Any = vars(types.ModuleType)["__dict__"]
+_TYPE_DICT: Any = vars(type)["__dict__"]
+
+
+def _own_dict(obj: Any) -> Any:
+    """The namespace of a module or class, read without running any of its code; None for anything else."""
+    kind = type(obj)  # type() and issubclass() of two real types ask nothing of the object
+    if issubclass(kind, types.ModuleType):
+        return _MODULE_DICT.__get__(obj)
+    if issubclass(kind, type):
+        return _TYPE_DICT.__get__(obj)
+    return None
+
+
 def _lookup(spec: Any, base: type) -> Optional[type]:
     """Resolve ``module:QualName`` from ``sys.modules`` only, through ``__dict__``s: no import, no hook."""
     if not isinstance(spec, str) or ":" not in spec:
@@ -213,13 +230,11 @@ def _lookup(spec: Any, base: type) -> Optional[type]:
     module_name, qualname = spec.split(":", 1)
     obj: Any = sys.modules.get(module_name)
     for part in qualname.split("."):
-        if obj is None:
+        namespace = _own_dict(obj)
+        if type(namespace) not in (dict, types.MappingProxyType):
             return None
-        try:
-            obj = vars(obj).get(part)
-        except TypeError:  # no __dict__
-            return None
-    return obj if isinstance(obj, type) and issubclass(obj, base) else None
+        obj = namespace.get(part)
+    return obj if issubclass(type(obj), type) and issubclass(obj, base) else None
 
 
 def _decode_enum(payload: Any, fields: Dict[str, Any]) -> Any:
@@ -227,7 +242,8 @@ def _decode_enum(payload: Any, fields: Dict[str, Any]) -> Any:
     if cls is None:
         raise DecodeError("enum %s is not importable on this side (its module is not imported)" % fields.get("c"))
     if type(payload) is str:
-        member = vars(cls).get("_member_map_", {}).get(payload)
+        members = _TYPE_DICT.__get__(cls).get("_member_map_")
+        member = members.get(payload) if type(members) is dict else None
         if member is None:
             raise DecodeError("enum %s has no member %r" % (fields.get("c"), payload))
         return member

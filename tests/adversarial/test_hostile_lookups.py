@@ -1,0 +1,109 @@
+"""Round-2 attacks on the decoder's class lookup: objects in ``sys.modules`` that run code when asked.
+
+A value's ``c`` field names ``module:QualName``; the decoder resolves it from ``sys.modules`` only.
+But asking an object for its ``__dict__`` (``vars``) or its ``__class__`` (``isinstance``) runs that
+object's own code: a module loaded with ``importlib.util.LazyLoader`` executes itself on its first
+attribute access (an import, caused by the pod), and a proxy object runs its ``__getattribute__``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pytest
+
+import pypods
+from adversarial.test_decoder import HOSTILE
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from conftest import PodFactory
+
+
+@pytest.fixture
+def hostile(make_pod: PodFactory, root: Path) -> Path:
+    make_pod("hostile", HOSTILE)
+    return root
+
+
+@pytest.fixture
+def lazy_module(tmp_path: Path) -> Iterator[Path]:
+    """A module in the client's ``sys.modules`` that is loaded lazily: it runs on first attribute access."""
+    marker = tmp_path / "executed"
+    source = tmp_path / "pypods_lazy_victim.py"
+    body = "import enum\nclass E(enum.Enum):\n    A = 1\nclass Boom(Exception):\n    pass\n"
+    source.write_text(f"open({str(marker)!r}, 'w').close()\n" + body)
+    spec = importlib.util.spec_from_file_location("pypods_lazy_victim", source)
+    assert spec is not None
+    assert spec.loader is not None
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pypods_lazy_victim"] = module
+    loader.exec_module(module)
+    try:
+        yield marker
+    finally:
+        del sys.modules["pypods_lazy_victim"]
+
+
+class _Spy:
+    """A module-level object that records every attribute it is asked for (a proxy runs code there)."""
+
+    asked: ClassVar[list[str]] = []
+
+    def __getattribute__(self, name: str) -> Any:
+        _Spy.asked.append(name)
+        return object.__getattribute__(self, name)
+
+
+@pytest.fixture
+def spy_module() -> Iterator[list[str]]:
+    module = types.ModuleType("pypods_spy_victim")
+    module.spy = _Spy()  # type: ignore[attr-defined]
+    sys.modules["pypods_spy_victim"] = module
+    _Spy.asked = []
+    try:
+        yield _Spy.asked
+    finally:
+        del sys.modules["pypods_spy_victim"]
+
+
+@pytest.mark.parametrize(
+    ("tag", "payload", "spec"),
+    [
+        ("enum", "A", "pypods_lazy_victim:E"),
+        ("exc", ["x"], "pypods_lazy_victim:Boom"),
+    ],
+)
+def test_a_lazily_loaded_module_is_not_executed(
+    hostile: Path, lazy_module: Path, tag: str, payload: Any, spec: str
+) -> None:
+    with pypods.load("hostile", root=hostile) as pod:
+        try:
+            value = pod.forged_value.with_options(timeout=20)(tag, payload, {"c": spec, "m": "forged"})
+        except pypods.PodProtocolError:
+            pass  # an enum that does not resolve (its module never ran): a bad value
+        else:
+            assert type(value) is Exception  # an exception of a class that does not resolve
+        assert pod.add(1, 2) == 3
+    assert not lazy_module.exists(), "decoding a pod's value executed a lazily loaded module"
+
+
+@pytest.mark.parametrize("spec", ["pypods_spy_victim:spy", "pypods_spy_victim:spy.E"])
+@pytest.mark.parametrize("tag", ["enum", "exc"])
+def test_a_module_level_object_is_never_asked_anything(
+    hostile: Path, spy_module: list[str], tag: str, spec: str
+) -> None:
+    with pypods.load("hostile", root=hostile) as pod:
+        try:
+            pod.forged_value.with_options(timeout=20)(tag, "A" if tag == "enum" else ["x"], {"c": spec, "m": "m"})
+        except pypods.PodProtocolError:
+            pass
+        assert pod.add(1, 2) == 3
+    assert spy_module == [], f"decoding ran the object's own code (asked for {spy_module})"
