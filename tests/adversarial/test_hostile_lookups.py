@@ -8,6 +8,7 @@ attribute access (an import, caused by the pod), and a proxy object runs its ``_
 
 from __future__ import annotations
 
+import enum
 import importlib.util
 import sys
 import types
@@ -107,3 +108,34 @@ def test_a_module_level_object_is_never_asked_anything(
             pass
         assert pod.add(1, 2) == 3
     assert spy_module == [], f"decoding ran the object's own code (asked for {spy_module})"
+
+
+class SpiedFlag(enum.Flag):
+    """A client library's Flag with its own ``_missing_``: ``cls(value)`` calls it for a combination."""
+
+    A = 1
+    B = 2
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        _Spy.asked.append(f"_missing_({value!r})")
+        return super()._missing_(value)
+
+
+def test_a_flag_value_runs_no_method_of_the_class(hostile: Path, spy_module: list[str]) -> None:
+    spec = f"{SpiedFlag.__module__}:SpiedFlag"
+    assert sys.modules[SpiedFlag.__module__].SpiedFlag is SpiedFlag
+    with pypods.load("hostile", root=hostile) as pod:
+        with pytest.raises(pypods.PodProtocolError, match="bad value for enum"):
+            pod.forged_value.with_options(timeout=20)("enum", 3, {"c": spec})
+        assert pod.add(1, 2) == 3
+    assert spy_module == [], f"decoding a flag value ran the class's own code ({spy_module})"
+
+
+def test_a_flag_combination_of_a_plain_flag_still_crosses(hostile: Path) -> None:
+    import re
+
+    with pypods.load("hostile", root=hostile) as pod:
+        value = pod.forged_value.with_options(timeout=20)("enum", int(re.I | re.M), {"c": "re:RegexFlag"})
+    assert value == re.I | re.M
+    assert type(value) is re.RegexFlag

@@ -247,12 +247,22 @@ def _decode_enum(payload: Any, fields: Dict[str, Any]) -> Any:
         if member is None:
             raise DecodeError("enum %s has no member %r" % (fields.get("c"), payload))
         return member
-    # A combination of flags (re.I | re.M) crosses as its int value; only Flag classes take one, and
-    # only through enum's own metaclass (a custom one could run code on call).
-    flag = issubclass(cls, enum.Flag) and type(cls) is type(enum.Flag)
-    if type(payload) is int and flag and payload.bit_length() <= MAX_FLAG_BITS:
+    # A combination of flags (re.I | re.M) crosses as its int value, built by enum's own code only.
+    if type(payload) is int and payload.bit_length() <= MAX_FLAG_BITS and _plain_flag(cls):
         return cls(payload)
     raise DecodeError("bad value for enum %s" % fields.get("c"))
+
+
+def _plain_flag(cls: type) -> bool:
+    """A Flag class whose call with an int runs enum's code only: enum's own metaclass (a custom one could
+    run code on call), no ``_missing_``, ``__init__`` or member ``__new__`` of its own (``cls(value)``
+    calls them for a value that is not a member), and no bases but enum's and builtins."""
+    if not issubclass(cls, enum.Flag) or type(cls) is not type(enum.Flag):
+        return False
+    own = _TYPE_DICT.__get__(cls)
+    if "_missing_" in own or "__init__" in own or isinstance(own.get("_new_member_"), types.FunctionType):
+        return False
+    return all(klass.__module__ in ("enum", "builtins") for klass in cls.__mro__[1:])
 
 
 def _builtin_base(cls: type) -> Optional[type]:
