@@ -180,7 +180,7 @@ class CallProtocol:
         """The value a reply carries; pickled values only where this client chose codec="pickle"."""
         if "p" not in message:
             if self.encoding != fastcodec.NAME:
-                if "j" in message or "f" in message:
+                if "j" in message or "f" in message or "k" in message:
                     raise self.protocol_error("a fast1 value on a connection that did not choose fast1")
                 return message.get(key)
             try:

@@ -289,7 +289,10 @@ def _unpack_vector(reply: Dict[str, Any], data: Any) -> Any:
     keys = _decode_json(text)
     if type(keys) is not list or len(keys) != len(values) or not set(map(type, keys)) <= _STR:
         raise DecodeError("field 'k' is not an array of one str key per float")
-    return dict(zip(keys, values))
+    result = dict(zip(keys, values))
+    if len(result) != len(values):  # our encoder sends a dict's keys, which are distinct
+        raise DecodeError("field 'k' repeats a key")
+    return result
 
 
 def _decode_json(text: Any) -> Any:
@@ -304,9 +307,14 @@ def _decode_json(text: Any) -> Any:
 def reply_value(reply: Dict[str, Any], key: str) -> Any:
     """The value of a reply: JSON text in ``j`` (fast1), else the BSON field *key*. Raises DecodeError."""
     text = reply.get("j")
+    vector = reply.get("f")
+    if text is None and vector is None:
+        if "k" in reply:
+            raise DecodeError("field 'k' without 'f'")
+        return reply.get(key)
+    # One carrier per reply: a value beside 'j', or 'j' beside 'f', would leave it to us to pick one.
+    if reply.get(key) is not None or (text is not None and (vector is not None or "k" in reply)):
+        raise DecodeError("a reply mixes its value fields (%s)" % ", ".join(sorted({key, "j", "f", "k"} & set(reply))))
     if text is not None:
         return _decode_json(text)
-    vector = reply.get("f")
-    if vector is not None:
-        return _unpack_vector(reply, vector)
-    return reply.get(key)
+    return _unpack_vector(reply, vector)
