@@ -176,3 +176,72 @@ def test_packed_float_keys_on_a_bson_connection_are_refused(hostile: Path, monke
 def test_odd_but_valid_json_decodes_as_plain_data(hostile: Path, text: str, expected: Any) -> None:
     with pypods.load("hostile", root=hostile) as pod:
         assert pod.forged_fields.with_options(timeout=20)({"j": text}) == expected
+
+
+# -- frames split anywhere; values that must not alias a reused buffer -------------------------
+
+
+def test_frames_split_at_every_byte_boundary_come_out_whole() -> None:
+    import random
+
+    from pypods._worker import codec
+    from pypods._worker.framing import FrameReader
+
+    frames = [bytes(codec.encode({"id": i, "ok": True, "value": "x" * (i * 37 % 300)})) for i in range(1, 40)]
+    stream = b"".join(frames)
+    rng = random.Random(1)
+    for trial in range(200):
+        reader = FrameReader(-1)
+        got = []
+        pos = 0
+        while pos < len(stream):
+            step = 1 if trial == 0 else rng.choice([1, 2, 3, 5, 7, 64, 500, 4096])
+            reader.feed(stream[pos : pos + step])
+            pos += step
+            while (frame := reader.pop()) is not None:
+                got.append(frame)
+        assert got == frames, f"trial {trial}"
+
+
+ECHOES = """
+def echo(value):
+    return value
+"""
+
+
+def test_values_stay_intact_after_many_later_calls_from_threads(make_pod: PodFactory, root: Path) -> None:
+    """Every kind of reply (BSON, JSON text, packed floats, inline and memfd bytes) is the caller's own."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    make_pod("echoes", ECHOES)
+
+    def value(rng: random.Random) -> Any:
+        n = rng.randint(0, 40)
+        return rng.choice(
+            [
+                [rng.random() for _ in range(n + 16)],  # fast1 f
+                {f"k{i}": rng.random() for i in range(n + 16)},  # fast1 f + k
+                [{"id": i, "s": str(rng.random())} for i in range(n)],  # fast1 j
+                rng.randbytes(n * 1000),  # inline bytes
+                bytearray(rng.randbytes(n)),
+                rng.randbytes((1 << 20) + n),  # a memfd
+                (n, str(n), [n]),  # BSON
+            ]
+        )
+
+    def run(pod: pypods.Pod, seed: int) -> list[tuple[Any, Any]]:
+        rng = random.Random(seed)
+        kept = []
+        for _ in range(40):
+            sent = value(rng)
+            kept.append((sent, pod.echo(sent)))
+        return kept
+
+    with pypods.load("echoes", root=root, workers=2) as pod, ThreadPoolExecutor(6) as pool:
+        results = [pair for kept in pool.map(lambda seed: run(pod, seed), range(6)) for pair in kept]
+        later = [pod.echo(value(random.Random(99))) for _ in range(50)]
+    assert later
+    for sent, got in results:
+        assert type(got) is type(sent)
+        assert got == sent
