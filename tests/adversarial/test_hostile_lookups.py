@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import enum
 import importlib.util
+import os
 import sys
+import time
 import types
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -18,6 +20,7 @@ import pytest
 
 import pypods
 from adversarial.test_decoder import HOSTILE
+from pypods._worker import sharedmem
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -245,3 +248,68 @@ def test_values_stay_intact_after_many_later_calls_from_threads(make_pod: PodFac
     for sent, got in results:
         assert type(got) is type(sent)
         assert got == sent
+
+
+# -- memfd tokens used twice, and descriptors whose frame never comes --------------------------
+
+SHM_TRICKS = """
+def twice(size):
+    token = 777001
+    send_fd(token, sealed(b"t" * size))
+    enc = _sys.modules["_pypods_worker.codec"].Encoder()
+    out = bytearray(4)
+    enc.value(out, b"id\\0", call_id())
+    enc.value(out, b"ok\\0", True)
+    inner = bytearray(4)
+    for index in (b"0\\0", b"1\\0"):
+        enc.ext(inner, index, "shm", [token, size], k="bytes")
+    inner += b"\\0"
+    inner[:4] = _struct.pack("<i", len(inner))
+    out += b"\\x04value\\0" + inner + b"\\0"
+    out[:4] = _struct.pack("<i", len(out))
+    send(bytes(out))
+    time.sleep(60)
+
+def orphans(n, size):
+    for token in range(n):
+        send_fd(880000 + token, sealed(b"o" * size))
+    return "sent"
+"""
+
+
+@pytest.fixture
+def shm_pod(make_pod: PodFactory, root: Path) -> Path:
+    from adversarial.test_transport import HOSTILE as SHM_HOSTILE
+
+    if not sharedmem.supported():
+        pytest.skip("no memfd / SCM_RIGHTS here")
+    make_pod("shmtricks", SHM_HOSTILE + SHM_TRICKS)
+    return root
+
+
+def _fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_a_memfd_token_used_twice_in_one_reply_is_refused(shm_pod: Path) -> None:
+    before = _fds()
+    with pypods.load("shmtricks", root=shm_pod) as pod:
+        started = time.monotonic()
+        with pytest.raises(pypods.PodProtocolError, match="no shared-memory buffer"):
+            pod.twice.with_options(timeout=20)(1 << 20)
+        assert time.monotonic() - started < 10
+        assert pod.echo("next") == "next"
+    assert _fds() <= before
+
+
+def test_descriptors_whose_frame_never_comes_are_bounded_and_closed(shm_pod: Path) -> None:
+    before = _fds()
+    with pypods.load("shmtricks", root=shm_pod) as pod:
+        # Fewer than the table holds: they wait (the pod paid for their pages), calls go on.
+        assert pod.orphans(sharedmem.MAX_PENDING // 2, 1 << 16) == "sent"
+        assert pod.echo(b"x" * (2 << 20)) == b"x" * (2 << 20)  # a real buffer still finds its own fd
+        assert pod.orphans(sharedmem.MAX_PENDING, 1 << 16) == "sent"
+        with pytest.raises(pypods.PodProtocolError, match="wait unclaimed"):
+            pod.echo(b"y" * (2 << 20))
+        assert pod.echo("next") == "next"
+    assert _fds() <= before, "the client kept descriptors of a closed pod"
