@@ -313,3 +313,36 @@ def test_descriptors_whose_frame_never_comes_are_bounded_and_closed(shm_pod: Pat
             pod.echo(b"y" * (2 << 20))
         assert pod.echo("next") == "next"
     assert _fds() <= before, "the client kept descriptors of a closed pod"
+
+
+# -- a pod that never takes the buffers sent to it ---------------------------------------------
+
+DEAF = """
+import sys as _sys
+
+# This worker never reads its shared-memory socket: each call's buffer stays queued there, and the
+# call fails in the worker (its token never arrives). Once the socket is full, sending would block.
+_sys.modules["_pypods_worker.sharedmem"].FdChannel._drain = lambda self, wanted: None
+
+
+def size(data):
+    return len(data)
+"""
+
+
+@pytest.mark.timeout(300)
+def test_a_pod_that_never_takes_its_buffers_cannot_stretch_a_deadline(make_pod: PodFactory, root: Path) -> None:
+    if not sharedmem.supported():
+        pytest.skip("no memfd / SCM_RIGHTS here")
+    make_pod("deaf", DEAF)
+    data = b"d" * (1 << 20)
+    with pypods.load("deaf", root=root) as pod:
+        slowest = 0.0
+        for _ in range(320):  # more messages than a Unix socket queues (about 280)
+            started = time.monotonic()
+            try:
+                pod.size.with_options(timeout=1.5)(data)
+            except pypods.PodError:
+                pass  # the worker could not receive the argument, or the call timed out
+            slowest = max(slowest, time.monotonic() - started)
+    assert slowest < 1.5 + 3, f"a call took {slowest:.1f}s against its 1.5 s timeout"
