@@ -346,3 +346,15 @@ def test_a_pod_that_never_takes_its_buffers_cannot_stretch_a_deadline(make_pod: 
                 pass  # the worker could not receive the argument, or the call timed out
             slowest = max(slowest, time.monotonic() - started)
     assert slowest < 1.5 + 3, f"a call took {slowest:.1f}s against its 1.5 s timeout"
+
+
+def test_json_ints_are_bounded_where_python_sets_no_digit_limit() -> None:
+    from pypods._worker import fastcodec
+
+    decode = fastcodec._json_decoder(bounded=True)  # what a client on Python 3.9.0-3.9.13 uses
+    assert decode("[1, -22, 3.5]") == [1, -22, 3.5]
+    assert decode("-" + "9" * fastcodec.MAX_JSON_DIGITS) == -int("9" * fastcodec.MAX_JSON_DIGITS)
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="digits"):
+        decode("[" + "9" * 2_000_000 + "]")
+    assert time.monotonic() - started < 1.0

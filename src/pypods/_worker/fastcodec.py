@@ -50,7 +50,22 @@ _STR = {str}
 _BUFFERS = (bytes, bytearray)
 _SCALARS = frozenset({str, float, bool, type(None)})
 _JSON_TYPES = _SCALARS | {int, list, dict}
-_json_decode = json.JSONDecoder().decode
+MAX_JSON_DIGITS = 4300  # an int in a JSON reply, where this Python itself sets no limit (before 3.9.14)
+
+
+def _bounded_int(text: str) -> int:
+    # Text-to-int conversion is quadratic in the digits: a few MB of them would hold the client for minutes.
+    if len(text) > MAX_JSON_DIGITS + 1:  # + 1: a minus sign
+        raise ValueError("an int of more than %d digits" % MAX_JSON_DIGITS)
+    return int(text)
+
+
+def _json_decoder(bounded: bool) -> Callable[[str], Any]:
+    """The C JSON decoder; with *bounded*, ints go through ``_bounded_int`` (only where Python has no limit)."""
+    return (json.JSONDecoder(parse_int=_bounded_int) if bounded else json.JSONDecoder()).decode
+
+
+_json_decode = _json_decoder(_CHECK_INTS)
 
 
 def _refuse(value: Any) -> Any:
