@@ -358,3 +358,23 @@ def test_json_ints_are_bounded_where_python_sets_no_digit_limit() -> None:
     with pytest.raises(ValueError, match="digits"):
         decode("[" + "9" * 2_000_000 + "]")
     assert time.monotonic() - started < 1.0
+
+
+class Finalized(Exception):
+    """A client library's exception whose ``__del__`` runs when an instance is collected."""
+
+    def __del__(self) -> None:
+        _Spy.asked.append("__del__")
+
+
+def test_an_exception_value_never_gets_a_finalizer_to_run(hostile: Path, spy_module: list[str]) -> None:
+    import gc
+
+    spec = f"{Finalized.__module__}:Finalized"
+    with pypods.load("hostile", root=hostile) as pod:
+        value = pod.forged_value.with_options(timeout=20)("exc", ["x"], {"c": spec, "m": "forged"})
+        assert type(value) is Exception
+        assert "Finalized: forged" in str(value)
+        del value
+        gc.collect()
+    assert spy_module == [], "a value built from a pod's reply ran the class's __del__"

@@ -266,12 +266,18 @@ def _plain_flag(cls: type) -> bool:
 
 
 def _builtin_base(cls: type) -> Optional[type]:
-    """The nearest builtin exception class in *cls*'s MRO (whose constructor runs no Python code)."""
-    if type(cls) is not type:  # a metaclass could run code on call
+    """The nearest builtin exception class in *cls*'s MRO (whose constructor runs no Python code).
+
+    None for a class with a metaclass (it could run code on call) or a ``__del__`` of its own (the
+    collector would run it when the value is dropped): those decode as a plain ``Exception``.
+    """
+    if type(cls) is not type:
         return None
     for klass in cls.__mro__:
         if klass.__module__ == "builtins":
             return klass
+        if "__del__" in _TYPE_DICT.__get__(klass):
+            return None
     return None
 
 
