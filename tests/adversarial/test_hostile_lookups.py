@@ -147,23 +147,6 @@ def test_a_flag_combination_of_a_plain_flag_still_crosses(hostile: Path) -> None
 # -- fast1 replies whose fields disagree -------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "fields",
-    [
-        {"value": 5, "j": "[1]"},  # a value and JSON text: which one is the result?
-        {"j": "[1]", "f": b"\x00" * 8},
-        {"j": "[1]", "k": '["a"]'},
-        {"value": [1, 2], "k": '["a", "b"]'},  # keys without floats
-        {"f": b"\x00" * 16, "k": '["a", "a"]'},  # two floats, one key twice: the dict would lose one
-    ],
-)
-def test_a_fast1_reply_with_mixed_fields_is_a_protocol_error(hostile: Path, fields: dict[str, Any]) -> None:
-    with pypods.load("hostile", root=hostile) as pod:
-        with pytest.raises(pypods.PodProtocolError):
-            pod.forged_fields.with_options(timeout=20)(fields)
-        assert pod.add(1, 2) == 3
-
-
 def test_packed_float_keys_on_a_bson_connection_are_refused(hostile: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYPODS_ENCODING", "bson")
     with pypods.load("hostile", root=hostile) as pod:
