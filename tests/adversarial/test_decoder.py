@@ -168,6 +168,12 @@ def test_arrow_bombs_are_refused(hostile: Path, make: Any) -> None:
         {"j": "{"},
         {"f": b"\x00" * 9},
         {"f": b"\x00" * 16, "k": '["only one key"]'},
+        # Fields that disagree (review4): which one would be the result?
+        {"value": 5, "j": "[1]"},
+        {"j": "[1]", "f": b"\x00" * 8},
+        {"j": "[1]", "k": '["a"]'},
+        {"value": [1, 2], "k": '["a", "b"]'},  # keys without floats
+        {"f": b"\x00" * 16, "k": '["a", "a"]'},  # two floats, one key twice: the dict would lose one
     ],
 )
 def test_malformed_fast1_fields_are_protocol_errors(hostile: Path, fields: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 from .._errors import PodClosedError, PodError, PodProtocolError
@@ -267,7 +268,8 @@ class AsyncProcessConnection(WorkerConnection):
         if registry is not None:
             await self._sent(registry, timeout, name, deadline)
         call_id = proto.next_id()
-        data, big = proto.encode_call(call_id, name, args, kwargs)
+        send_by = None if timeout is None else time.monotonic() + timeout  # the shared-memory socket's clock
+        data, big = proto.encode_call(call_id, name, args, kwargs, send_by)
         self._calls[call_id] = asyncio.Queue()
         stream = False
         try:

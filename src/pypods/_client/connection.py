@@ -120,8 +120,8 @@ class ProcessConnection(WorkerConnection):
         """Send one call and wait for its reply (see ``Connection.call``)."""
         proto = self.proto
         call_id = proto.next_id()
-        data, big = proto.encode_call(call_id, name, args, kwargs)
         deadline = None if timeout is None else time.monotonic() + timeout
+        data, big = proto.encode_call(call_id, name, args, kwargs, deadline)
         with self._cv:
             self._calls[call_id] = collections.deque()
         stream = False

@@ -137,10 +137,14 @@ class CallProtocol:
         return Encoder().document({"id": 0, "op": "register", "classes": sorted(codec.REGISTERED.values())})
 
     def encode_call(
-        self, call_id: int, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, call_id: int, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], deadline: float | None = None
     ) -> tuple[bytearray, OutOfBand]:
-        """Encode a call (and its out-of-band buffers), or raise PodSerializationError: nothing was sent."""
+        """Encode a call (and its out-of-band buffers), or raise PodSerializationError: nothing was sent.
+
+        *deadline* (``time.monotonic()``) bounds the wait for room on the shared-memory socket.
+        """
         big = new_out_of_band(self.worker)
+        big.deadline = deadline
         try:
             if self.encoding == fastcodec.NAME:
                 return fastcodec.encode_request(big, call_id, name, args, kwargs), big
@@ -180,7 +184,7 @@ class CallProtocol:
         """The value a reply carries; pickled values only where this client chose codec="pickle"."""
         if "p" not in message:
             if self.encoding != fastcodec.NAME:
-                if "j" in message or "f" in message:
+                if "j" in message or "f" in message or "k" in message:
                     raise self.protocol_error("a fast1 value on a connection that did not choose fast1")
                 return message.get(key)
             try:

@@ -18,6 +18,7 @@ import enum
 import pathlib
 import struct
 import sys
+import types
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -206,6 +207,22 @@ def _hot_shape(data: bytes) -> Optional[Dict[str, Any]]:
     return None
 
 
+# The descriptors behind ``module.__dict__`` and ``cls.__dict__``, read directly: ``vars(obj)`` would ask
+# the object (a lazily loaded module's ``__getattribute__`` executes the module; a proxy's runs its code).
+_MODULE_DICT: Any = vars(types.ModuleType)["__dict__"]
+_TYPE_DICT: Any = vars(type)["__dict__"]
+
+
+def _own_dict(obj: Any) -> Any:
+    """The namespace of a module or class, read without running any of its code; None for anything else."""
+    kind = type(obj)  # type() and issubclass() of two real types ask nothing of the object
+    if issubclass(kind, types.ModuleType):
+        return _MODULE_DICT.__get__(obj)
+    if issubclass(kind, type):
+        return _TYPE_DICT.__get__(obj)
+    return None
+
+
 def _lookup(spec: Any, base: type) -> Optional[type]:
     """Resolve ``module:QualName`` from ``sys.modules`` only, through ``__dict__``s: no import, no hook."""
     if not isinstance(spec, str) or ":" not in spec:
@@ -213,13 +230,11 @@ def _lookup(spec: Any, base: type) -> Optional[type]:
     module_name, qualname = spec.split(":", 1)
     obj: Any = sys.modules.get(module_name)
     for part in qualname.split("."):
-        if obj is None:
+        namespace = _own_dict(obj)
+        if type(namespace) not in (dict, types.MappingProxyType):
             return None
-        try:
-            obj = vars(obj).get(part)
-        except TypeError:  # no __dict__
-            return None
-    return obj if isinstance(obj, type) and issubclass(obj, base) else None
+        obj = namespace.get(part)
+    return obj if issubclass(type(obj), type) and issubclass(obj, base) else None
 
 
 def _decode_enum(payload: Any, fields: Dict[str, Any]) -> Any:
@@ -227,25 +242,42 @@ def _decode_enum(payload: Any, fields: Dict[str, Any]) -> Any:
     if cls is None:
         raise DecodeError("enum %s is not importable on this side (its module is not imported)" % fields.get("c"))
     if type(payload) is str:
-        member = vars(cls).get("_member_map_", {}).get(payload)
+        members = _TYPE_DICT.__get__(cls).get("_member_map_")
+        member = members.get(payload) if type(members) is dict else None
         if member is None:
             raise DecodeError("enum %s has no member %r" % (fields.get("c"), payload))
         return member
-    # A combination of flags (re.I | re.M) crosses as its int value; only Flag classes take one, and
-    # only through enum's own metaclass (a custom one could run code on call).
-    flag = issubclass(cls, enum.Flag) and type(cls) is type(enum.Flag)
-    if type(payload) is int and flag and payload.bit_length() <= MAX_FLAG_BITS:
+    # A combination of flags (re.I | re.M) crosses as its int value, built by enum's own code only.
+    if type(payload) is int and payload.bit_length() <= MAX_FLAG_BITS and _plain_flag(cls):
         return cls(payload)
     raise DecodeError("bad value for enum %s" % fields.get("c"))
 
 
+def _plain_flag(cls: type) -> bool:
+    """A Flag class whose call with an int runs enum's code only: enum's own metaclass (a custom one could
+    run code on call), no ``_missing_``, ``__init__`` or member ``__new__`` of its own (``cls(value)``
+    calls them for a value that is not a member), and no bases but enum's and builtins."""
+    if not issubclass(cls, enum.Flag) or type(cls) is not type(enum.Flag):
+        return False
+    own = _TYPE_DICT.__get__(cls)
+    if "_missing_" in own or "__init__" in own or isinstance(own.get("_new_member_"), types.FunctionType):
+        return False
+    return all(klass.__module__ in ("enum", "builtins") for klass in cls.__mro__[1:])
+
+
 def _builtin_base(cls: type) -> Optional[type]:
-    """The nearest builtin exception class in *cls*'s MRO (whose constructor runs no Python code)."""
-    if type(cls) is not type:  # a metaclass could run code on call
+    """The nearest builtin exception class in *cls*'s MRO (whose constructor runs no Python code).
+
+    None for a class with a metaclass (it could run code on call) or a ``__del__`` of its own (the
+    collector would run it when the value is dropped): those decode as a plain ``Exception``.
+    """
+    if type(cls) is not type:
         return None
     for klass in cls.__mro__:
         if klass.__module__ == "builtins":
             return klass
+        if "__del__" in _TYPE_DICT.__get__(klass):
+            return None
     return None
 
 

@@ -50,7 +50,22 @@ _STR = {str}
 _BUFFERS = (bytes, bytearray)
 _SCALARS = frozenset({str, float, bool, type(None)})
 _JSON_TYPES = _SCALARS | {int, list, dict}
-_json_decode = json.JSONDecoder().decode
+MAX_JSON_DIGITS = 4300  # an int in a JSON reply, where this Python itself sets no limit (before 3.9.14)
+
+
+def _bounded_int(text: str) -> int:
+    # Text-to-int conversion is quadratic in the digits: a few MB of them would hold the client for minutes.
+    if len(text) > MAX_JSON_DIGITS + 1:  # + 1: a minus sign
+        raise ValueError("an int of more than %d digits" % MAX_JSON_DIGITS)
+    return int(text)
+
+
+def _json_decoder(bounded: bool) -> Callable[[str], Any]:
+    """The C JSON decoder; with *bounded*, ints go through ``_bounded_int`` (only where Python has no limit)."""
+    return (json.JSONDecoder(parse_int=_bounded_int) if bounded else json.JSONDecoder()).decode
+
+
+_json_decode = _json_decoder(_CHECK_INTS)
 
 
 def _refuse(value: Any) -> Any:
@@ -289,7 +304,10 @@ def _unpack_vector(reply: Dict[str, Any], data: Any) -> Any:
     keys = _decode_json(text)
     if type(keys) is not list or len(keys) != len(values) or not set(map(type, keys)) <= _STR:
         raise DecodeError("field 'k' is not an array of one str key per float")
-    return dict(zip(keys, values))
+    result = dict(zip(keys, values))
+    if len(result) != len(values):  # our encoder sends a dict's keys, which are distinct
+        raise DecodeError("field 'k' repeats a key")
+    return result
 
 
 def _decode_json(text: Any) -> Any:
@@ -304,9 +322,14 @@ def _decode_json(text: Any) -> Any:
 def reply_value(reply: Dict[str, Any], key: str) -> Any:
     """The value of a reply: JSON text in ``j`` (fast1), else the BSON field *key*. Raises DecodeError."""
     text = reply.get("j")
+    vector = reply.get("f")
+    if text is None and vector is None:
+        if "k" in reply:
+            raise DecodeError("field 'k' without 'f'")
+        return reply.get(key)
+    # One carrier per reply: a value beside 'j', or 'j' beside 'f', would leave it to us to pick one.
+    if reply.get(key) is not None or (text is not None and (vector is not None or "k" in reply)):
+        raise DecodeError("a reply mixes its value fields (%s)" % ", ".join(sorted({key, "j", "f", "k"} & set(reply))))
     if text is not None:
         return _decode_json(text)
-    vector = reply.get("f")
-    if vector is not None:
-        return _unpack_vector(reply, vector)
-    return reply.get(key)
+    return _unpack_vector(reply, vector)

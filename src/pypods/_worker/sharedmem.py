@@ -143,32 +143,35 @@ class FdChannel:
         os.set_inheritable(fd, False)  # programs the pod starts do not get it
         return cls(socket.socket(fileno=fd), WORKER_PENDING)
 
-    def send(self, data: Any) -> int:
+    def send(self, data: Any, deadline: Optional[float] = None) -> int:
         """Seal *data* in a memfd, send it, and return its token (the fd is closed here once sent).
 
-        A peer that is gone, or has read nothing for ``SEND_TIMEOUT`` seconds, is not an error
-        here: the token then never arrives, and the frame fails on the pipe or at the receiver.
+        A peer that is gone, or has read nothing for ``SEND_TIMEOUT`` seconds (or until *deadline*,
+        a ``time.monotonic()`` value: the call's), is not an error here: the token then never
+        arrives, and the frame fails on the pipe or at the receiver.
         """
         fd = _sealed_memfd(data)
         token = _next_token()
         try:
-            self._sendmsg(_TOKEN.pack(token), [fd])
+            self._sendmsg(_TOKEN.pack(token), [fd], deadline)
         except OSError:
             pass
         finally:
             os.close(fd)
         return token
 
-    def forget(self, token: int) -> None:
+    def forget(self, token: int, deadline: Optional[float] = None) -> None:
         """Tell the receiver that *token*'s frame will never come, so it closes that fd."""
         try:
-            self._sendmsg(_TOKEN.pack(token), [])
+            self._sendmsg(_TOKEN.pack(token), [], deadline)
         except OSError:
             pass
 
-    def _sendmsg(self, payload: bytes, fds: List[int]) -> None:
+    def _sendmsg(self, payload: bytes, fds: List[int], until: Optional[float] = None) -> None:
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         deadline = time.monotonic() + SEND_TIMEOUT
+        if until is not None:  # a call's deadline: a peer that reads nothing cannot stretch it
+            deadline = min(deadline, until)
         while True:
             try:
                 self.sock.sendmsg([payload], ancillary, getattr(socket, "MSG_DONTWAIT", 0))
@@ -178,7 +181,7 @@ class FdChannel:
             # The peer has not read what we sent before: wait for room, but not for ever.
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError("the peer took no shared-memory buffer for %.0f s" % SEND_TIMEOUT)
+                raise TimeoutError("the peer took no shared-memory buffer in time")
             select.select([], [self.sock], [], min(1.0, remaining))
 
     def take(self, token: int) -> int:
@@ -280,10 +283,11 @@ class OutOfBand:
     (``channel=None``, or memfds unsupported) every buffer stays inline.
     """
 
-    __slots__ = ("channel", "created", "threshold")
+    __slots__ = ("channel", "created", "deadline", "threshold")
 
     def __init__(self, threshold: int = DEFAULT_THRESHOLD, channel: Optional[FdChannel] = None) -> None:
         self.channel = channel
+        self.deadline: Optional[float] = None  # a call's time.monotonic() deadline bounds every send
         self.threshold = threshold if channel is not None and channel.sends else INLINE
         self.created: List[int] = []  # tokens sent whose frame is not known to be written
 
@@ -298,7 +302,7 @@ class OutOfBand:
         if self.channel is None:
             raise SharedMemoryError("no shared-memory channel to send on")
         size = memoryview(data).nbytes
-        token = self.channel.send(data)
+        token = self.channel.send(data, self.deadline)
         self.created.append(token)
         return [token, size]
 
@@ -316,7 +320,7 @@ class OutOfBand:
         """Forget every buffer put since the last ``sent()``: their frame will not be sent."""
         if self.channel is not None:
             for token in self.created:
-                self.channel.forget(token)
+                self.channel.forget(token, self.deadline)
         del self.created[:]
 
     def sent(self) -> None:
