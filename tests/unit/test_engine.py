@@ -402,7 +402,7 @@ def test_a_setting_the_backend_would_ignore_is_refused_naming_both() -> None:
     from pypods._env.layout import PodSettings
 
     check_backend_options(PodSettings(workers=3, timeout=2.0, idle_timeout=1.0))
-    with pytest.raises(ValueError, match=r"'address'.*'local' backend"):
+    with pytest.raises(pypods.PodConfigError, match=r"'address'.*'local' backend"):
         check_backend_options(PodSettings(address="ray://x"))
     assert "idle_timeout" in BACKEND_OPTIONS["local"]
 
