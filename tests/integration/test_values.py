@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import fractions
+import http
 import os
 import re
 from typing import TYPE_CHECKING, Any
@@ -191,6 +192,12 @@ def test_exact_values_cross_both_ways(echo_pod: pypods.Pod, value: Any) -> None:
     assert same(back, value)
     if isinstance(value, datetime.time):
         assert back.fold == value.fold
+
+
+def test_a_standard_library_enum_arrives_even_if_the_pod_never_imported_its_module(echo_pod: pypods.Pod) -> None:
+    """The echo pod never imports http: the worker imports it for its (trusted) client's argument."""
+    assert same(echo_pod.echo(http.HTTPStatus.NOT_FOUND), http.HTTPStatus.NOT_FOUND)
+    assert same(echo_pod.echo_twice([http.HTTPStatus.OK]), [[http.HTTPStatus.OK], None])
 
 
 def test_unencodable_results_are_serialization_errors_and_the_worker_lives(make_pod, root: Path) -> None:
