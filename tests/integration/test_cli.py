@@ -115,6 +115,16 @@ def test_call(geo: Path) -> None:
     assert "hint: did you mean 'area'?" in run(geo, "call", "geo", "aera", "1").stderr
 
 
+def test_call_and_describe_a_pod_whose_functions_are_named_like_pod_attributes(make_pod, root: Path) -> None:
+    make_pod("named", "def functions():\n    return 'f'\n\ndef call(x):\n    return x + 1\n")
+    assert run(root, "call", "named", "functions").stdout.strip() == "f"
+    assert run(root, "call", "named", "call", "1").stdout.strip() == "2"
+    described = run(root, "describe", "named")
+    assert described.returncode == 0, described.stderr
+    assert "functions" in described.stdout
+    assert "call" in described.stdout
+
+
 def test_sync_reports_failures(make_pod, root: Path) -> None:
     make_pod("good", "def f():\n    return 1\n")
     make_pod("bad", "def f():\n    return 1\n", requirements=("tinypkg==7.7",))

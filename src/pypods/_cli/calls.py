@@ -116,13 +116,14 @@ def call(
     from .._loader import Pod
 
     with Pod(name, root=layout.root, create=False, start="lazy", progress=False if ctx.quiet else None) as pod:
-        if function not in pod.functions:
-            offered = ", ".join(sorted(pod.functions)) or "none"
-            close = difflib.get_close_matches(function, list(pod.functions), n=1)
+        functions = Pod.functions.__get__(pod)  # a pod function may be named `functions` (or `call`)
+        if function not in functions:
+            offered = ", ".join(sorted(functions)) or "none"
+            close = difflib.get_close_matches(function, list(functions), n=1)
             guess = f"did you mean {close[0]!r}? " if close else ""
             raise CliError(f"pod {name!r} has no function {function!r}", hint=f"{guess}it offers: {offered}")
         try:
-            result = pod.call(function, *positional, timeout=timeout, **keywords)
+            result = Pod.call(pod, function, *positional, timeout=timeout, **keywords)
             if hasattr(result, "__next__"):
                 result = list(result)
         except PodRemoteError as exc:
