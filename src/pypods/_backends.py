@@ -17,6 +17,7 @@ from ._client.process import WorkerProcess
 from ._env import cache, pythons, store
 from ._env.layout import PodLayout, PodSettings, open_layout
 from ._env.progress import BuildReport
+from ._errors import PodConfigError
 
 if TYPE_CHECKING:
     import os
@@ -73,7 +74,7 @@ def check_backend_options(settings: PodSettings) -> None:
     for field in dataclasses.fields(PodSettings):
         value = getattr(settings, field.name)
         if field.name not in supported and field.name != "backend" and value != getattr(defaults, field.name):
-            raise ValueError(
+            raise PodConfigError(
                 f"pod setting {field.name!r} (= {value!r}) is not supported by the {settings.backend!r} backend"
             )
 

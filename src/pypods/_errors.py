@@ -166,6 +166,14 @@ _REMOTE_TYPES: dict[type, type[PodRemoteError]] = {}
 _NEVER_MIXED = {"StopIteration": RuntimeError, "StopAsyncIteration": RuntimeError}
 
 
+def _takes_a_message(builtin: type[Exception]) -> bool:
+    try:
+        builtin("message")
+    except Exception:
+        return False
+    return True
+
+
 def remote_error_type(mro: list[str] | tuple[str, ...]) -> type[PodRemoteError]:
     """Return a PodRemoteError subclass that also derives from the nearest builtin in *mro*."""
     for name in mro:
@@ -175,6 +183,8 @@ def remote_error_type(mro: list[str] | tuple[str, ...]) -> type[PodRemoteError]:
         builtin = _NEVER_MIXED.get(qualname) or getattr(builtins, qualname, None)
         if not isinstance(builtin, type) or not issubclass(builtin, Exception):
             continue  # never make a client-side KeyboardInterrupt or SystemExit out of a pod's
+        if not _takes_a_message(builtin):
+            continue  # UnicodeDecodeError wants 5 arguments: its base UnicodeError (a ValueError) then
         if builtin is Exception:
             return PodRemoteError
         cached = _REMOTE_TYPES.get(builtin)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import http
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,13 @@ def test_values_cross_both_ways(open_pod: Callable[..., Any]) -> None:
     assert pod.call("add", 2, 3) == 5
     value = {"a": [1, 2.5, "x", None, True], "b": (1, 2), "c": b"\x00\xff", "big": 2**70}
     assert pod.call("echo", value) == value
+
+
+def test_a_standard_library_enum_the_pod_never_imported_arrives(open_pod: Callable[..., Any]) -> None:
+    pod = open_pod()  # the contract pod imports functools, os and time only
+    back = pod.call("echo", [http.HTTPStatus.NOT_FOUND])
+    assert back == [http.HTTPStatus.NOT_FOUND]
+    assert type(back[0]) is http.HTTPStatus
 
 
 def test_remote_errors_are_pod_errors_and_the_builtin(open_pod: Callable[..., Any]) -> None:

@@ -115,6 +115,28 @@ def test_call(geo: Path) -> None:
     assert "hint: did you mean 'area'?" in run(geo, "call", "geo", "aera", "1").stderr
 
 
+def test_call_and_describe_a_pod_whose_functions_are_named_like_pod_attributes(make_pod, root: Path) -> None:
+    make_pod("named", "def functions():\n    return 'f'\n\ndef call(x):\n    return x + 1\n")
+    assert run(root, "call", "named", "functions").stdout.strip() == "f"
+    assert run(root, "call", "named", "call", "1").stdout.strip() == "2"
+    described = run(root, "describe", "named")
+    assert described.returncode == 0, described.stderr
+    assert "functions" in described.stdout
+    assert "call" in described.stdout
+
+
+def test_call_takes_and_prints_ints_past_4300_digits(make_pod, root: Path) -> None:
+    make_pod(
+        "big",
+        "def digits(n):\n    return int('7' * n) if n < 4000 else (10**n - 1) // 9 * 7\n\ndef echo(x):\n    return x\n",
+    )
+    printed = run(root, "call", "big", "digits", "5000")
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    assert printed.stdout.strip() == "7" * 5000
+    assert run(root, "call", "big", "digits", "5000", "--json").stdout.strip() == "7" * 5000
+    assert run(root, "call", "big", "echo", "9" * 6000).stdout.strip() == "9" * 6000
+
+
 def test_sync_reports_failures(make_pod, root: Path) -> None:
     make_pod("good", "def f():\n    return 1\n")
     make_pod("bad", "def f():\n    return 1\n", requirements=("tinypkg==7.7",))

@@ -216,7 +216,7 @@ def test_nothing_a_pod_returns_is_unpickled_in_the_client(make_pod, root: Path, 
 
 def test_options_the_ray_backend_cannot_honour_are_refused(make_pod, root: Path) -> None:
     _pod(make_pod, "nolog", None)
-    with pytest.raises(ValueError, match=r"'log' \(= 'logging'\) is not supported by the 'ray' backend"):
+    with pytest.raises(pypods.PodConfigError, match=r"'log' \(= 'logging'\) is not supported by the 'ray' backend"):
         pypods.load("nolog", root=root, backend="ray", log="logging")
 
 
@@ -289,5 +289,5 @@ def test_the_asyncio_api_serves_ray_pods_too(make_pod, root: Path) -> None:
 
 def test_other_python_than_the_cluster_is_refused(make_pod, root: Path) -> None:
     _pod(make_pod, "py39", None)
-    with pytest.raises(pypods.PodBuildError, match=r"option python='3.7' .* backend 'ray'.*cluster's Python"):
+    with pytest.raises(pypods.PodConfigError, match=r"option python='3.7' .* backend 'ray'.*cluster's Python"):
         pypods.load("py39", root=root, backend="ray", python="3.7")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import fractions
+import http
 import os
 import re
 from typing import TYPE_CHECKING, Any
@@ -183,14 +184,25 @@ def test_numpy_arrays_through_a_pod_that_has_numpy(make_pod, root: Path) -> None
         [re.I | re.S, re.X],
         datetime.time(1, 30, fold=1),
         [datetime.time(23, 59, 59, 999999, fold=1)],
+        ValueError(10**5000),
     ],
     ids=lambda v: type(v).__name__,
 )
 def test_exact_values_cross_both_ways(echo_pod: pypods.Pod, value: Any) -> None:
     back = echo_pod.echo(value)
+    if isinstance(value, BaseException):  # exceptions compare by identity: compare type and args
+        assert type(back) is type(value)
+        assert same(back.args, value.args)
+        return
     assert same(back, value)
     if isinstance(value, datetime.time):
         assert back.fold == value.fold
+
+
+def test_a_standard_library_enum_arrives_even_if_the_pod_never_imported_its_module(echo_pod: pypods.Pod) -> None:
+    """The echo pod never imports http: the worker imports it for its (trusted) client's argument."""
+    assert same(echo_pod.echo(http.HTTPStatus.NOT_FOUND), http.HTTPStatus.NOT_FOUND)
+    assert same(echo_pod.echo_twice([http.HTTPStatus.OK]), [[http.HTTPStatus.OK], None])
 
 
 def test_unencodable_results_are_serialization_errors_and_the_worker_lives(make_pod, root: Path) -> None:

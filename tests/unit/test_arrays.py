@@ -80,3 +80,15 @@ def test_pandas_frames_and_series_round_trip() -> None:
     pd.testing.assert_series_equal(roundtrip(series), series)
     unnamed = pd.Series([1, 2])
     pd.testing.assert_series_equal(roundtrip(unnamed), unnamed)
+
+
+def test_a_default_range_index_stays_a_range_index() -> None:
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    frame = pd.DataFrame({"a": [1, 2, 3]})
+    back = roundtrip(frame)
+    pd.testing.assert_frame_equal(back, frame, check_index_type=True)
+    assert type(back.index) is pd.RangeIndex
+    assert type(roundtrip(pd.Series([1.5, 2.5], name="s")).index) is pd.RangeIndex
+    stepped = pd.DataFrame({"a": [1, 2]}, index=pd.RangeIndex(10, 14, 2, name="r"))
+    pd.testing.assert_frame_equal(roundtrip(stepped), stepped, check_index_type=True)

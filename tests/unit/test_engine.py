@@ -261,6 +261,17 @@ def test_remote_errors_pickle_as_themselves(mro: list[str]) -> None:
     assert isinstance(info.value, ValueError) == ("builtins.ValueError" in mro)
 
 
+def test_a_remote_error_whose_builtin_wants_more_arguments_is_still_its_nearest_builtin() -> None:
+    mro = ["builtins.UnicodeDecodeError", "builtins.UnicodeError", "builtins.ValueError", "builtins.Exception"]
+    error = error_from_reply("p", "f", {"kind": "remote", "type": "UnicodeDecodeError", "message": "bad", "mro": mro})
+    assert isinstance(error, UnicodeError)
+    assert isinstance(error, ValueError)
+    assert "UnicodeDecodeError: bad" in str(error)
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is type(error)
+    assert str(again) == str(error)
+
+
 @pytest.mark.parametrize(
     "reply",
     [
@@ -402,7 +413,7 @@ def test_a_setting_the_backend_would_ignore_is_refused_naming_both() -> None:
     from pypods._env.layout import PodSettings
 
     check_backend_options(PodSettings(workers=3, timeout=2.0, idle_timeout=1.0))
-    with pytest.raises(ValueError, match=r"'address'.*'local' backend"):
+    with pytest.raises(pypods.PodConfigError, match=r"'address'.*'local' backend"):
         check_backend_options(PodSettings(address="ray://x"))
     assert "idle_timeout" in BACKEND_OPTIONS["local"]
 

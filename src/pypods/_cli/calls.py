@@ -7,6 +7,7 @@ import difflib
 import json
 import math
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -101,6 +102,7 @@ def call(
 ) -> None:  # fmt: skip
     """Call FUNCTION of pod NAME with ARGS (JSON or Python literals; negative numbers work) and print the result."""
     ctx = Context()
+    _allow_long_ints()
     for arg in args:
         if arg.startswith("-") and not _is_number(arg):
             raise click.NoSuchOption(arg.split("=", 1)[0])
@@ -116,13 +118,14 @@ def call(
     from .._loader import Pod
 
     with Pod(name, root=layout.root, create=False, start="lazy", progress=False if ctx.quiet else None) as pod:
-        if function not in pod.functions:
-            offered = ", ".join(sorted(pod.functions)) or "none"
-            close = difflib.get_close_matches(function, list(pod.functions), n=1)
+        functions = Pod.functions.__get__(pod)  # a pod function may be named `functions` (or `call`)
+        if function not in functions:
+            offered = ", ".join(sorted(functions)) or "none"
+            close = difflib.get_close_matches(function, list(functions), n=1)
             guess = f"did you mean {close[0]!r}? " if close else ""
             raise CliError(f"pod {name!r} has no function {function!r}", hint=f"{guess}it offers: {offered}")
         try:
-            result = pod.call(function, *positional, timeout=timeout, **keywords)
+            result = Pod.call(pod, function, *positional, timeout=timeout, **keywords)
             if hasattr(result, "__next__"):
                 result = list(result)
         except PodRemoteError as exc:
@@ -130,10 +133,21 @@ def call(
             if ctx.verbose and exc.remote_traceback:
                 click.echo(exc.remote_traceback.rstrip(), err=True)
             raise CliError(str(exc).split("\n", 1)[0], hint=hint) from exc
-    if as_json:
-        click.echo(json.dumps(result, default=repr))
-    else:
-        click.echo(result if isinstance(result, str) else repr(result))
+    try:
+        text = json.dumps(result, default=repr) if as_json else result if isinstance(result, str) else repr(result)
+    except ValueError as exc:  # an int beyond even _LONG_INT_DIGITS
+        raise CliError(f"the result cannot be printed: {exc}") from exc
+    click.echo(text)
+
+
+_LONG_INT_DIGITS = 1_000_000  # ints of any size cross; the CLI parses and prints them up to this (a second or so)
+
+
+def _allow_long_ints() -> None:
+    """Let ``call`` parse and print ints past Python's default 4,300 digits (its arguments are the user's own)."""
+    getter = getattr(sys, "get_int_max_str_digits", None)
+    if getter is not None and 0 < getter() < _LONG_INT_DIGITS:
+        sys.set_int_max_str_digits(_LONG_INT_DIGITS)
 
 
 def _is_number(text: str) -> bool:

@@ -185,4 +185,5 @@ def describe(ctx: Context, layout: PodLayout) -> list[dict[str, Any]]:
     from .._loader import Pod
 
     with Pod(layout.name, root=layout.root, create=False, start="lazy", progress=False if ctx.quiet else None) as pod:
-        return [fn.__wrapped_info__ for fn in pod.functions.values()]  # type: ignore[attr-defined]
+        functions = Pod.functions.__get__(pod)  # not pod.functions: a pod function may have that name
+        return [fn.__wrapped_info__ for fn in functions.values()]

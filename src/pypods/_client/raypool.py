@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import (
     PodBuildError,
     PodClosedError,
+    PodConfigError,
     PodCrashedError,
     PodError,
     PodProtocolError,
@@ -62,12 +63,12 @@ def check_python(pod: str, python: str | None) -> None:
     """Refuse a ``python`` other than the cluster's (the one this client runs: Ray needs them equal).
 
     Raises:
-        PodBuildError: *python* names another version or interpreter.
+        PodConfigError: *python* names another version or interpreter.
     """
     cluster = ".".join(map(str, sys.version_info[:2]))
     if python is None or python.strip() in (cluster, sys.executable) or python.startswith(cluster + "."):
         return
-    raise PodBuildError(
+    raise PodConfigError(
         f"pod {pod!r}: option python={python!r} is not supported by backend {BACKEND!r}: pods run on the "
         f"cluster's Python ({cluster}); remove it or use backend 'local'"
     )
@@ -288,7 +289,8 @@ def open_ray(layout: PodLayout, settings: PodSettings) -> Callable[[], RayConnec
     runs the current code, as a new local worker would.
 
     Raises:
-        PodBuildError: ``python`` is not the cluster's, or the pod would ship too much.
+        PodConfigError: ``python`` is not the cluster's.
+        PodBuildError: the pod would ship too much.
         ImportError: Ray is not installed.
     """
     check_python(layout.name, settings.python)

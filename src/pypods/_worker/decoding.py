@@ -1,10 +1,11 @@
 """Decoding the pod wire format: BSON plus the extension documents that ``codec.py`` writes.
 
 The decoder reads hostile input (a pod's replies, ``.pypods/description.bson``). It never imports a
-module and never calls anything but the constructors of a fixed set of value types: extension tags
-map to fixed constructors; ``enum``/``exc`` classes resolve only from ``sys.modules`` (modules this
-process already imported), looked up through class and module ``__dict__``s (no ``__getattr__``
-hooks); registered dataclasses and NamedTuples only to classes registered on this side. Every
+module (only the worker, for its trusted client's calls, imports a standard-library one) and never
+calls anything but the constructors of a fixed set of value types: extension tags map to fixed
+constructors; ``enum``/``exc`` classes resolve only from ``sys.modules`` (modules this process
+already imported), looked up through class and module ``__dict__``s (no ``__getattr__`` hooks);
+registered dataclasses and NamedTuples only to classes registered on this side. Every
 allocation is bounded by the bytes received, and sets and dicts with non-string keys refuse more
 than ``MAX_COLLISIONS`` keys sharing one hash, so hash flooding cannot make decoding quadratic.
 """
@@ -15,6 +16,7 @@ import collections
 import datetime
 import decimal
 import enum
+import importlib
 import pathlib
 import struct
 import sys
@@ -49,10 +51,13 @@ def _decode_registered(payload: Any, fields: Dict[str, Any]) -> Any:
 class Decoder:
     """Decode one message; ``big`` maps out-of-band buffers back (see ``exttypes.Shm``)."""
 
-    __slots__ = ("big",)
+    __slots__ = ("big", "stdlib_imports")
 
-    def __init__(self, big: Optional[exttypes.OutOfBand] = None) -> None:
+    def __init__(self, big: Optional[exttypes.OutOfBand] = None, stdlib_imports: bool = False) -> None:
         self.big = big
+        # Only the worker sets this, for its trusted client's calls: an enum or exception of a
+        # standard-library module the pod has not imported yet (http.HTTPStatus) still arrives.
+        self.stdlib_imports = stdlib_imports
 
     def document(self, data: bytes) -> Dict[str, Any]:
         """Decode a whole top-level document, or raise DecodeError."""
@@ -149,6 +154,8 @@ class Decoder:
         payload = fields.get("v")
         decode = _DECODERS.get(tag)
         if decode is not None:
+            if self.stdlib_imports and (tag == "enum" or tag == "exc"):
+                _import_stdlib(fields.get("c"))
             return decode(payload, fields)
         if tag == "shm":
             if self.big is None:
@@ -221,6 +228,16 @@ def _own_dict(obj: Any) -> Any:
     if issubclass(kind, type):
         return _TYPE_DICT.__get__(obj)
     return None
+
+
+def _import_stdlib(spec: Any) -> None:
+    """Import the standard-library module of a ``module:QualName`` class (worker side only)."""
+    module_name = spec.split(":", 1)[0] if isinstance(spec, str) else ""
+    if module_name and module_name not in sys.modules and exttypes.is_stdlib(module_name):
+        try:
+            importlib.import_module(module_name)
+        except Exception:
+            pass  # then _lookup says it is not importable
 
 
 def _lookup(spec: Any, base: type) -> Optional[type]:

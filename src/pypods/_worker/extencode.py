@@ -111,11 +111,15 @@ def _enum(enc: Encoder, out: bytearray, key: bytes, obj: enum.Enum) -> None:
 
 def _exception(enc: Encoder, out: bytearray, key: bytes, obj: BaseException) -> None:
     cls = type(obj)
-    args = [a if _sendable(enc, a) else _safe_text(repr, a) for a in obj.args]
+    sendable = [_sendable(enc, a) for a in obj.args]
+    args = [a if ok else _safe_text(repr, a) for a, ok in zip(obj.args, sendable)]
     try:
         message = str(obj)
     except Exception as exc:  # a value that cannot be described cannot be sent (issue #11)
-        raise EncodeError("cannot send %s: its __str__ raised %s" % (cls.__qualname__, type(exc).__name__))
+        if cls.__str__ is not BaseException.__str__ or not all(sendable):
+            raise EncodeError("cannot send %s: its __str__ raised %s" % (cls.__qualname__, type(exc).__name__))
+        # The builtin __str__ of exact args failed (an int past 4,300 digits): the args carry the value.
+        message = "<%s; its message could not be shown>" % cls.__qualname__
     enc.ext(out, key, "exc", args, c="%s:%s" % (cls.__module__, cls.__qualname__), m=message)
 
 

@@ -114,7 +114,7 @@ def _encode_pandas(enc: Any, out: bytearray, key: bytes, obj: Any) -> None:
 
         raise EncodeError("sending a pandas object needs pyarrow installed on both sides") from exc
     frame = obj.to_frame(name=obj.name if obj.name is not None else "__series__") if series else obj
-    table = pa.Table.from_pandas(frame, preserve_index=True)
+    table = pa.Table.from_pandas(frame, preserve_index=None)  # a RangeIndex stays one (as metadata)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
