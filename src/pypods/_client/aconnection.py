@@ -274,6 +274,7 @@ class AsyncProcessConnection(WorkerConnection):
         stream = False
         try:
             await self._sent(data, timeout, name, deadline)
+            big.sent()  # the frame is out: its buffers are the worker's now, nothing to forget
             outcome = self._checked(proto.outcome, name, await self._next(call_id, timeout, name, deadline))
             stream = outcome.kind == Outcome.STREAM
         except asyncio.CancelledError:

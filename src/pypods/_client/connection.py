@@ -127,6 +127,7 @@ class ProcessConnection(WorkerConnection):
         stream = False
         try:
             self._write(data, deadline, name, timeout, call_id)
+            big.sent()  # the frame is out: its buffers are the worker's now, nothing to forget
             reply = self._receive(call_id, deadline, name, timeout)
             outcome = self._checked(proto.outcome, name, reply)
             stream = outcome.kind == Outcome.STREAM

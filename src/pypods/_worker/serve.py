@@ -190,7 +190,7 @@ class Worker:
             data = Encoder().document(message)
             sent = False
         write_all(self.out, data)
-        self.big.created = []  # the receiver unlinks what it maps; a crash is swept by pid
+        self.big.sent()  # the frame is out: its buffers are the client's now
         return sent
 
     def load(self, module_name: str) -> None:
