@@ -10,23 +10,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .core import STREAM_WINDOW, StreamCredit, check_hello, error_from_reply
-
 if TYPE_CHECKING:
     from .._errors import PodError
 
 __all__ = [
-    "STREAM_WINDOW",
     "AsyncConnection",
     "AsyncPool",
     "AsyncStream",
     "Connection",
     "Pool",
     "Stream",
-    "StreamCredit",
     "WorkerHandle",
-    "check_hello",
-    "error_from_reply",
 ]
 
 
