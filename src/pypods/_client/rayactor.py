@@ -158,13 +158,7 @@ class PodActor:
         return result
 
     def _reply(self, call_id: Any, value: Any, key: str) -> bytes:
-        head: dict[str, Any] = {"id": call_id, "ok": True} if key == "value" else {"id": call_id}
-        if not self.pickle:
-            return encoded({**head, key: value})
-        try:
-            return encoded({**head, key: None, **messages.pack_pickle(value)})
-        except Exception as exc:
-            return _error(call_id, exc, "serialization")
+        return encoded(messages.result_message(call_id, value, key, self.pickle))
 
     def call(self, request: bytes) -> bytes:
         """Run one call; the reply message (value or error), encoded. Never raises."""

@@ -37,6 +37,24 @@ def hello_header() -> Dict[str, Any]:
     }
 
 
+def result_message(call_id: Any, value: Any, key: str, pickled: bool) -> Dict[str, Any]:
+    """A reply carrying *value* under *key* (``value`` or ``yield``), pickled for a pickle-codec pod.
+
+    A value the pickle codec cannot pack becomes a serialization error reply instead.
+    """
+    reply: Dict[str, Any] = {"id": call_id, "ok": True} if key == "value" else {"id": call_id}
+    if not pickled:
+        reply[key] = value
+        return reply
+    try:
+        packed = pack_pickle(value)
+    except Exception as exc:
+        return {"id": call_id, "ok": False, "error": error_info(exc, "serialization")}
+    reply[key] = None
+    reply.update(packed)
+    return reply
+
+
 def pack_pickle(value: Any) -> Dict[str, Any]:
     """The opt-in pickle codec: protocol 5, large buffers out of band (as ``RawBuffer`` payloads)."""
     import pickle

@@ -346,17 +346,7 @@ class Worker:
 
     def result(self, call_id: int, value: Any, key: str = "value") -> Dict[str, Any]:
         """A reply carrying *value*: as a BSON value, or pickled if this pod uses the pickle codec."""
-        reply: Dict[str, Any] = {"id": call_id, "ok": True} if key == "value" else {"id": call_id}
-        if not self.pickle:
-            reply[key] = value
-            return reply
-        try:
-            packed = messages.pack_pickle(value)
-        except Exception as exc:
-            return {"id": call_id, "ok": False, "error": messages.error_info(exc, "serialization")}
-        reply[key] = None
-        reply.update(packed)
-        return reply
+        return messages.result_message(call_id, value, key, self.pickle)
 
     def call(self, request: Dict[str, Any]) -> None:
         call_id = request.get("id", 0)
