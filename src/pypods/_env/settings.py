@@ -24,6 +24,7 @@ else:  # pragma: no cover - exercised on 3.9/3.10 clients
 if TYPE_CHECKING:
     from .layout import PodLayout
 
+ENCODINGS = ("fast1", "bson")  # the values of $PYPODS_ENCODING (docs/encoding.md); fast1 is the default
 MAX_WORKERS = 64
 MAX_SECONDS = 10_000_000.0  # about four months; larger values overflow some platforms' wait calls
 ARGUMENTS = "arguments"
@@ -58,7 +59,8 @@ class PodSettings:
         Raises:
             PodConfigError: ``pod.toml`` is not valid TOML, names an unknown setting (with a "did you
                 mean"), a value has the wrong type or is out of range, or it sets ``codec = "pickle"``;
-                the message names the file and the key. Also a ``ValueError``.
+                the message names the file and the key. Also a ``ValueError``. Also when
+                ``$PYPODS_ENCODING`` is set to an unknown encoding (see ``encoding_from_environ``).
         """
         values: dict[str, Any] = {}
         if layout.settings.is_file():
@@ -70,6 +72,7 @@ class PodSettings:
             values = _checked(raw, source, from_file=True)
         given = {key: value for key, value in overrides.items() if value is not None}
         values.update(_checked(given, ARGUMENTS, from_file=False))
+        encoding_from_environ()  # a typo in $PYPODS_ENCODING fails the load, not silently the encoding
         return cls(**values)
 
     @classmethod
@@ -79,6 +82,28 @@ class PodSettings:
 
 
 KNOWN = tuple(field.name for field in dataclasses.fields(PodSettings))
+
+
+def encoding_from_environ() -> str:
+    """The encoding ``$PYPODS_ENCODING`` asks for: ``fast1`` (the default, also when unset or empty) or ``bson``.
+
+    Case and surrounding blanks do not matter (``" BSON "`` is ``bson``).
+
+    Raises:
+        PodConfigError: any other value (``fast``, ``json`` ...): the message names the variable.
+    """
+    raw = os.environ.get("PYPODS_ENCODING", "")
+    wanted = raw.strip().lower()
+    if not wanted:
+        return ENCODINGS[0]
+    if wanted not in ENCODINGS:
+        close = difflib.get_close_matches(wanted, ENCODINGS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise PodConfigError(
+            f"environment variable PYPODS_ENCODING={raw!r} is not an encoding{hint} "
+            f"(one of {', '.join(ENCODINGS)}, or unset for {ENCODINGS[0]})"
+        )
+    return wanted
 
 
 def _checked(values: dict[str, Any], source: str, *, from_file: bool) -> dict[str, Any]:
