@@ -87,6 +87,7 @@ SETTINGS_TEMPLATE = """\
 # log = "stderr"         # where the pod's output goes: "stderr" or "logging" (the pypods logger)
 # backend = "local"      # "ray": run the workers as Ray actors (pip install 'pypods[ray]')
 # address = "ray://..."  # the Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)
+# ship = ["data/*.csv"]  # backend "ray": data files sent with the pod's Python modules (only those go)
 #
 # [env]                  # extra environment variables for the worker
 # MY_SETTING = "value"

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 ENCODINGS = ("fast1", "bson")  # the values of $PYPODS_ENCODING (docs/encoding.md); fast1 is the default
 MAX_WORKERS = 64
+MAX_SHIP = 1000  # patterns in ``ship``
 MAX_SECONDS = 10_000_000.0  # about four months; larger values overflow some platforms' wait calls
 ARGUMENTS = "arguments"
 CHOICES = {
@@ -51,6 +52,7 @@ class PodSettings:
     backend: str = "local"
     address: str | None = None
     env: dict[str, str] = dataclasses.field(default_factory=dict)
+    ship: tuple[str, ...] = ()  # backend "ray": data files to send besides the Python modules (rayship.py)
 
     @classmethod
     def load(cls, layout: PodLayout, overrides: dict[str, Any]) -> PodSettings:
@@ -153,6 +155,8 @@ def _check(key: str, value: Any, source: str) -> Any:
         return value
     if key == "env":
         return _check_env(value, _where(source, key))
+    if key == "ship":
+        return _check_ship(value, _where(source, key))
     raise bad("a known setting")  # pragma: no cover - guarded by _checked
 
 
@@ -177,6 +181,20 @@ def _check_env(table: Any, where: str) -> dict[str, str]:
             raise PodConfigError(f"{where}: the value of {name} contains a NUL character")
         env[name] = text
     return env
+
+
+def _check_ship(patterns: Any, where: str) -> tuple[str, ...]:
+    """Globs of files inside the pod folder: relative, no ``..``, no control characters, at most ``MAX_SHIP``."""
+    if isinstance(patterns, str) or not isinstance(patterns, (list, tuple)) or len(patterns) > MAX_SHIP:
+        raise PodConfigError(
+            f'{where} must be a list of at most {MAX_SHIP} globs such as ["data/*.csv"], not {patterns!r}'
+        )
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not pattern.strip() or len(pattern) > 4096 or _has_control(pattern):
+            raise PodConfigError(f"{where}: {pattern!r} is not a glob (a non-empty string without control characters)")
+        if pattern.startswith(("/", "~")) or ".." in pattern.replace("\\", "/").split("/"):
+            raise PodConfigError(f"{where}: {pattern!r} must name files inside the pod folder (relative, no ..)")
+    return tuple(patterns)
 
 
 def toml_string(text: str) -> str:
