@@ -206,3 +206,19 @@ def test_a_missing_root_is_refused_and_not_created(tmp_path: Path, monkeypatch: 
         pypods.load("mypod", progress=False, **({"root": typo} if how == "argument" else {}))
     assert str(typo) in str(caught.value)
     assert not (tmp_path / "projetc").exists()
+
+
+def test_pypods_commands_refuse_another_users_pod_folder(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "pods" / "mine").mkdir(parents=True)
+    (project / "pods" / "mine" / "pod.py").write_text("")
+    theirs = project / "pods" / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, OTHER, OTHER)
+    result = subprocess.run(
+        [sys.executable, "-m", "pypods", "new", "theirs", "--no-build"], cwd=project, capture_output=True, text=True,
+        env=clean_env(), timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert f"uid {OTHER}" in result.stderr
+    assert not (theirs / "pod.py").exists()
