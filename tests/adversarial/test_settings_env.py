@@ -69,6 +69,8 @@ def test_ray_ships_only_modules_and_named_files_never_credentials(tmp_path: Path
         path.write_text(text)
     assert sorted(rayship.pod_files(layout)) == ["helper.py", "pod.py"]  # an allow-list: modules only
     # Named data files go too; credentials never, even when a glob names them.
+    layout.settings.write_text('ship = ["data/"]\n')
+    assert sorted(rayship.pod_files(layout)) == ["data/table.csv", "helper.py", "pod.py"]
     layout.settings.write_text('ship = ["data/*.csv", "*", "**"]\n')
     assert sorted(rayship.pod_files(layout)) == ["data/table.csv", "helper.py", "notes.txt", "pod.py", "pod.toml"]
 

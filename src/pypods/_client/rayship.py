@@ -10,8 +10,8 @@ symlinked folders, keeps only regular files (a symlink only when its target is a
 inside the pod), and stops with ``PodBuildError`` before reading more than ``max_bytes`` in total.
 
 A ``ship`` glob with a ``/`` is matched against the path from the pod folder (``data/*.csv``,
-``models/**``), one without against the file's name at any depth (``*.json``); ``*``, ``?`` and
-``[...]`` stay within one path part, ``**`` crosses parts.
+``models/**``, ``data/`` for all of ``data/``), one without against the file's name at any depth
+(``*.json``); ``*``, ``?`` and ``[...]`` stay within one path part, ``**`` crosses parts.
 
 The ``.gitignore`` support is a documented subset of git's rules, read from the pod folder's own
 ``.gitignore`` only (not nested ones, not the project's): blank lines and ``#`` comments are
@@ -163,7 +163,11 @@ def shipped(patterns: tuple[str, ...] | list[str], relative: str) -> bool:
     name = relative.rsplit("/", 1)[-1]
     if any(fnmatch.fnmatchcase(name, p) for p in MODULES):
         return True
-    return any(_glob(p.strip("/")).fullmatch(relative if "/" in p.strip("/") else name) for p in patterns)
+    for pattern in patterns:
+        glob = pattern.strip("/") + ("/**" if pattern.endswith("/") else "")  # "data/": everything in data/
+        if _glob(glob).fullmatch(relative if "/" in glob else name):
+            return True
+    return False
 
 
 def select_files(

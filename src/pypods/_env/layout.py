@@ -21,6 +21,9 @@ from .settings import PodSettings, toml_string
 __all__ = [
     "PodLayout",
     "PodSettings",
+    "check_pods",
+    "chosen_root",
+    "distrust",
     "find_root",
     "ignored_folders",
     "list_pods",
