@@ -273,3 +273,17 @@ def test_an_enum_of_the_clients_main_is_refused_before_sending() -> None:
     ):
         with pytest.raises(EncodeError, match=r"args\[0\].*Color: an enum defined in __main__"):
             send()
+
+
+def test_a_pandas_value_with_a_broken_pyarrow_names_pyarrows_own_error(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"a": [1.0, 2.0]})
+    package = tmp_path / "pyarrow"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise ImportError('this pyarrow needs numpy>=2 (found numpy 1.26.4)')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "pyarrow", raising=False)
+    with pytest.raises(EncodeError, match=r"pyarrow is installed on this side but failed to import: .*numpy>=2"):
+        codec.encode({"v": frame})
