@@ -111,19 +111,17 @@ class CallProtocol:
         self._ids = itertools.count(1)
         self._registered = 0  # the class registry version the worker knows
         self._decoder = Decoder(new_out_of_band(worker))
-        self.encoding = "bson"  # "fast1" once chosen in choose_encoding (docs/encoding.md)
+        self.encoding = "bson"  # "fast1"/"fast2" once chosen in choose_encoding (docs/encoding.md)
 
     def choose_encoding(self, hello: dict[str, Any]) -> bytearray | None:
         """Pick fast1 if the worker offers it (and neither codec="pickle" nor PYPODS_ENCODING=bson says
         otherwise); return the ``encoding`` message to send before the first call, if any."""
         wanted = encoding_from_environ()  # PodConfigError for an unknown value
-        offered = hello.get("encodings")
-        if self.codec == "pickle" or wanted != fastcodec.NAME or not isinstance(offered, list):
+        name = fastcodec.choose(wanted, hello.get("encodings"))  # fast2: fast1 or fast2, None for BSON
+        if self.codec == "pickle" or name is None:
             return None
-        if fastcodec.NAME not in offered:
-            return None
-        self.encoding = fastcodec.NAME
-        return Encoder().document({"id": 0, "op": "encoding", "name": fastcodec.NAME})
+        self.encoding = name
+        return Encoder().document({"id": 0, "op": "encoding", "name": name})
 
     def next_id(self) -> int:
         return next(self._ids)
@@ -146,7 +144,7 @@ class CallProtocol:
         big = new_out_of_band(self.worker)
         big.deadline = deadline
         try:
-            if self.encoding == fastcodec.NAME:
+            if self.encoding in fastcodec.NAMES:  # fast2: fast1's requests
                 return fastcodec.encode_request(big, call_id, name, args, kwargs), big
             if self.codec != "pickle":
                 return Encoder(big).request(call_id, name, args, kwargs), big
@@ -183,12 +181,12 @@ class CallProtocol:
     def value_of(self, message: dict[str, Any], key: str) -> Any:
         """The value a reply carries; pickled values only where this client chose codec="pickle"."""
         if "p" not in message:
-            if self.encoding != fastcodec.NAME:
-                if "j" in message or "f" in message or "k" in message:
+            if self.encoding not in fastcodec.NAMES:  # fast2: and "c" below
+                if "j" in message or "f" in message or "k" in message or "c" in message:
                     raise self.protocol_error("a fast1 value on a connection that did not choose fast1")
                 return message.get(key)
             try:
-                return fastcodec.reply_value(message, key)
+                return fastcodec.reply_value(message, key, self.encoding)  # fast2: the encoding
             except DecodeError as exc:
                 raise self.protocol_error(exc) from exc
         if self.codec != "pickle":

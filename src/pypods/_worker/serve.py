@@ -157,7 +157,7 @@ class Worker:
         self.import_error: Optional[Dict[str, Any]] = None
         self.busy = False  # True only while pod code runs: the one time a Ctrl-C may interrupt
         self.cancelled: Set[int] = set()  # ids the client cancelled before we started them
-        self.fast = False  # the client chose the fast1 encoding for replies (fastcodec.py)
+        self.fast = ""  # the encoding the client chose for replies: "fast1", "fast2" or "" (fastcodec.py)
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         """The client passes Ctrl-C on: interrupt the pod function, never the protocol itself."""
@@ -173,11 +173,11 @@ class Worker:
         sent = True
         try:
             if fast and self.fast:  # fast1: JSON or packed floats when exact, else BSON
-                data = fastcodec.encode_reply(self.big, message["id"], message["value"])
+                data = fastcodec.encode_reply(self.big, message["id"], message["value"], encoding=self.fast)
             elif fast:  # a plain result: {"id", "ok": true, "value"}
                 data = Encoder(self.big).reply(message["id"], message["value"])
             elif self.fast and "yield" in message and "p" not in message:
-                data = fastcodec.encode_reply(self.big, message["id"], message["yield"], "yield")
+                data = fastcodec.encode_reply(self.big, message["id"], message["yield"], "yield", self.fast)
             else:
                 data = Encoder(self.big).document(message)
         except Exception as exc:  # EncodeError, or any failure of a value's own methods
@@ -270,7 +270,7 @@ class Worker:
             elif op == "register":
                 self.register(request.get("classes") or [])
             elif op == "encoding":
-                self.fast = request.get("name") == fastcodec.NAME
+                self.fast = fastcodec.chosen(request.get("name"))
             elif op == "shutdown":
                 return
 
