@@ -10,6 +10,7 @@ Peers that are not installed (``pip install -e .[bench]``) are left out with a n
 from __future__ import annotations
 
 import os
+import pickle
 import select
 import shutil
 import struct
@@ -210,16 +211,20 @@ def heavy(args: argparse.Namespace, base: Path, others: Peers) -> str:
     """Calls that carry data: the 200-record echo and a dict of 10,000 floats, every contender alike."""
     make_project(base, "bench", POD)
     pod = load_with("bench", base)
+    fast1_pod = load_with("bench", base, PYPODS_ENCODING="fast1")
     bson_pod = load_with("bench", base, PYPODS_ENCODING="bson")
     pickled = load_with("bench", base, "pickle")
     unspun = load_with("bench", base, PYPODS_SPIN_US="0")
     sections = []
     for label, payload in (("echo(200 records)", RECORDS), ("echo(dict of 10,000 floats)", FLOATS)):
+        codec_alone = f"pickle alone, in-process: dumps + loads of the call and of the reply ({label})"
         contenders: dict[str, Callable[[], object]] = {
             f"pypods {label}": lambda payload=payload: pod.echo(payload),  # type: ignore[misc]
+            f"pypods {label}, fast1 encoding": lambda payload=payload: fast1_pod.echo(payload),  # type: ignore[misc]
             f"pypods {label}, BSON encoding": lambda payload=payload: bson_pod.echo(payload),  # type: ignore[misc]
             f"pypods {label}, pickle codec (trusts the pod)": lambda payload=payload: pickled.echo(payload),  # type: ignore[misc]
             f"pypods {label}, spinning off": without_client_spin(lambda payload=payload: unspun.echo(payload)),  # type: ignore[misc]
+            codec_alone: lambda payload=payload: pickle_alone(payload),  # type: ignore[misc]
         }
         contenders.update(others.contenders(label, "echo", payload))
         for name, call in contenders.items():
@@ -231,10 +236,28 @@ def heavy(args: argparse.Namespace, base: Path, others: Peers) -> str:
             "executor": f"ProcessPoolExecutor(1) {label}",
         }
         sections.append(table_of(samples, f"pypods {label}", baselines))
+        sections.append(around_pickle(samples, label, codec_alone))
         sections.append(f"\n{rounds} interleaved rounds of {batch} calls each.\n")
-    for each in (pod, bson_pod, pickled, unspun):
+    for each in (pod, fast1_pod, bson_pod, pickled, unspun):
         each.close()
     return "\n".join(sections)
+
+
+def pickle_alone(value: object) -> object:
+    """The codec work of one pickled echo, in one process: the call ``("echo", (value,))`` and the reply."""
+    pickle.loads(pickle.dumps(("echo", (value,)), protocol=5))
+    return pickle.loads(pickle.dumps(value, protocol=5))
+
+
+def around_pickle(samples: dict[str, list[float]], label: str, codec_alone: str) -> str:
+    """What pypods (pickle codec) and a bare Pipe + pickle add around the same pickling: median minus codec."""
+    codec_time = median(samples[codec_alone])
+    rows = []
+    for name in (f"pypods {label}, pickle codec (trusts the pod)", f"multiprocessing.Pipe + pickle {label}"):
+        if name in samples:
+            added = median(samples[name]) - codec_time
+            rows.append([name, fmt_time(median(samples[name])), fmt_time(codec_time), fmt_time(added)])
+    return "\n" + table(["around pickle", "median", "pickle alone", "added (framing, wake-up, copies)"], rows)
 
 
 def startup(args: argparse.Namespace, base: Path) -> str:

@@ -24,7 +24,6 @@ INT_LIMIT = 2**63
 _BIG_ENDIAN = sys.byteorder == "big"
 _NUL = "\x00"
 _STR = {str}
-_BOOLS = (False, True)
 # Carrier layout (little-endian), docs/encoding.md "fast2":
 #   kind:u8 n:u32 [m:u32 keys:column] column*     kind R: records (m keys, then m value columns)
 #                                                 kind D: dict (n keys as one 's' column, one value column)
@@ -186,10 +185,10 @@ class _Reader:
                 if payload.tobytes().count(0) != count:
                     raise DecodeError("fast2 None column holds other bytes than 0")
                 return [None] * count
-            try:
-                return list(map(_BOOLS.__getitem__, payload))
-            except IndexError:
-                raise DecodeError("fast2 bool column holds a byte other than 0 and 1") from None
+            flags = payload.tobytes()
+            if flags.translate(None, b"\x00\x01"):
+                raise DecodeError("fast2 bool column holds a byte other than 0 and 1")
+            return list(map(bool, flags))
         if tag == _TEXTS:
             if size < 4 * count:
                 raise DecodeError("fast2 list column shorter than its counts")
@@ -201,6 +200,9 @@ class _Reader:
             if total > size:  # every string holds at least its NUL: no more strings than bytes
                 raise DecodeError("fast2 list column counts more strings than it holds")
             strings = _strings(payload[4 * count :], total)
+            width = counts[0] if count else 0
+            if width and counts.count(width) == count:  # lists of one length (tags): zip is 3x quicker
+                return list(map(list, zip(*[iter(strings)] * width)))
             bounds = list(accumulate(counts, initial=0))
             return list(map(strings.__getitem__, map(slice, bounds, islice(bounds, 1, None))))
         if tag == _JSON:
