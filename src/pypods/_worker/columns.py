@@ -20,7 +20,6 @@ RECORDS_MIN = 8  # records in a list before they go as columns (fewer: JSON is a
 VECTOR_MIN = 16  # items of a list or entries of a dict before they go as one column
 MAX_KEYS = 64  # keys a record may have (one rebuilder per key count is compiled and kept)
 RECORD_BYTES = 8  # a record list's carrier holds at least this many bytes per record
-INT_LIMIT = 2**63
 _BIG_ENDIAN = sys.byteorder == "big"
 _NUL = "\x00"
 _STR = {str}
@@ -52,8 +51,10 @@ def _column(values: Any, json_column: Optional[Callable[[Any], Optional[bytes]]]
         if kind is float:
             return _FLOAT, _packed("d", values)
         if kind is int:
-            if -INT_LIMIT <= min(values) and max(values) < INT_LIMIT:
-                return _INT, _packed("q", values)
+            try:
+                return _INT, _packed("q", values)  # OverflowError past int64: JSON, or the old way
+            except OverflowError:
+                pass
         elif kind is str:
             text = _text(values, len(values))
             if text is not None:
