@@ -30,7 +30,7 @@ from contenders import Peers
 
 import pypods
 from pypods._client import connection
-from pypods._worker import codec
+from pypods._worker import codec, fastcodec
 
 if TYPE_CHECKING:
     import argparse
@@ -149,6 +149,21 @@ def without_client_spin(call: Callable[[], object]) -> Callable[[], object]:
     return unspun
 
 
+def without_msgspec(call: Callable[[], object]) -> Callable[[], object]:
+    """The client reading JSON replies with the standard ``json`` module only (as without the msgspec extra)."""
+    plain = fastcodec._json_decoder(fastcodec._UNLIMITED_TEXT_INTS)
+
+    def unaccelerated() -> object:
+        saved = fastcodec._json_decode
+        fastcodec._json_decode = plain
+        try:
+            return call()
+        finally:
+            fastcodec._json_decode = saved
+
+    return unaccelerated
+
+
 def table_of(samples: dict[str, list[float]], base_name: str, baselines: dict[str, str]) -> str:
     """Median, p99 and ratios to pypods and to each baseline (``{column label: contender}``)."""
     base_median = median(samples[base_name])
@@ -221,6 +236,9 @@ def heavy(args: argparse.Namespace, base: Path, others: Peers) -> str:
         contenders: dict[str, Callable[[], object]] = {
             f"pypods {label}": lambda payload=payload: pod.echo(payload),  # type: ignore[misc]
             f"pypods {label}, fast1 encoding": lambda payload=payload: fast1_pod.echo(payload),  # type: ignore[misc]
+            f"pypods {label}, fast1 encoding, json only (no msgspec)": without_msgspec(
+                lambda payload=payload: fast1_pod.echo(payload)
+            ),  # type: ignore[misc]
             f"pypods {label}, BSON encoding": lambda payload=payload: bson_pod.echo(payload),  # type: ignore[misc]
             f"pypods {label}, pickle codec (trusts the pod)": lambda payload=payload: pickled.echo(payload),  # type: ignore[misc]
             f"pypods {label}, spinning off": without_client_spin(lambda payload=payload: unspun.echo(payload)),  # type: ignore[misc]

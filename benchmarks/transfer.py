@@ -166,6 +166,21 @@ def fast2_round_trip(args: tuple[object, ...], value: object) -> object:
     return fastcodec.reply_value(reply, "value", "fast2")
 
 
+_PLAIN_JSON = fastcodec._json_decoder(fastcodec._UNLIMITED_TEXT_INTS)
+
+
+def plain_json(
+    round_trip: Callable[[tuple[object, ...], object], object], args: tuple[object, ...], value: object
+) -> object:
+    """*round_trip* with the client reading JSON by the standard ``json`` module only (no msgspec)."""
+    saved = fastcodec._json_decode
+    fastcodec._json_decode = _PLAIN_JSON
+    try:
+        return round_trip(args, value)
+    finally:
+        fastcodec._json_decode = saved
+
+
 def bson_round_trip(args: tuple[object, ...], value: object) -> object:
     codec.decode(bytes(codec.Encoder().request(1, "f", args, {})))
     return codec.decode(bytes(codec.Encoder().reply(1, value)))["value"]
@@ -186,6 +201,7 @@ def codec_cost(args: argparse.Namespace) -> str:
             "pypods BSON": lambda a=call_args, v=value: bson_round_trip(a, v),  # type: ignore[misc]
             "pypods fast1": lambda a=call_args, v=value: fast1_round_trip(a, v),  # type: ignore[misc]
             "pypods fast2": lambda a=call_args, v=value: fast2_round_trip(a, v),  # type: ignore[misc]
+            "pypods fast1, json only (no msgspec)": lambda a=call_args, v=value: plain_json(fast1_round_trip, a, v),  # type: ignore[misc]
             "pickle (protocol 5)": lambda a=call_args, v=value: (
                 pickle.loads(pickle.dumps(a, protocol=5)),
                 pickle.loads(pickle.dumps(v, protocol=5)),

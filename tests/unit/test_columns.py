@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import struct
 from typing import Any
@@ -37,6 +38,7 @@ def identical(a: Any, b: Any) -> bool:
     return True
 
 
+@functools.cache  # one strategy per length: hypothesis replays draws by strategy
 def column_of(n: int) -> st.SearchStrategy[list[Any]]:
     """One column of *n* values: each typed kind a carrier has, edge values included, or anything."""
     floats = st.one_of(st.floats(), st.sampled_from([float("nan"), -0.0, 0.0, float("inf"), float("-inf")]))
@@ -208,3 +210,44 @@ def test_mutated_carriers_decode_or_raise_decode_error(data: st.DataObject) -> N
         decode(bytes(good))
     except DecodeError:
         pass
+
+
+# -- msgspec on the client: the same values as json.loads, or json.loads' own outcome --
+
+json_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**63 - 1),
+        st.floats(),
+        texts,
+    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(texts, inner, max_size=4)),
+    max_leaves=20,
+)
+
+
+def test_msgspec_is_used_on_the_client_when_installed() -> None:
+    pytest.importorskip("msgspec")
+    assert fastcodec._json_decode.__name__ == "decode_json"
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_values)
+def test_msgspec_and_json_read_our_json_to_the_same_values(value: Any) -> None:
+    text = fastcodec._json_encode(value).encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")
+    assert identical(fastcodec._json_decode(text), fastcodec._json_decoder(False)(text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[NaN, -Infinity, Infinity, -0.0]", '"\ud83d\ude00"', '"\\ud83d"', "7" * 4300, str(2**64), '{"a": 1, "a": 2}'],
+)
+def test_what_msgspec_refuses_json_reads(text: str) -> None:
+    assert identical(fastcodec._json_decode(text), fastcodec._json_decoder(False)(text))
+
+
+@pytest.mark.parametrize("text", ["7" * 4301, "[" * 100_000 + "]" * 100_000, "{"])
+def test_what_both_refuse_is_json_s_error(text: str) -> None:
+    with pytest.raises((ValueError, RecursionError)):
+        fastcodec._json_decode(text)

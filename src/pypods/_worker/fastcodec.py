@@ -69,7 +69,33 @@ def _json_decoder(bounded: bool) -> Callable[[str], Any]:
     return (json.JSONDecoder(parse_int=_bounded_int) if bounded else json.JSONDecoder()).decode
 
 
-_json_decode = _json_decoder(_UNLIMITED_TEXT_INTS)
+def _accelerated(decode: Callable[[str], Any]) -> Callable[[str], Any]:
+    """msgspec's C JSON decoder first, where the *client* has it (``pip install pypods[msgspec]``).
+
+    It reads every JSON text our encoder writes to the same values as ``json.loads`` (key order,
+    ints within int64 and beyond, floats correctly rounded), and refuses what it reads otherwise
+    (NaN and the infinities, lone surrogates, ints past 4300 digits, nesting past its own limit):
+    on any error the standard decoder reads the text again, so the value, or the error, is
+    ``json``'s own. Never in a pod: there this module stays standard library only.
+    """
+    if __package__ != "pypods._worker":  # the worker loads this folder as _pypods_worker
+        return decode
+    try:
+        from msgspec.json import Decoder as MsgspecDecoder
+    except ImportError:
+        return decode
+    fast = MsgspecDecoder().decode
+
+    def decode_json(text: str) -> Any:
+        try:
+            return fast(text)
+        except Exception:
+            return decode(text)
+
+    return decode_json
+
+
+_json_decode = _accelerated(_json_decoder(_UNLIMITED_TEXT_INTS))
 
 
 def _refuse(value: Any) -> Any:
@@ -274,7 +300,10 @@ def encode_reply(
     if kind in _SCALARS or kind is int:  # BSON writes a scalar faster than JSON and reads it as fast
         return _bson_reply(big, call_id, value, key)
     if encoding == COLUMNS and (kind is list or kind is dict):
-        carrier = columns.encode(value, _json_column)
+        try:
+            carrier = columns.encode(value, _json_column)
+        except Exception:  # e.g. memory: fast1's path decides, and BSON explains
+            carrier = None
         if carrier is not None:
             out = bytearray()
             Encoder(big)._binary(out, b"c\x00", carrier, "bytes")  # out of band from 1 MiB
