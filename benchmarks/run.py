@@ -30,7 +30,9 @@ from contenders import Peers
 
 import pypods
 from pypods._client import connection
-from pypods._worker import codec, fastcodec
+from pypods._client.core import CallProtocol
+from pypods._worker import codec, fastcodec, messages
+from pypods._worker.decoding import Decoder
 
 if TYPE_CHECKING:
     import argparse
@@ -233,6 +235,7 @@ def heavy(args: argparse.Namespace, base: Path, others: Peers) -> str:
     sections = []
     for label, payload in (("echo(200 records)", RECORDS), ("echo(dict of 10,000 floats)", FLOATS)):
         codec_alone = f"pickle alone, in-process: dumps + loads of the call and of the reply ({label})"
+        messages_alone = f"pypods pickle-codec messages alone, in-process, no I/O ({label})"
         contenders: dict[str, Callable[[], object]] = {
             f"pypods {label}": lambda payload=payload: pod.echo(payload),  # type: ignore[misc]
             f"pypods {label}, fast1 encoding": lambda payload=payload: fast1_pod.echo(payload),  # type: ignore[misc]
@@ -243,6 +246,7 @@ def heavy(args: argparse.Namespace, base: Path, others: Peers) -> str:
             f"pypods {label}, pickle codec (trusts the pod)": lambda payload=payload: pickled.echo(payload),  # type: ignore[misc]
             f"pypods {label}, spinning off": without_client_spin(lambda payload=payload: unspun.echo(payload)),  # type: ignore[misc]
             codec_alone: lambda payload=payload: pickle_alone(payload),  # type: ignore[misc]
+            messages_alone: lambda payload=payload: pickle_messages_alone(payload),  # type: ignore[misc]
         }
         contenders.update(others.contenders(label, "echo", payload))
         for name, call in contenders.items():
@@ -254,7 +258,7 @@ def heavy(args: argparse.Namespace, base: Path, others: Peers) -> str:
             "executor": f"ProcessPoolExecutor(1) {label}",
         }
         sections.append(table_of(samples, f"pypods {label}", baselines))
-        sections.append(around_pickle(samples, label, codec_alone))
+        sections.append(around_pickle(samples, label, codec_alone, messages_alone))
         sections.append(f"\n{rounds} interleaved rounds of {batch} calls each.\n")
     for each in (pod, fast1_pod, bson_pod, pickled, unspun):
         each.close()
@@ -267,15 +271,33 @@ def pickle_alone(value: object) -> object:
     return pickle.loads(pickle.dumps(value, protocol=5))
 
 
-def around_pickle(samples: dict[str, list[float]], label: str, codec_alone: str) -> str:
+_PICKLE_PROTOCOL = CallProtocol("bench", "pickle")
+_DECODER = Decoder()
+
+
+def pickle_messages_alone(value: object) -> object:
+    """One pickle-codec echo through pypods' own messages, both sides, in one process: no pipe, no wait."""
+    frame, _ = _PICKLE_PROTOCOL.encode_call(1, "echo", (value,), {})
+    args, _kwargs = messages.unpack_pickle(_DECODER.document(bytes(frame)))
+    reply = codec.Encoder().document(messages.result_message(1, args[0], "value", True))
+    return _PICKLE_PROTOCOL.value_of(_PICKLE_PROTOCOL.decode(bytes(reply)), "value")
+
+
+def around_pickle(samples: dict[str, list[float]], label: str, codec_alone: str, messages_alone: str) -> str:
     """What pypods (pickle codec) and a bare Pipe + pickle add around the same pickling: median minus codec."""
     codec_time = median(samples[codec_alone])
     rows = []
-    for name in (f"pypods {label}, pickle codec (trusts the pod)", f"multiprocessing.Pipe + pickle {label}"):
+    for name in (
+        f"pypods {label}, pickle codec (trusts the pod)",
+        messages_alone,
+        f"multiprocessing.Pipe + pickle {label}",
+    ):
         if name in samples:
             added = median(samples[name]) - codec_time
             rows.append([name, fmt_time(median(samples[name])), fmt_time(codec_time), fmt_time(added)])
-    return "\n" + table(["around pickle", "median", "pickle alone", "added (framing, wake-up, copies)"], rows)
+    return "\n" + table(
+        ["around pickle", "median", "pickle alone", "added (messages, framing, wake-ups, copies)"], rows
+    )
 
 
 def startup(args: argparse.Namespace, base: Path) -> str:
