@@ -16,6 +16,7 @@ import pytest
 import pypods
 from pypods._client.connection import NotSentError, ProcessConnection
 from pypods._client.core import error_from_reply
+from pypods._client.pool import WorkerPool
 
 from .fakeworker import ThreadWorker, connect, pool
 
@@ -433,3 +434,176 @@ def test_a_reply_this_client_cannot_receive_says_so(monkeypatch: pytest.MonkeyPa
         proto.outcome("make", reply)
     assert "this client could not receive the result" in str(info.value)
     assert "the pod could not receive the arguments" not in str(info.value)
+
+
+# -- issue #19 items 4, 6, 10 and #20's brake across reloads: the pool's states, deadline and brake ----------
+
+
+class _SlowToEncode(ProcessConnection):
+    """A connection whose calls take *delay* seconds before anything is sent (slow argument encoding)."""
+
+    delay = 0.8
+
+    def call(self, name: str, args: Any, kwargs: Any, timeout: Any, deadline: Any = None) -> Any:
+        time.sleep(self.delay)
+        return super().call(name, args, kwargs, timeout, deadline=deadline)
+
+
+def _slow_to_encode() -> ProcessConnection:
+    return _SlowToEncode(ThreadWorker(), start_timeout=5)
+
+
+def test_idle_stop_never_ends_a_worker_a_call_is_still_encoding_for() -> None:
+    workers = WorkerPool("fake", _slow_to_encode, 1, idle_timeout=0.2)
+    try:
+        workers.start()
+        time.sleep(0.3)  # idle: the reaper looks every 0.05 s
+        assert workers.call("add", (1, 2), {}, 5) == 3  # picked, then 0.8 s "encoding": not idle
+    finally:
+        workers.close()
+
+
+def test_a_call_picked_before_a_drain_finishes_and_later_calls_are_sent_on() -> None:
+    from pypods._client.pool import PoolRetired, PoolState
+
+    workers = WorkerPool("fake", _slow_to_encode, 1)
+    results: list[Any] = []
+    thread = threading.Thread(target=lambda: results.append(workers.call("add", (1, 2), {}, 5)))
+    thread.start()
+    assert wait_for(lambda: workers.in_flight() == 1)
+    closed: list[bool] = []
+    workers.drain(then=lambda: closed.append(True))
+    assert workers.state is PoolState.DRAINING
+    with pytest.raises(PoolRetired):  # the loader sends it to the current pool
+        workers.call("add", (1, 2), {}, 5)
+    thread.join(10)
+    assert results == [3]  # not PodClosedError: nobody closed the pod
+    assert wait_for(lambda: closed == [True])
+    assert workers.state is PoolState.CLOSED
+
+
+def _slow_spawn(seconds: float, made: list[ProcessConnection]) -> Any:
+    def spawn() -> ProcessConnection:
+        time.sleep(seconds)
+        made.append(connect())
+        return made[-1]
+
+    return spawn
+
+
+def test_a_start_past_the_deadline_times_out_at_the_deadline_and_goes_on() -> None:
+    made: list[ProcessConnection] = []
+    workers = WorkerPool("fake", _slow_spawn(1.5, made), 1)
+    try:
+        began = time.monotonic()
+        with pytest.raises(pypods.PodTimeoutError, match="still starting"):
+            workers.call("add", (1, 2), {}, 0.3)
+        assert time.monotonic() - began < 1.0  # was 1.5 s: the start's own length
+        assert workers.call("add", (1, 2), {}, 5) == 3  # the same start, gone on for this call
+        assert len(made) == 1
+    finally:
+        workers.close()
+
+
+def test_a_resend_to_a_fresh_worker_keeps_the_first_deadline() -> None:
+    made: list[ProcessConnection] = []
+
+    def spawn() -> ProcessConnection:
+        if not made:
+            made.append(connect())
+            return made[-1]
+        return _slow_spawn(1.5, made)()
+
+    workers = WorkerPool("fake", spawn, 1)
+    try:
+        workers.start()
+        made[0].worker.crash()  # type: ignore[attr-defined]
+        assert wait_for(lambda: not made[0].worker.alive())  # type: ignore[attr-defined]
+        began = time.monotonic()
+        with pytest.raises(pypods.PodTimeoutError):
+            workers.call("add", (1, 2), {}, 0.5)  # not sent (dead worker), then a fresh one starting
+        assert time.monotonic() - began < 1.3
+    finally:
+        workers.close()
+
+
+def _crash(workers: WorkerPool) -> None:
+    """Crash the pool's newest worker while idle (the next call counts it and goes to a fresh one)."""
+    worker = workers.spawned[-1].worker  # type: ignore[attr-defined]
+    worker.crash()
+    assert wait_for(lambda: not worker.alive())
+
+
+def _crash_five(workers: WorkerPool) -> None:
+    for _ in range(5):
+        workers.call("add", (1, 1), {}, 5)
+        _crash(workers)
+
+
+def test_the_brake_backs_off_then_one_probe_re_arms_it() -> None:
+    from pypods._client.brake import CrashBrake
+    from pypods._client.pool import PoolState
+
+    workers = pool()
+    workers._brake = CrashBrake("fake", first=0.3, most=1.0)
+    try:
+        _crash_five(workers)
+        with pytest.raises(pypods.PodCrashLoopError) as info:
+            workers.call("add", (1, 1), {}, 5)
+        assert len(info.value.crashes) == 5
+        assert workers.state is PoolState.TRIPPED
+        started = len(workers.spawned)  # type: ignore[attr-defined]
+        with pytest.raises(pypods.PodCrashLoopError, match="Next try"):
+            workers.call("add", (1, 1), {}, 5)  # backing off: fails fast, starts nothing
+        assert len(workers.spawned) == started  # type: ignore[attr-defined]
+        time.sleep(0.35)
+        assert workers.call("add", (1, 1), {}, 5) == 2  # the probe: a fresh worker
+        assert workers.state is PoolState.OPEN  # re-armed: crashes counted from zero again
+        for _ in range(4):  # four more crashes: below the limit of a re-armed brake
+            _crash(workers)
+            assert workers.call("add", (1, 1), {}, 5) == 2
+    finally:
+        workers.close()
+
+
+def test_a_probe_that_crashes_trips_the_brake_again_for_longer() -> None:
+    from pypods._client.brake import CrashBrake
+
+    workers = pool()
+    workers._brake = brake = CrashBrake("fake", first=0.2, most=0.5)
+    try:
+        _crash_five(workers)
+        with pytest.raises(pypods.PodCrashLoopError):
+            workers.call("add", (1, 1), {}, 5)  # the fifth crash is seen: tripped
+        time.sleep(0.25)
+        threading.Timer(0.3, lambda: workers.spawned[-1].worker.crash()).start()  # type: ignore[attr-defined]
+        with pytest.raises(pypods.PodCrashedError):
+            workers.call("block", (5.0,), {}, 5)  # the probe: its fresh worker dies under it
+        with pytest.raises(pypods.PodCrashLoopError):
+            workers.call("add", (1, 1), {}, 5)
+        assert brake._delay == 0.5  # 0.2, then 0.4 for this trip, capped at 0.5 for the next
+        time.sleep(0.45)
+        assert workers.call("add", (1, 1), {}, 5) == 2
+    finally:
+        workers.close()
+
+
+def test_one_brake_across_reloads_and_reloads_count_as_strikes() -> None:
+    from pypods._client.brake import CrashBrake
+
+    brake = CrashBrake("fake")
+    for _ in range(3):  # each reload a fresh pool, one crash each: the pod's brake sees them all
+        made: list[ProcessConnection] = []
+        workers = WorkerPool("fake", _slow_spawn(0, made), 1, brake=brake)
+        workers.call("add", (1, 1), {}, 5)
+        made[-1].worker.crash()  # type: ignore[attr-defined]
+        assert wait_for(lambda made=made: not made[-1].worker.alive())  # type: ignore[attr-defined, misc]
+        assert workers.call("add", (1, 1), {}, 5) == 2  # counts the crash, resent to a fresh worker
+        workers.drain()
+    brake.reloaded()
+    with pytest.raises(pypods.PodCrashLoopError, match="crashed or reloaded 5 times") as info:
+        brake.reloaded()
+    assert "reloaded" in info.value.crashes[-1]
+    fresh = WorkerPool("fake", _slow_spawn(0, []), 1, brake=brake)
+    with pytest.raises(pypods.PodCrashLoopError):
+        fresh.call("add", (1, 1), {}, 5)

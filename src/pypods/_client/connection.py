@@ -116,11 +116,19 @@ class ProcessConnection(WorkerConnection):
 
     # -- calls ---------------------------------------------------------------------------------
 
-    def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
+    def call(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        deadline: float | None = None,
+    ) -> Any:
         """Send one call and wait for its reply (see ``Connection.call``)."""
         proto = self.proto
         call_id = proto.next_id()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        if deadline is None and timeout is not None:
+            deadline = time.monotonic() + timeout
         data, big = proto.encode_call(call_id, name, args, kwargs, deadline)
         with self._cv:
             self._calls[call_id] = collections.deque()
