@@ -444,9 +444,9 @@ class _SlowToEncode(ProcessConnection):
 
     delay = 0.8
 
-    def call(self, name: str, args: Any, kwargs: Any, timeout: Any, deadline: Any = None) -> Any:
+    def call(self, *args: Any, **kwargs: Any) -> Any:
         time.sleep(self.delay)
-        return super().call(name, args, kwargs, timeout, deadline=deadline)
+        return super().call(*args, **kwargs)
 
 
 def _slow_to_encode() -> ProcessConnection:
