@@ -166,8 +166,10 @@ def _is_number(text: str) -> bool:
 def run(name: str, command: tuple[str, ...], create: bool) -> None:
     """Run COMMAND in pod NAME's environment, e.g. `pypods run geo -- python -i`.
 
-    The pod's venv/bin comes first on PATH, VIRTUAL_ENV names it, and pod.toml's [env] is set; the
-    command runs directly (no shell), in the current folder, and its exit code is pypods' exit code.
+    The pod's venv/bin comes first on PATH, VIRTUAL_ENV names it, pod.toml's [env] is set, and the
+    project folder is on PYTHONPATH (so `import pods.NAME.pod` works from any folder under the project,
+    or with --root); the command runs directly (no shell), in the current folder, and its exit code
+    is pypods' exit code.
     """
     ctx = Context()
     argv = list(command[1:] if command[0] == "--" else command)
@@ -178,6 +180,7 @@ def run(name: str, command: tuple[str, ...], create: bool) -> None:
     store.ensure_ready(layout, settings.python, ctx.report(name))
     env = tools.clean_environ(settings.env)
     env["VIRTUAL_ENV"] = str(layout.venv)
+    env["PYTHONPATH"] = str(layout.root)  # the caller's own PYTHONPATH never leaks in (clean_environ)
     env["PATH"] = os.pathsep.join([str(layout.venv_python.parent), env.get("PATH", os.defpath)])
     try:
         os.execvpe(argv[0], argv, env)
