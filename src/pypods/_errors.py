@@ -129,10 +129,12 @@ class PodCrashedError(PodWorkerError):
 
 
 class PodCrashLoopError(PodWorkerError):
-    """The pod's workers crashed too often (5 times in 10 s), so the pod stopped restarting them.
+    """The pod's workers crashed (or the pod reloaded) too often: 5 times in 10 s.
 
-    Every later call raises it again, naming the crashes (``crashes``: their first lines), until
-    the pod is loaded again. Timeouts never count as crashes.
+    Calls raise it at once, naming the strikes (``crashes``: their first lines), for a backoff
+    (1 s, doubling after each failed try up to 60 s); then one call tries a fresh worker, and if
+    that worker does not crash the pod works again. Timeouts never count as crashes. Unlike
+    ``PodClosedError``, nobody closed the pod: a retry later may work.
     """
 
     def __init__(self, message: str, *, crashes: Any = ()) -> None:
