@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import pickle
+import socket
 import sys
 import threading
 import time
@@ -480,6 +481,8 @@ def test_a_call_picked_before_a_drain_finishes_and_later_calls_are_sent_on() -> 
     assert results == [3]  # not PodClosedError: nobody closed the pod
     assert wait_for(lambda: closed == [True])
     assert workers.state is PoolState.CLOSED
+    with pytest.raises(PoolRetired):  # drained, not closed by the user: still sent on, never PodClosedError
+        workers.call("add", (1, 2), {}, 5)
 
 
 def _slow_spawn(seconds: float, made: list[ProcessConnection]) -> Any:
@@ -576,7 +579,14 @@ def test_a_probe_that_crashes_trips_the_brake_again_for_longer() -> None:
         with pytest.raises(pypods.PodCrashLoopError):
             workers.call("add", (1, 1), {}, 5)  # the fifth crash is seen: tripped
         time.sleep(0.25)
-        threading.Timer(0.3, lambda: workers.spawned[-1].worker.crash()).start()  # type: ignore[attr-defined]
+        before = len(workers.spawned)  # type: ignore[attr-defined]
+
+        def crash_the_probe() -> None:
+            wait_for(lambda: len(workers.spawned) > before and workers.in_flight() == 1)  # type: ignore[attr-defined]
+            time.sleep(0.1)
+            workers.spawned[-1].worker.crash()  # type: ignore[attr-defined]
+
+        threading.Thread(target=crash_the_probe).start()
         with pytest.raises(pypods.PodCrashedError):
             workers.call("block", (5.0,), {}, 5)  # the probe: its fresh worker dies under it
         with pytest.raises(pypods.PodCrashLoopError):
@@ -607,3 +617,52 @@ def test_one_brake_across_reloads_and_reloads_count_as_strikes() -> None:
     fresh = WorkerPool("fake", _slow_spawn(0, []), 1, brake=brake)
     with pytest.raises(pypods.PodCrashLoopError):
         fresh.call("add", (1, 1), {}, 5)
+
+
+class _SlowReport(ThreadWorker):
+    """A worker whose exit status takes a while to read (a busy machine reaping a killed process)."""
+
+    def exit_report(self, wait: float = 1.0) -> tuple[int | None, str]:
+        time.sleep(0.3)
+        return super().exit_report(wait)
+
+
+def test_calls_in_flight_on_a_killed_worker_get_crashed_never_closed() -> None:
+    made: list[ProcessConnection] = []
+
+    def spawn() -> ProcessConnection:
+        made.append(ProcessConnection(_SlowReport(), start_timeout=5))
+        return made[-1]
+
+    workers = WorkerPool("fake", spawn, 1)
+    outcomes: list[Any] = []
+
+    def call(name: str, *args: Any) -> None:
+        try:
+            outcomes.append((name, workers.call(name, args, {}, 10)))
+        except BaseException as exc:
+            outcomes.append((name, exc))
+
+    try:
+        workers.start()
+        threads = [threading.Thread(target=call, args=("block", 10.0)) for _ in range(10)]
+        for thread in threads:
+            thread.start()
+        assert wait_for(lambda: made[0].in_flight() == 10)
+        time.sleep(0.2)  # all ten written
+        worker = made[0].worker
+        worker._server.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]  # dies before any reply
+        worker.pod.gate.set()  # type: ignore[attr-defined]
+        late = [threading.Thread(target=call, args=("add", 1, 2)) for _ in range(5)]  # in the gap
+        for thread in late:
+            thread.start()
+        for thread in threads + late:
+            thread.join(10)
+        blocked = [outcome for name, outcome in outcomes if name == "block"]
+        assert len(blocked) == 10
+        assert all(type(outcome) is pypods.PodCrashedError for outcome in blocked), {
+            type(o).__name__: str(o)[:300] for o in blocked
+        }
+        assert [outcome for name, outcome in outcomes if name == "add"] == [3] * 5
+    finally:
+        workers.close()

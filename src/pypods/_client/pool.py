@@ -55,7 +55,7 @@ class Slots(Generic[C]):
         self._busy = [0] * size  # calls picked on each slot and not yet returned
         self._brake = brake if brake is not None else CrashBrake(pod)  # one per pod, shared by its reloads
         self._state = PoolState.OPEN  # OPEN, DRAINING or CLOSED; TRIPPED is read from the shared brake
-        self._closed_by: PodError | None = None
+        self._closed_by: Exception | None = None  # None: the user's close; PoolRetired: a drain ended
         self._idle_timeout = idle_timeout
         self._last_used = time.monotonic()
         self.description: list[dict[str, Any]] | None = None
@@ -126,7 +126,7 @@ class Slots(Generic[C]):
             return conn, None
         return None, (self._retire(index, conn) if conn is not None else None)
 
-    def _refused(self) -> PodError | None:
+    def _refused(self) -> Exception | None:
         """Why no worker may start now: the pod was closed, or retiring a dead one tripped the brake."""
         if self._state is PoolState.CLOSED:
             return copy.copy(self._closed_by or PodClosedError(f"pod {self.pod!r} was closed"))
@@ -193,7 +193,7 @@ class Slots(Generic[C]):
         assert self._idle_timeout is not None
         return max(min(self._idle_timeout / 4, 5.0), 0.05)
 
-    def _close_all(self, error: PodError | None = None) -> list[C]:
+    def _close_all(self, error: Exception | None = None) -> list[C]:
         if self._state is not PoolState.CLOSED:
             self._state = PoolState.CLOSED
             self._closed_by = error
@@ -247,7 +247,9 @@ class WorkerPool(Slots[Connection]):
             raise refused
         assert start is not None
         if launch:
-            threading.Thread(target=self._start, args=(index, start, old), name=f"pypods-{self.pod}-start").start()
+            threading.Thread(
+                target=self._start, args=(index, start, old), name=f"pypods-{self.pod}-start", daemon=True
+            ).start()
         try:
             return start.result(_remaining(deadline)), launch
         except concurrent.futures.TimeoutError:
@@ -355,7 +357,11 @@ class WorkerPool(Slots[Connection]):
     def _drained(self, then: Callable[[], None] | None) -> None:
         while self.in_flight() > 0 and self._state is PoolState.DRAINING:
             time.sleep(DRAIN_STEP)
-        self.close()
+        with self._lock:  # a call that took this pool just before the reload still goes on (PoolRetired)
+            conns = self._close_all(PoolRetired())
+        self._stopped.set()
+        for conn in conns:
+            conn.close()
         if then is not None:
             then()
 
@@ -486,7 +492,7 @@ class AsyncWorkerPool(Slots[AsyncConnection]):
     async def _drained(self, then: Callable[[], None] | None) -> None:
         while self.in_flight() > 0 and self._state is PoolState.DRAINING:
             await asyncio.sleep(DRAIN_STEP)
-        await self.aclose(cancel=False)
+        await self.aclose(cancel=False, retired=True)
         if then is not None:
             then()
 
@@ -497,8 +503,8 @@ class AsyncWorkerPool(Slots[AsyncConnection]):
             if abandon is not None:
                 abandon()
 
-    async def aclose(self, cancel: bool = True) -> None:
-        conns = self._close_all()
+    async def aclose(self, cancel: bool = True, retired: bool = False) -> None:
+        conns = self._close_all(PoolRetired() if retired else None)
         if cancel:
             current = asyncio.current_task()
             for task in list(self._tasks):
