@@ -666,3 +666,24 @@ def test_calls_in_flight_on_a_killed_worker_get_crashed_never_closed() -> None:
         assert [outcome for name, outcome in outcomes if name == "add"] == [3] * 5
     finally:
         workers.close()
+
+
+class _SlowToPickle:
+    def __reduce__(self) -> tuple[type[int], tuple[int]]:
+        time.sleep(0.6)  # an argument that takes a while to encode
+        return (int, (7,))
+
+
+def test_encoding_counts_against_the_deadline_and_a_late_encoding_sends_nothing() -> None:
+    workers = WorkerPool("fake", lambda: ProcessConnection(ThreadWorker(codec="pickle"), start_timeout=5), 1)
+    try:
+        workers.start()
+        pids = workers.pids()
+        began = time.monotonic()
+        with pytest.raises(pypods.PodTimeoutError, match="nothing was sent"):
+            workers.call("record", (_SlowToPickle(),), {}, 0.3)  # was: its value after 0.6 s
+        assert time.monotonic() - began < 1.5
+        assert workers.pids() == pids  # nothing sent: the worker is not killed
+        assert workers.call("record", (_SlowToPickle(),), {}, 5) == 7
+    finally:
+        workers.close()

@@ -13,7 +13,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from .._errors import PodClosedError, PodCrashedError, PodError, PodProtocolError
+from .._errors import PodClosedError, PodCrashedError, PodError, PodProtocolError, PodTimeoutError
 from .._worker.framing import FrameError, FrameReader
 from .base import AsyncStream
 from .connection import DEFAULT_START_TIMEOUT, NotSentError, open_pidfd
@@ -289,6 +289,10 @@ class AsyncProcessConnection(WorkerConnection):
             await self._sent(registry, timeout, name, deadline)
         call_id = proto.next_id()
         data, big = proto.encode_call(call_id, name, args, kwargs, send_by)
+        if send_by is not None and time.monotonic() >= send_by:  # encoding took it all: send nothing
+            big.discard()
+            raise PodTimeoutError(f"pod {self.pod!r}, function {name!r}: no answer within {timeout}s "
+                                  "(encoding the arguments took that long; nothing was sent)")  # fmt: skip
         self._calls[call_id] = asyncio.Queue()
         stream = False
         try:

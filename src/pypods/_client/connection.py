@@ -19,7 +19,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from .._errors import PodClosedError, PodCrashedError, PodError, PodProtocolError, PodWorkerError
+from .._errors import PodClosedError, PodCrashedError, PodError, PodProtocolError, PodTimeoutError, PodWorkerError
 from .._worker.framing import FrameError, FrameReader, PipeClosed
 from .core import MAX_PENDING, START, Outcome, WorkerConnection
 from .pstream import ProcessStream
@@ -130,6 +130,10 @@ class ProcessConnection(WorkerConnection):
         if deadline is None and timeout is not None:
             deadline = time.monotonic() + timeout
         data, big = proto.encode_call(call_id, name, args, kwargs, deadline)
+        if deadline is not None and time.monotonic() >= deadline:  # encoding took it all: send nothing
+            big.discard()
+            raise PodTimeoutError(f"pod {self.pod!r}, function {name!r}: no answer within {timeout}s "
+                                  "(encoding the arguments took that long; nothing was sent)")  # fmt: skip
         with self._cv:
             self._calls[call_id] = collections.deque()
         stream = False
