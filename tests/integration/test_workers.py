@@ -627,3 +627,42 @@ def test_a_pod_that_edits_its_own_files_keeps_every_call_within_its_timeout(make
             time.sleep(0.55)  # the source is looked at no more than every half second
         assert longest < 3.5, (longest, outcomes)  # was the 4 s import and more (20.4 s reported)
         assert "pong" in outcomes
+
+
+def test_calls_racing_reloads_never_get_closed_error(make_pod, root: Path) -> None:
+    pod_py = make_pod("racing", "def f():\n    return 0\n") / "pod.py"
+    errors: list[BaseException] = []
+    seen: set[object] = set()
+    stop = threading.Event()
+    with pypods.load("racing", root=root, reload=True, workers=2) as pod:
+
+        def hammer() -> None:
+            while not stop.is_set():
+                try:
+                    seen.add(pod.call("f", timeout=30))
+                except BaseException as exc:
+                    errors.append(exc)
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for version in (1, 2, 3):
+            time.sleep(0.7)
+            pod_py.write_text(f"def f():\n    return {version}\n")
+            stat = pod_py.stat()
+            os.utime(pod_py, ns=(stat.st_atime_ns, stat.st_mtime_ns + version * 10**10))
+        assert _eventually(lambda: 3 in seen, 20)
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert errors == []  # a call that picked a retired pool went to the current one
+    assert {0, 3} <= seen
+
+
+def _eventually(predicate: object, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
