@@ -145,7 +145,7 @@ class RayConnection:
         if self._broken is not None:
             raise NotSentError(f"pod {self.pod!r}: its Ray actor is gone: {self._broken}")
         request = self._encode(name, args, kwargs)
-        if deadline is not None:  # what is left of the caller's deadline (the message still names its timeout)
+        if deadline is not None:  # what is left of the caller's deadline (a timeout names that rest)
             timeout = max(deadline - time.monotonic(), 0.0)
         if name in self._generators:
             refs = self.actor.stream.options(
