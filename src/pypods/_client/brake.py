@@ -39,9 +39,8 @@ class CrashBrake:
     ) -> None:
         self.pod = pod
         self.limit, self.window, self.first, self.most = limit, window, first, most
-        self._strikes: collections.deque[tuple[float, str, bool]] = collections.deque(
-            maxlen=limit
-        )  # (when, what, crash)
+        # (when, what, whether a crash) of the last *limit* strikes
+        self._strikes: collections.deque[tuple[float, str, bool]] = collections.deque(maxlen=limit)
         self._reloads = 0  # reloads among the strikes that tripped it
         self._lock = threading.Lock()  # the pod's sync pools (current and draining) share it
         self.tripped: PodCrashLoopError | None = None  # the error calls get while it is tripped
@@ -107,8 +106,9 @@ class CrashBrake:
     def _error(self) -> PodCrashLoopError:
         assert self.tripped is not None
         error = copy.copy(self.tripped)
-        wait = max(self._retry_at - time.monotonic(), 0.0)
-        error.args = (f"{error.args[0]}\nNext try of a fresh worker in {wait:.1f}s.",)
+        wait = self._retry_at - time.monotonic()
+        when = f"Next try of a fresh worker in {wait:.1f}s." if wait > 0 else "A fresh worker is being tried now."
+        error.args = (f"{error.args[0]}\n{when}",)
         return error
 
     def _strike(self, text: str, retrip: bool) -> None:
