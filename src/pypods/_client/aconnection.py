@@ -289,10 +289,10 @@ class AsyncProcessConnection(WorkerConnection):
             await self._sent(registry, timeout, name, deadline)
         call_id = proto.next_id()
         data, big = proto.encode_call(call_id, name, args, kwargs, send_by)
-        if send_by is not None and time.monotonic() >= send_by:  # encoding took it all: send nothing
+        if send_by is not None and time.monotonic() >= send_by:  # passed while encoding (or before): send nothing
             big.discard()
             raise PodTimeoutError(f"pod {self.pod!r}, function {name!r}: no answer within {timeout}s "
-                                  "(encoding the arguments took that long; nothing was sent)")  # fmt: skip
+                                  "(it passed before sending, while encoding; nothing was sent)")  # fmt: skip
         self._calls[call_id] = asyncio.Queue()
         stream = False
         try:

@@ -130,10 +130,10 @@ class ProcessConnection(WorkerConnection):
         if deadline is None and timeout is not None:
             deadline = time.monotonic() + timeout
         data, big = proto.encode_call(call_id, name, args, kwargs, deadline)
-        if deadline is not None and time.monotonic() >= deadline:  # encoding took it all: send nothing
+        if deadline is not None and time.monotonic() >= deadline:  # passed while encoding (or before): send nothing
             big.discard()
             raise PodTimeoutError(f"pod {self.pod!r}, function {name!r}: no answer within {timeout}s "
-                                  "(encoding the arguments took that long; nothing was sent)")  # fmt: skip
+                                  "(it passed before sending, while encoding; nothing was sent)")  # fmt: skip
         with self._cv:
             self._calls[call_id] = collections.deque()
         stream = False
