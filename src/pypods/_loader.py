@@ -17,6 +17,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from ._backends import Prepared, open_pool, prepare
+from ._client import forking
 from ._env import cache
 from ._errors import PodClosedError
 from ._proxy import POD_TIMEOUT, make_proxy
@@ -184,6 +185,7 @@ class Pod(PodBase):
         self._setup(prepare(name, root, create, options, progress), reload)
         self._lock = threading.Lock()  # one reload at a time
         self._close_lock = threading.Lock()
+        forking.track(self)
         self._holder: list[Pool] = []
         # Dropping every reference to the pod stops its workers (the pool does not refer back).
         weakref.finalize(self, _close_held, self._holder)
@@ -193,6 +195,11 @@ class Pod(PodBase):
             _close_held(self._holder)  # a failed start leaves no worker running
             raise
         self._set_functions(description, make_proxy)
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child (``_client/forking.py``): a parent's thread may have held a lock."""
+        self._lock = threading.Lock()
+        self._close_lock = threading.Lock()
 
     def _open(self, describe: bool) -> list[dict[str, Any]]:
         """Open a pool (the old one, if any, is closed); return the description to build proxies from."""

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import PodClosedError, PodError, PodProtocolError
 from .._worker.framing import FrameError, FrameReader
+from . import forking
 from .base import AsyncStream
 from .connection import DEFAULT_START_TIMEOUT, NotSentError, open_pidfd
 from .core import MAX_PENDING, START, Outcome, StreamCursor, WorkerConnection
@@ -47,6 +48,21 @@ class AsyncProcessConnection(WorkerConnection):
         self._loop.add_reader(worker.read_fd, self._on_readable)
         if self._pidfd is not None:
             self._loop.add_reader(self._pidfd, self._on_exit)
+        forking.track(self)
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child (``forking.py``): the worker is the parent's. Close our pidfd, and never
+        touch the inherited loop: its epoll set is shared with the parent's, so removing a reader
+        here would remove the parent's."""
+        self._broken = PodClosedError(f"pod {self.pod!r}: this worker belongs to the process that forked")
+        self._dying = True
+        self._tasks = set()
+        if self._pidfd is not None:
+            try:
+                os.close(self._pidfd)
+            except OSError:
+                pass
+        self._pidfd = None
 
     def _unwatch(self) -> None:
         """Stop watching the worker's fds (idempotent)."""

@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union
 
 from .._errors import PodClosedError, PodCrashedError, PodCrashLoopError, PodError
+from . import forking
 from .base import AsyncConnection, Connection
 from .connection import NotSentError
 
@@ -161,6 +162,12 @@ class Slots(Generic[C]):
         assert self._idle_timeout is not None
         return max(min(self._idle_timeout / 4, 5.0), 0.05)
 
+    def _forget_slots(self) -> None:
+        """In a forked child: the workers are the parent's; the next call starts the child's own."""
+        self._slots = [None] * len(self._slots)
+        self._pending = set()
+        self._brake = CrashBrake(self.pod)
+
     def _close_all(self) -> list[C]:
         if self._closed is None or not isinstance(self._closed, PodClosedError):
             self._closed = PodClosedError(f"pod {self.pod!r} was closed")
@@ -189,6 +196,16 @@ class WorkerPool(Slots[Connection]):
         self._stopped = threading.Event()  # set by close(): the idle reaper ends at once, not at its next look
         if idle_timeout is not None:
             threading.Thread(target=self._reap_idle, name=f"pypods-{pod}-idle", daemon=True).start()
+        forking.track(self)
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child (``forking.py``): locks anew (a parent's thread may have held one), no workers."""
+        self._lock = threading.Lock()
+        self._starting = [threading.Lock() for _ in self._starting]
+        self._forget_slots()
+        self._stopped = threading.Event()
+        if self._idle_timeout is not None and self._closed is None:  # threads do not survive a fork
+            threading.Thread(target=self._reap_idle, name=f"pypods-{self.pod}-idle", daemon=True).start()
 
     def start(self, count: int | None = None) -> None:
         """Start workers now (all of them by default) rather than on the first call."""
@@ -278,6 +295,14 @@ class AsyncWorkerPool(Slots[AsyncConnection]):
         self._tasks: set[asyncio.Task[Any]] = set()  # strong references: the loop keeps only weak ones
         if idle_timeout is not None:
             self._keep(asyncio.get_running_loop().create_task(self._reap_idle()))
+        forking.track(self)
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child (``forking.py``): no workers, and locks and tasks of no loop yet."""
+        self._lock = asyncio.Lock()
+        self._starting = [asyncio.Lock() for _ in self._starting]
+        self._tasks = set()  # the parent loop's (its idle reaper too: not restarted in the child)
+        self._forget_slots()
 
     def _keep(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
