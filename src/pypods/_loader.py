@@ -20,12 +20,12 @@ from ._backends import Prepared, open_pool, prepare
 from ._client import forking
 from ._env import cache
 from ._errors import PodClosedError
-from ._proxy import POD_TIMEOUT, make_proxy
+from ._proxy import POD_TIMEOUT, FunctionTable, make_proxy
 from ._reload import SourceWatch, interactive
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Callable, MutableMapping
+    from collections.abc import Callable, Mapping, MutableMapping
 
     from ._client.base import Pool
     from ._env.layout import PodLayout, PodSettings
@@ -50,7 +50,7 @@ class PodBase:
     """
 
     _name: str
-    _functions: dict[str, Callable[..., Any]]
+    _functions: Mapping[str, Callable[..., Any]]
 
     def _setup(self, ready: Prepared, reload: bool | None) -> None:
         self._layout, self._settings, self._interpreter, self._env_key = ready
@@ -103,7 +103,8 @@ class PodBase:
         return dict(self._functions)
 
     def _set_functions(self, description: list[dict[str, Any]], make: Callable[..., Any]) -> None:
-        self._functions = {info["name"]: make(self, info) for info in description if offered(info.get("name"))}
+        # Proxies held weakly (``FunctionTable``): no pod <-> proxy cycle keeps a dropped pod's workers.
+        self._functions = FunctionTable(self, [info for info in description if offered(info.get("name"))], make)
         for listener in self._listeners:
             listener()
 

@@ -6,6 +6,7 @@ twice); each script prints one JSON line per process and the test checks every v
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -403,3 +404,58 @@ def test_helpers_end_when_the_worker_is_killed(forks: Path, how: str) -> None:
             assert gone(helper, 10), f"{how} helper {helper} outlived its killed worker"
         finally:
             kill_quietly(helper)
+
+
+# -- the last reference ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_gc() -> Any:
+    """No cyclic garbage collection during the test: only reference counting may end a pod."""
+    import gc
+
+    gc.collect()
+    gc.disable()
+    yield
+    gc.enable()
+
+
+@pytest.mark.usefixtures("no_gc")
+def test_dropping_the_pod_and_its_proxies_stops_the_workers_without_gc(forks: Path) -> None:
+    pod = pypods.load("forks", root=forks, workers=2, start="eager")
+    f = pod.add
+    assert f(1, 2) == 3
+    workers = pod.pids()
+    assert len(workers) == 2
+    del pod
+    assert f(2, 2) == 4  # a proxy keeps its pod
+    assert all(alive(pid) for pid in workers)
+    del f
+    stray = [pid for pid in workers if not gone(pid, 10)]
+    kill_quietly(*stray)
+    assert stray == [], "the workers outlived the last reference to their pod"
+
+
+@pytest.mark.usefixtures("no_gc")
+def test_dropping_an_async_pod_and_its_proxies_stops_the_workers_without_gc(forks: Path) -> None:
+    async def main() -> list[int]:
+        pod = await pypods.aload("forks", root=forks)
+        f = pod.add
+        assert await f(1, 2) == 3
+        workers = pod.pids()
+        del pod, f
+        return workers
+
+    workers = asyncio.run(main())
+    stray = [pid for pid in workers if not gone(pid, 10)]
+    kill_quietly(*stray)
+    assert stray == []
+
+
+def test_a_proxy_stays_the_same_object_while_held(forks: Path) -> None:
+    with pypods.load("forks", root=forks) as pod:
+        f = pod.add
+        assert pod.add is f
+        assert pod.functions["add"] is f
+        assert "add" in dir(pod)
+        assert pod.add.__signature__ is f.__signature__
