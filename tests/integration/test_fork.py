@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 import pypods
+from pypods._client import cgroups
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -40,6 +41,13 @@ def pid():
 def sleep(seconds):
     time.sleep(seconds)
     return seconds
+
+def exit_now(code):
+    os._exit(code)
+
+def cgroup():
+    with open("/proc/self/cgroup") as handle:
+        return [line.strip()[3:] for line in handle if line.startswith("0::")][0]
 
 def helper(how):
     \"\"\"Start a `sleep 300` that leaves the worker's process group; return its pid.\"\"\"
@@ -381,6 +389,17 @@ def test_gunicorn_preload_with_4_workers(forks: Path, tmp_path: Path) -> None:
 # -- processes that leave the worker's group ---------------------------------------------------
 
 
+@pytest.fixture(params=["walk", "cgroup"])
+def killing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways of ending a worker's tree: the subreaper walk alone, and cgroup.kill where we may."""
+    if request.param == "walk":
+        monkeypatch.setattr(cgroups, "_base", None)
+    elif cgroups.probe() is None:
+        pytest.skip("this user may not make cgroups here")
+    return str(request.param)
+
+
+@pytest.mark.usefixtures("killing")
 @pytest.mark.parametrize("how", ["setsid", "setpgid", "daemon"])
 def test_helpers_that_leave_the_group_end_with_close(forks: Path, how: str) -> None:
     pod = pypods.load("forks", root=forks)
@@ -394,6 +413,7 @@ def test_helpers_that_leave_the_group_end_with_close(forks: Path, how: str) -> N
         kill_quietly(helper)
 
 
+@pytest.mark.usefixtures("killing")
 @pytest.mark.parametrize("how", ["setsid", "daemon"])
 def test_helpers_end_when_the_worker_is_killed(forks: Path, how: str) -> None:
     with pypods.load("forks", root=forks) as pod:
@@ -402,6 +422,34 @@ def test_helpers_end_when_the_worker_is_killed(forks: Path, how: str) -> None:
             with pytest.raises(pypods.PodTimeoutError):
                 pod.sleep.with_options(timeout=0.5)(30)  # the worker is killed, not stopped
             assert gone(helper, 10), f"{how} helper {helper} outlived its killed worker"
+        finally:
+            kill_quietly(helper)
+
+
+needs_cgroup = pytest.mark.skipif(cgroups.probe() is None, reason="this user may not make cgroups here")
+
+
+@needs_cgroup
+def test_each_worker_runs_in_a_cgroup_of_its_own(forks: Path) -> None:
+    with pypods.load("forks", root=forks, workers=2, start="eager") as pod:
+        workers = sorted(pod.pids())
+        paths = {pod.call("cgroup") for _ in range(4)}
+    base = cgroups.probe()
+    assert base is not None
+    assert all(path.rsplit("/", 2)[1] == f"pypods-{os.getpid()}" for path in paths)
+    assert {int(path.rsplit("/", 1)[1]) for path in paths} <= set(workers)
+    assert not any((base / str(pid)).exists() for pid in workers)  # removed with the worker
+
+
+@needs_cgroup
+@pytest.mark.parametrize("how", ["setsid", "daemon"])
+def test_helpers_of_a_worker_that_died_end_with_it(forks: Path, how: str) -> None:
+    with pypods.load("forks", root=forks) as pod:
+        helper = pod.helper(how)
+        try:
+            with pytest.raises(pypods.PodCrashedError):
+                pod.exit_now(1)  # no worker is left to end them, no walk can find them: only the cgroup
+            assert gone(helper, 10), f"{how} helper {helper} outlived its dead worker"
         finally:
             kill_quietly(helper)
 

@@ -26,6 +26,7 @@ from .._worker import BOOTSTRAP
 from .._worker.reaper import end_tree
 from .._worker.sharedmem import FdChannel, open_pair
 from . import forking
+from .cgroups import WorkerCgroup
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -120,6 +121,7 @@ class WorkerProcess:
         assert self.proc.stdout is not None
         assert self.proc.stderr is not None
         self.pid = self.proc.pid
+        self._cgroup = WorkerCgroup.enter(self.pid)  # None unless this user may make cgroups
         self.write_fd = self.proc.stdin.fileno()
         self.read_fd = self.proc.stdout.fileno()
         widen_pipes(self.write_fd, self.read_fd)
@@ -136,6 +138,7 @@ class WorkerProcess:
     def _forget_after_fork(self) -> None:
         """In a forked child: the worker is the parent's. Close our copies of its pipes, never signal it."""
         _live.discard(self)
+        self._cgroup = None  # the parent's to kill and remove
         self._tail_lock = threading.Lock()
         self.proc.returncode = 0  # as if reaped: Popen never waits for (nor warns about) a stranger's child
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
@@ -240,9 +243,13 @@ class WorkerProcess:
         # so its pid is the group id. We signal before reaping the worker (a zombie keeps its pid),
         # and afterwards only while the group has members, whose pgid the kernel does not hand out
         # again: a stranger is never hit. Every member gets SIGKILL at once; a racing fork fails.
+        # Where the worker has a cgroup of its own, cgroup.kill ends all of it at once, also the
+        # orphans of a worker that died, which no walk can find (``cgroups.py``).
         if self._owner != os.getpid():
             return
-        if self.proc.returncode is None:
+        if self._cgroup is not None and self._cgroup.kill():
+            pass
+        elif self.proc.returncode is None:
             self._signal(signal.SIGSTOP)  # it cannot start one more while we walk
             end_tree(self.pid)
         try:
@@ -258,6 +265,8 @@ class WorkerProcess:
 
     def _end(self) -> None:
         self._end_drain()
+        if self._cgroup is not None and self._owner == os.getpid():
+            self._cgroup.remove()
         if self.channel is not None:
             self.channel.close()
         _live.discard(self)
