@@ -299,10 +299,10 @@ class AsyncWorkerPool(Slots[AsyncConnection]):
 
     def _forget_after_fork(self) -> None:
         """In a forked child (``forking.py``): no workers, and locks and tasks of no loop yet."""
+        self._forget_slots()
+        self._tasks = set()  # the parent loop's (its idle reaper too: not restarted in the child)
         self._lock = asyncio.Lock()
         self._starting = [asyncio.Lock() for _ in self._starting]
-        self._tasks = set()  # the parent loop's (its idle reaper too: not restarted in the child)
-        self._forget_slots()
 
     def _keep(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)

@@ -249,7 +249,7 @@ class WorkerProcess:
             return
         if self._cgroup is not None and self._cgroup.kill():
             pass
-        elif self.proc.returncode is None:
+        elif self.proc.returncode is None and not self._exited(0):  # once it died, its orphans left its tree
             self._signal(signal.SIGSTOP)  # it cannot start one more while we walk
             end_tree(self.pid)
         try:
