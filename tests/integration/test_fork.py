@@ -264,6 +264,44 @@ def test_async_pod_in_a_forked_child_starts_its_own_worker_on_its_own_loop(forks
     assert child["pid"] != parent["first"]
 
 
+INHERITED_LOOP = """
+async def main():
+    loop = asyncio.get_running_loop()
+    pod = await pypods.aload("forks", root=ROOT)
+    first = await pod.pid()
+    sys.stdout.flush()
+    child = os.fork()
+    if child == 0:
+        # The child goes on running the inherited loop (asyncio does not support this, but it
+        # happens): it must not read the parent's pipes, whose readiness its shared epoll reports.
+        try:
+            done = loop.create_future()
+            loop.call_later(1.5, done.set_result, None)
+            await done
+        finally:
+            os._exit(0)
+    add = pod.add.with_options(timeout=10)
+    values, end = [], time.monotonic() + 1.5
+    while time.monotonic() < end:
+        values.append(await add(len(values), 1))
+    _, status = os.waitpid(child, 0)
+    ok = values == [i + 1 for i in range(len(values))]
+    print(json.dumps({"ok": ok, "calls": len(values), "first": first, "pid": await pod.pid(), "status": status}))
+    await pod.aclose()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.timeout(150)
+def test_a_child_running_the_inherited_loop_never_reads_the_parents_pipes(forks: Path) -> None:
+    (result,) = run_script(forks, INHERITED_LOOP)
+    assert result["ok"]
+    assert result["calls"] > 10
+    assert result["pid"] == result["first"]
+    assert result["status"] == 0
+
+
 # -- multiprocessing ----------------------------------------------------------------------------
 
 POOL = """

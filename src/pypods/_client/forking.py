@@ -18,6 +18,8 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .._worker import sharedmem
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -57,8 +59,6 @@ def _after_fork_in_child() -> None:
 
 
 def _new_token_lock() -> None:
-    from .._worker import sharedmem
-
     sharedmem._token_lock = threading.Lock()  # a parent's thread may have held it at the fork
 
 

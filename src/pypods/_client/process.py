@@ -91,6 +91,7 @@ class WorkerProcess:
         self.pod_name = pod_name
         self.codec = codec
         self._owner = os.getpid()  # only this process ever signals the worker (not a forked child)
+        self._forgotten = 0  # the pid of the forked child that forgot this worker (_forget_after_fork)
         flag = "1" if describe else "0"
         pair = open_pair()
         self.channel: FdChannel | None = None if pair is None else pair[0]
@@ -137,6 +138,9 @@ class WorkerProcess:
 
     def _forget_after_fork(self) -> None:
         """In a forked child: the worker is the parent's. Close our copies of its pipes, never signal it."""
+        if self._forgotten == os.getpid():
+            return  # idempotent: the asyncio connection calls it first
+        self._forgotten = os.getpid()
         _live.discard(self)
         self._cgroup = None  # the parent's to kill and remove
         self._tail_lock = threading.Lock()
