@@ -44,7 +44,8 @@ class FunctionTable(Mapping[str, "Callable[..., Any]"]):
     next cyclic garbage collection. Here the pod refers to this table, which refers to the pod and
     to the proxies only weakly: the pod lives while it or any of its proxies is referenced, and its
     finalizer runs as soon as the last of them goes. A proxy is the same object for as long as
-    someone holds it; making a new one costs under a microsecond (the signature is parsed once).
+    someone holds it; making a new one (``pod.f(...)`` when nobody holds ``pod.f``) costs about 1 µs,
+    as the signature is parsed once.
     """
 
     def __init__(self, pod: Caller, description: list[dict[str, Any]], make: Callable[..., Any]) -> None:
