@@ -223,6 +223,39 @@ def test_children_that_exit_leave_the_parents_worker_alone(forks: Path) -> None:
     assert result["sum"] == 5
 
 
+IDLE = """
+pod = pypods.load("forks", root=ROOT, idle_timeout=0.5)
+first = pod.pid()
+sys.stdout.flush()
+child = os.fork()
+if child == 0:
+    try:
+        mine = pod.pid()
+        time.sleep(3)  # the child's own idle reaper (a thread: threads do not survive a fork) stops it
+        print(json.dumps({"who": "child", "first": first, "mine": mine, "after": pod.pids()}), flush=True)
+        pod.close()
+        os._exit(0)
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+        os._exit(2)
+_, status = os.waitpid(child, 0)
+print(json.dumps({"who": "parent", "status": status, "after": pod.pids(), "sum": pod.add(1, 1)}), flush=True)
+pod.close()
+"""
+
+
+@pytest.mark.timeout(150)
+def test_a_forked_child_has_an_idle_reaper_of_its_own(forks: Path) -> None:
+    lines = {line["who"]: line for line in run_script(forks, IDLE)}
+    parent, child = lines["parent"], lines["child"]
+    assert child["mine"] != child["first"]
+    assert child["after"] == []
+    assert parent["status"] == 0
+    assert parent["after"] == []  # idle too by then
+    assert parent["sum"] == 2
+
+
 ASYNC = """
 loop = asyncio.new_event_loop()
 pod = loop.run_until_complete(pypods.aload("forks", root=ROOT))
