@@ -19,16 +19,17 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from ._backends import Prepared, open_pool, prepare
+from ._client import forking
 from ._client.brake import CrashBrake
 from ._client.pool import PoolRetired, WorkerPool
 from ._env import cache
 from ._errors import PodClosedError
-from ._proxy import POD_TIMEOUT, make_proxy
+from ._proxy import POD_TIMEOUT, FunctionTable, make_proxy
 from ._reload import SourceWatch, interactive
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Callable, Iterable, MutableMapping
+    from collections.abc import Callable, Iterable, Mapping, MutableMapping
 
     from ._env.layout import PodLayout, PodSettings
     from ._env.pythons import Interpreter
@@ -52,7 +53,7 @@ class PodBase:
     """
 
     _name: str
-    _functions: dict[str, Callable[..., Any]]
+    _functions: Mapping[str, Callable[..., Any]]
 
     def _setup(self, ready: Prepared, reload: bool | None) -> None:
         self._layout, self._settings, self._interpreter, self._env_key = ready
@@ -108,7 +109,8 @@ class PodBase:
         return dict(self._functions)
 
     def _set_functions(self, description: list[dict[str, Any]], make: Callable[..., Any]) -> None:
-        self._functions = {info["name"]: make(self, info) for info in description if offered(info.get("name"))}
+        # Proxies held weakly (``FunctionTable``): no pod <-> proxy cycle keeps a dropped pod's workers.
+        self._functions = FunctionTable(self, [info for info in description if offered(info.get("name"))], make)
         for listener in self._listeners:
             listener()
 
@@ -209,6 +211,7 @@ class Pod(PodBase):
         self._setup(prepare(name, root, create, options, progress), reload)
         self._lock = threading.Lock()  # one reload at a time
         self._close_lock = threading.Lock()
+        forking.track(self)
         self._holder: list[WorkerPool] = []  # the current pool first, then draining ones
         # Dropping every reference to the pod stops its workers (the pool does not refer back).
         weakref.finalize(self, _close_held, self._holder)
@@ -218,6 +221,11 @@ class Pod(PodBase):
             _close_held(self._holder)  # a failed start leaves no worker running
             raise
         self._set_functions(description, make_proxy)
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child (``_client/forking.py``): a parent's thread may have held a lock."""
+        self._lock = threading.Lock()
+        self._close_lock = threading.Lock()
 
     def _open(self, describe: bool, deadline: float | None = None) -> list[dict[str, Any]]:
         """Open a pool (the old one, if any, drains); return the description to build proxies from."""

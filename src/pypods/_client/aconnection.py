@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import PodClosedError, PodCrashedError, PodError, PodProtocolError, PodTimeoutError
 from .._worker.framing import FrameError, FrameReader
+from . import forking
 from .base import AsyncStream
 from .connection import DEFAULT_START_TIMEOUT, NotSentError, open_pidfd
 from .core import MAX_PENDING, START, Outcome, StreamCursor, WorkerConnection
@@ -47,6 +48,28 @@ class AsyncProcessConnection(WorkerConnection):
         self._loop.add_reader(worker.read_fd, self._on_readable)
         if self._pidfd is not None:
             self._loop.add_reader(self._pidfd, self._on_exit)
+        forking.track(self)
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child (``forking.py``): the worker is the parent's. Drop our copies of its pipes
+        and pidfd, and never touch the inherited loop: its epoll set is shared with the parent's.
+
+        That loop may still watch the numbers, so they stay taken by ``/dev/null``: a callback it
+        still runs reads an end of file (and the connection, broken already, ignores it), never a
+        file that would otherwise get the number next.
+        """
+        self._broken = PodClosedError(f"pod {self.pod!r}: this worker belongs to the process that forked")
+        self._dying = True
+        self._tasks = set()
+        forget = getattr(self.worker, "_forget_after_fork", None)
+        if forget is not None:
+            forget()  # closes the pipes (once)
+        taken = {fd for fd in (self.worker.read_fd, self.worker.write_fd, self._pidfd) if fd is not None}
+        devnull = os.open(os.devnull, os.O_RDONLY)  # may get one of those numbers itself: then it keeps it
+        for fd in taken - {devnull}:
+            os.dup2(devnull, fd, inheritable=False)
+        if devnull not in taken:
+            os.close(devnull)
 
     def _unwatch(self) -> None:
         """Stop watching the worker's fds (idempotent)."""

@@ -48,6 +48,16 @@ class CrashBrake:
         self._retry_at = 0.0
         self._probing = False
 
+    def forget_after_fork(self) -> None:
+        """In a forked child: a parent's thread may hold the lock, and the parent's strikes are not ours."""
+        self._strikes.clear()
+        self._reloads = 0
+        self._lock = threading.Lock()
+        self.tripped = None
+        self._delay = self.first
+        self._retry_at = 0.0
+        self._probing = False
+
     def crashed(self, error: PodError) -> None:
         """Count a crash; while tripped, a crash (the probe's worker) trips it again, for longer."""
         self._strike(str(error).split("\n", 1)[0], retrip=True)

@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .._errors import PodClosedError, PodCrashedError, PodError
+from . import forking
 from .base import AsyncConnection, Connection
 from .connection import NotSentError
 from .slots import PoolRetired, PoolState, Slots, remaining
@@ -47,6 +48,16 @@ class WorkerPool(Slots[Connection]):
         self._stopped = threading.Event()  # set by close(): the idle reaper ends at once, not at its next look
         if idle_timeout is not None:
             threading.Thread(target=self._reap_idle, name=f"pypods-{pod}-idle", daemon=True).start()
+        forking.track(self)
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child (``forking.py``): locks anew (a parent's thread may have held one), no workers."""
+        self._lock = threading.Lock()
+        self._forget_slots()
+        self._starts = [None] * self.size  # the parent's start threads do not exist here
+        self._stopped = threading.Event()
+        if self._idle_timeout is not None and self._state is PoolState.OPEN:  # threads do not survive a fork
+            threading.Thread(target=self._reap_idle, name=f"pypods-{self.pod}-idle", daemon=True).start()
 
     def start(self, count: int | None = None, deadline: float | None = None) -> None:
         """Start workers now (all of them by default) rather than on the first call, waiting until *deadline*."""
@@ -215,6 +226,13 @@ class AsyncWorkerPool(Slots[AsyncConnection]):
         self._tasks: set[asyncio.Task[Any]] = set()  # strong references: the loop keeps only weak ones
         if idle_timeout is not None:
             self._keep(asyncio.get_running_loop().create_task(self._reap_idle()))
+        forking.track(self)
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child (``forking.py``): no workers, and locks and tasks of no loop yet."""
+        self._forget_slots()
+        self._starts = [None] * self.size  # tasks of the parent's loop
+        self._tasks = set()  # the parent loop's (its idle reaper too: not restarted in the child)
 
     def _keep(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)

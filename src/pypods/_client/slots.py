@@ -63,6 +63,14 @@ class Slots(Generic[C]):
             return PoolState.TRIPPED
         return self._state
 
+    def _forget_slots(self) -> None:
+        """In a forked child: the workers are the parent's; the next call starts the child's own."""
+        self._slots = [None] * len(self._slots)
+        self._busy = [0] * len(self._slots)
+        self._brake.forget_after_fork()
+        if self._state is PoolState.DRAINING:  # the parent drains it; the child's calls go to the current pool
+            self._state, self._closed_by = PoolState.CLOSED, PoolRetired()
+
     def pids(self) -> list[int]:
         return [conn.pid for conn in self._slots if conn is not None and conn.broken is None]
 
