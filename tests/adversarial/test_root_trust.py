@@ -6,6 +6,7 @@ is a chmod; ``/tmp`` itself (root's, sticky, world-writable) is the legitimate c
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -222,3 +223,36 @@ def test_pypods_commands_refuse_another_users_pod_folder(tmp_path: Path) -> None
     assert result.returncode == 1, result.stderr
     assert f"uid {OTHER}" in result.stderr
     assert not (theirs / "pod.py").exists()
+
+
+def run_pypods(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pypods", *args], cwd=cwd, capture_output=True, text=True, env=clean_env(),
+        timeout=300, check=False,
+    )  # fmt: skip
+
+
+def test_commands_over_all_pods_refuse_another_users_pod_folder(tmp_path: Path) -> None:
+    """`pypods sync` (no names) would build theirs: its requirements are code (a local path runs its build backend)."""
+    project = tmp_path / "project"
+    (project / "pods" / "mine").mkdir(parents=True)
+    (project / "pods" / "mine" / "pod.py").write_text("")
+    theirs = project / "pods" / "theirs"
+    theirs.mkdir()
+    (theirs / "pod.py").write_text("def f():\n    return 1\n")
+    (theirs / "requirements.txt").write_text("./not-a-package\n")
+    os.chown(theirs, OTHER, OTHER)
+    result = run_pypods(project, "sync")
+    assert result.returncode == 1, result.stderr
+    assert f"{theirs}" in result.stderr
+    assert f"uid {OTHER}" in result.stderr
+    assert not (theirs / "venv").exists()
+    assert not (project / "pods" / "mine" / "venv").exists()  # refused before anything is built
+    listed = run_pypods(project, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    states = {record["name"]: record["state"] for record in json.loads(listed.stdout)}
+    assert states["theirs"] == "untrusted"
+    doctor = run_pypods(project, "doctor")
+    assert doctor.returncode == 1
+    assert "pods/theirs/ is owned by" in doctor.stdout
+    assert "--root" in doctor.stdout

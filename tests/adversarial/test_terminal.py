@@ -22,6 +22,8 @@ from pypods._terminal import escape_controls
 if TYPE_CHECKING:
     from pathlib import Path
 
+    import pytest
+
     from conftest import PodFactory
 
 LOUD = """
@@ -127,3 +129,56 @@ def test_stubs_write_identifiers_only(tmp_path: Path) -> None:
     for path in written:
         if path.suffix == ".pyi":
             ast.parse(path.read_text())
+
+
+def test_escape_controls_shows_bidi_controls_and_separators() -> None:
+    assert escape_controls("exe.\u202etxt") == "exe.\\u202etxt"
+    assert escape_controls("\u2066a\u2069\u200f\u061c\u2028\u2029") == "\\u2066a\\u2069\\u200f\\u061c\\u2028\\u2029"
+    assert escape_controls("zwj \U0001f469\u200d\U0001f4bb, no-break\u00a0space") == (
+        "zwj \U0001f469\u200d\U0001f4bb, no-break\u00a0space"
+    )
+
+
+DOCS = '''
+def clip():
+    """\\x1b]52;c;SGVsbG8=\\x07 [link=https://evil.example]docs[/link] [blink]x[/blink] exe.\\u202etxt"""
+    return 1
+'''
+
+
+def test_describe_and_list_on_a_terminal_escape_the_pods_text(
+    make_pod: PodFactory, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rich passes ESC through and reads markup in a plain str: a docstring or folder name must be text only."""
+    monkeypatch.setenv("COLUMNS", "400")  # rich would wrap the cells
+    make_pod("docs", DOCS)
+    (root / "pods" / "bad\x1b]0;owned\x07name").mkdir()
+    seen = on_a_terminal(root, "describe", "docs")
+    assert "\x1b]52" not in seen
+    assert "\x1b]8;" not in seen  # no OSC 8 hyperlink made of the pod's markup
+    assert "\u202e" not in seen
+    assert "[link=https://evil.example]docs[/link]" in seen
+    assert "\\x1b]52;c;SGVsbG8=\\x07" in seen
+    seen = on_a_terminal(root, "list")
+    assert "\x1b]0;owned" not in seen
+    assert "bad\\x1b]0;owned\\x07name" in seen
+
+
+def test_library_errors_show_a_pods_controls_as_text() -> None:
+    """A PodError is printed by whatever excepthook or logger meets it, often on a terminal."""
+    from pypods._errors import PodCrashedError, PodRemoteError, remote_error_type
+
+    error = remote_error_type(["builtins.ValueError"])(
+        "ValueError: \x1b]0;owned\x07\x1b[2K\rpypods: forged", remote_type="ValueError", remote_traceback="tb \x9b31m"
+    )
+    assert isinstance(error, PodRemoteError)
+    assert isinstance(error, ValueError)
+    text = str(error)
+    assert "\x1b" not in text
+    assert "\x9b" not in text
+    assert "\r" not in text
+    assert "\\x1b]0;owned\\x07\\x1b[2K\\x0dpypods: forged" in text
+    assert error.args[0] == "ValueError: \x1b]0;owned\x07\x1b[2K\rpypods: forged"  # raw for code that wants it
+    assert error.remote_traceback == "tb \x9b31m"
+    crashed = PodCrashedError("worker died; last stderr:\n\x1b[1Apypods: ok", returncode=1)
+    assert str(crashed) == "worker died; last stderr:\n\\x1b[1Apypods: ok"

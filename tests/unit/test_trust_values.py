@@ -115,6 +115,24 @@ def test_a_class_of_builtin_behaviour_arrives_as_itself_with_every_attribute() -
     assert name.name == "mod"
 
 
+class Slotted(ValueError):
+    __slots__ = ("__private", "code")  # held beside the instance __dict__, not in it
+
+
+@pytest.mark.parametrize("trip", [bson_round_trip, fast_reply])
+def test_an_exceptions_slots_arrive_with_it(trip: Any) -> None:
+    slotted = Slotted("s")
+    slotted.code = 5
+    arrived = trip(slotted)
+    assert type(arrived) is Slotted
+    assert arrived.code == 5  # was: rebuilt as Slotted without it (AttributeError on .code)
+    unset = trip(Slotted("u"))
+    assert type(unset) is Slotted
+    assert not hasattr(unset, "code")  # never set there: not set here
+    slotted.code = object()  # cannot cross: then not the class, the documented fallback
+    assert type(trip(slotted)) is Exception
+
+
 def test_an_exception_with_an_attribute_that_cannot_cross_is_the_fallback() -> None:
     plain = Plain("k")
     plain.handle = object()  # type: ignore[attr-defined]

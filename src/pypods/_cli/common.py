@@ -17,9 +17,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from .._env import cache, store
-from .._env.layout import PodLayout, PodSettings, check_pods, chosen_root, ignored_folders, list_pods, resolve_root
+from .._env.layout import (
+    PodLayout,
+    PodSettings,
+    check_pods,
+    chosen_root,
+    distrust,
+    ignored_folders,
+    list_pods,
+    resolve_root,
+)
 from .._env.progress import BuildReport
 from .._errors import PodError
+from .._terminal import escape_controls, for_terminal
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -94,7 +104,7 @@ class Context:
     def note(self, text: str) -> None:
         """A message for people (stderr), silenced by ``-q``."""
         if not self.quiet:
-            click.echo(text, err=True)
+            echo(text, err=True)
 
     def report(self, name: str, alone: bool = True) -> BuildReport:
         return BuildReport(name, False if self.quiet else None, installer=alone)
@@ -134,6 +144,11 @@ class Context:
         if self.found:
             check_pods(self.root, name)
 
+    def distrusted(self, name: str) -> str | None:
+        """Why pod *name*'s folder is refused (see ``check_trusted``), or None: for commands that list pods."""
+        folder = self.root / "pods" / name
+        return distrust(folder) if self.found and folder.is_dir() else None
+
     def settings(self, layout: PodLayout) -> PodSettings:
         try:
             return PodSettings.load(layout, {})
@@ -141,19 +156,29 @@ class Context:
             raise CliError(str(exc), hint=f"fix {layout.settings}") from exc
 
 
+def echo(text: str, err: bool = False) -> None:
+    """``click.echo`` of text that may hold a pod's (names, docstrings, errors): escaped on a terminal."""
+    click.echo(for_terminal(text, sys.stderr if err else sys.stdout), err=err)
+
+
 def emit(as_json: bool, records: Any, columns: list[str], rows: list[list[Any]], title: str = "") -> None:
-    """Print data: JSON, a rich table on a terminal, or tab-separated lines when piped."""
+    """Print data: JSON, a rich table on a terminal, or tab-separated lines when piped.
+
+    On the terminal every cell is a ``rich.text.Text`` of the escaped string: rich passes ESC through
+    and reads ``[link=...]`` markup in a plain ``str``, and a cell may be a pod's docstring.
+    """
     if as_json:
         click.echo(json.dumps(records, indent=2, default=str))
     elif sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(title=title or None, title_justify="left")
+        table = Table(title=Text(escape_controls(title)) if title else None, title_justify="left")
         for column in columns:
             table.add_column(column)
         for row in rows:
-            table.add_row(*(str(cell) for cell in row))
+            table.add_row(*(Text(escape_controls(str(cell))) for cell in row))
         Console(highlight=False).print(table)
     else:
         click.echo("\t".join(columns))
