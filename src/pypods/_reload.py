@@ -7,10 +7,12 @@ and any error in it means "no reload", logged, never an exception in the user's 
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import stat
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -36,12 +38,15 @@ def pod_sources(pod_dir: Path) -> list[str]:
 
     Iterative and bounded: folders deeper than ``MAX_DEPTH`` and entries past ``MAX_ENTRIES`` are
     not searched (logged once per walk); symlinked folders are not entered; unreadable folders skipped.
+    Breadth first, so the cap cuts the deepest folders; ``pod.py`` is watched even past the cap
+    (a pod folder with 20,000 data files at its top still reloads on an edit of ``pod.py``).
     """
-    found: list[str] = []
-    pending = [(os.fspath(pod_dir), 0)]
+    top = os.path.join(os.fspath(pod_dir), "pod.py")
+    found: list[str] = [top] if _regular(top) else []
+    pending = collections.deque([(os.fspath(pod_dir), 0)])
     entries = 0
     while pending:
-        folder, depth = pending.pop()
+        folder, depth = pending.popleft()
         try:
             with os.scandir(folder) as listing:
                 for entry in listing:
@@ -55,12 +60,19 @@ def pod_sources(pod_dir: Path) -> list[str]:
                         if depth < MAX_DEPTH:
                             pending.append((entry.path, depth + 1))
                         else:
-                            log.warning("pypods: not watching %s: over %d folders deep", entry.path, MAX_DEPTH)
-                    elif entry.name.endswith(".py") and _file(entry):
+                            log.warning("pypods: not watching %r: over %d folders deep", entry.path, MAX_DEPTH)
+                    elif entry.name.endswith(".py") and entry.path != top and _file(entry):
                         found.append(entry.path)
         except OSError:
             continue  # vanished or unreadable: nothing to watch there
     return sorted(found)
+
+
+def _regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _file(entry: os.DirEntry[str]) -> bool:
@@ -80,6 +92,8 @@ class SourceWatch:
     def __init__(self, pod_dir: Path) -> None:
         self.pod_dir = pod_dir
         self._next = 0.0
+        # One look at a time: two threads calling at once must not both see one edit (two reloads).
+        self._looking = threading.Lock()
         self._files = self._sources() or []
         self._seen = self._snapshot()
 
@@ -102,7 +116,18 @@ class SourceWatch:
         return seen
 
     def changed(self) -> bool:
-        """Whether the sources changed since the last look (never raises: an error is "no", logged)."""
+        """Whether the sources changed since the last look (never raises: an error is "no", logged).
+
+        Thread-safe: while one thread looks, the others get "no" at once (the looking one reloads).
+        """
+        if not self._looking.acquire(blocking=False):
+            return False
+        try:
+            return self._look()
+        finally:
+            self._looking.release()
+
+    def _look(self) -> bool:
         now = time.monotonic()
         if now < self._next:
             return False
