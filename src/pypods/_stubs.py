@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import builtins
 import keyword
+import re
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +95,27 @@ def _doc(info: dict[str, Any], indent: str) -> str:
     if not doc:
         return " ..."
     text = doc.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+    text = _DOC_CONTROLS.sub(lambda match: f"\\x{ord(match.group()):02x}", text)  # NUL, CR ...: as escapes
     if text.endswith('"'):
         text = text[:-1] + '\\"'  # else it would join the closing quotes
     return f'\n{indent}    """{text}"""\n{indent}    ...'
 
 
+_DOC_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
+
+
 def _signature_lines(info: dict[str, Any], indent: str = "", method: bool = False) -> str:
+    """One ``def``; if the pod's description makes it invalid Python (a ``#`` in an annotation, ``**kw``
+    before ``x``, a default before a required parameter, two ``x``, a method's ``self``),
+    ``def name(*args, **kwargs) -> Any`` instead."""
+    try:
+        compile(_signature(info, "", method), "<stub>", "exec", dont_inherit=True)  # compiled, never run
+    except (SyntaxError, ValueError):
+        info = {"name": info["name"]}
+    return _signature(info, indent, method)
+
+
+def _signature(info: dict[str, Any], indent: str, method: bool) -> str:
     params = _params(info)
     if method:
         params = "self, " + params if params else "self"

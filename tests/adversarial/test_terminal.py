@@ -182,3 +182,27 @@ def test_library_errors_show_a_pods_controls_as_text() -> None:
     assert error.remote_traceback == "tb \x9b31m"
     crashed = PodCrashedError("worker died; last stderr:\n\x1b[1Apypods: ok", returncode=1)
     assert str(crashed) == "worker died; last stderr:\n\\x1b[1Apypods: ok"
+
+
+INVALID_SIGNATURES = [
+    {"name": "comment", "params": [{"name": "x", "kind": 1, "annotation": "int # "}]},
+    {"name": "returns", "params": [], "returns": "int #"},
+    {"name": "nul", "params": [], "doc": "a\x00b\rc"},
+    {"name": "order", "params": [{"name": "kw", "kind": 4}, {"name": "y", "kind": 1}]},
+    {"name": "default", "params": [{"name": "x", "kind": 1, "default": 1}, {"name": "y", "kind": 1}]},
+    {"name": "twice", "params": [{"name": "x", "kind": 1}, {"name": "x", "kind": 1}]},
+    {"name": "method", "params": [{"name": "self", "kind": 1}]},
+]
+
+
+def test_a_description_that_makes_invalid_python_still_gives_valid_stubs() -> None:
+    """Each entry broke the whole .pyi (a SyntaxError: editors and mypy lost every pod's types)."""
+    module = _stubs.module_stub(INVALID_SIGNATURES)
+    package = _stubs.package_stub({"evil": INVALID_SIGNATURES})
+    for text in (module, package):
+        compile(text, "<stub>", "exec")
+    assert "def comment(*args: Any, **kwargs: Any) -> Any" in module
+    assert "def twice(*args: Any, **kwargs: Any) -> Any" in module
+    assert "def method(self: Any) -> Any" in module  # a function may take self; a method stub may not twice
+    assert "def method(self, *args: Any, **kwargs: Any) -> Any" in package
+    assert '"""a\\x00b\\x0dc"""' in module  # the docstring kept, its controls as escapes
