@@ -256,3 +256,20 @@ def test_commands_over_all_pods_refuse_another_users_pod_folder(tmp_path: Path) 
     assert doctor.returncode == 1
     assert "pods/theirs/ is owned by" in doctor.stdout
     assert "--root" in doctor.stdout
+
+
+def test_a_private_group_with_another_member_is_not_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import grp
+
+    folder = tmp_path / "group"
+    folder.mkdir()
+    folder.chmod(0o775)
+    assert layout.trusted(folder)
+    real = grp.getgrgid
+
+    def with_bob(gid: int) -> grp.struct_group:
+        entry = real(gid)
+        return grp.struct_group((entry.gr_name, entry.gr_passwd, entry.gr_gid, [*entry.gr_mem, "bob"]))
+
+    monkeypatch.setattr(grp, "getgrgid", with_bob)  # `usermod -aG root bob`: bob may write there too
+    assert not layout.trusted(folder)

@@ -203,12 +203,18 @@ def _owners() -> set[int]:
 
 
 def _private_group(gid: int) -> bool:
-    """Whether *gid* is the user's own group (a user-private group named after the user, as Debian makes)."""
+    """Whether *gid* is the user's own group (a user-private group named after the user, as Debian makes).
+
+    Only while no other user is a member of it: ``usermod -aG alice bob`` makes alice's
+    group-writable folders bob's to write too.
+    """
     try:
         import grp
         import pwd
 
-        return gid == os.getegid() and grp.getgrgid(gid).gr_name == pwd.getpwuid(os.geteuid()).pw_name
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        group = grp.getgrgid(gid)
+        return gid == os.getegid() and group.gr_name == user and set(group.gr_mem) <= {user}
     except (ImportError, KeyError):  # pragma: no cover - no such group or user entry
         return False
 
