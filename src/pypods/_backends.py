@@ -99,7 +99,12 @@ def start_deadline(settings: PodSettings) -> float:
 
 
 def new_worker(layout: PodLayout, settings: PodSettings, describe: bool = True) -> WorkerProcess:
-    """Start a worker process for the pod (its connection is made by the caller)."""
+    """Start a worker process for the pod (its connection is made by the caller).
+
+    Raises:
+        PodError: the pod's folder, under a root pypods found, is no longer the user's own.
+    """
+    layout.recheck()  # the folders may have been swapped since the load (docs/security.md)
     return WorkerProcess(
         str(layout.venv_python),
         layout.name,

@@ -21,6 +21,8 @@ from pypods._env.layout import resolve_root
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from conftest import PodFactory
+
 OTHER = 12345  # a uid that is not ours
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="simulating another user's folder needs chown (root)")
@@ -273,3 +275,31 @@ def test_a_private_group_with_another_member_is_not_private(tmp_path: Path, monk
 
     monkeypatch.setattr(grp, "getgrgid", with_bob)  # `usermod -aG root bob`: bob may write there too
     assert not layout.trusted(folder)
+
+
+def test_a_project_swapped_after_the_load_is_refused_at_the_next_worker_start(
+    make_pod: PodFactory, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The load checks paths, it does not bind them: a worker started later must not run another user's pod.
+
+    Swapping is possible when a folder above the project is writable by others (then anyone may
+    rename the project away and put their own in its place); chown stands in for the swap.
+    """
+    from pypods._env.layout import open_layout
+
+    pod_dir = make_pod("geo", "def f():\n    return 1\n")
+    monkeypatch.chdir(root)
+    assert open_layout("geo", None, create=False).found
+    assert not open_layout("geo", root, create=False).found  # root= is the user's choice: never re-checked
+    with pypods.load("geo", progress=False, workers=1) as pod:
+        assert pod.f() == 1
+    try:
+        for swapped in (pod_dir, root):
+            with pypods.load("geo", progress=False, workers=1, start="lazy") as pod:
+                os.chown(swapped, OTHER, OTHER)  # after the load's check, before the first worker starts
+                with pytest.raises(pypods.PodError, match=f"{swapped}.*uid {OTHER}"):
+                    pod.f()
+            os.chown(swapped, 0, 0)
+    finally:
+        os.chown(root, 0, 0)
+        os.chown(pod_dir, 0, 0)

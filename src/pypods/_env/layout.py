@@ -101,10 +101,15 @@ GITIGNORE = "venv/\n.pypods/\n__pycache__/\n"
 
 @dataclasses.dataclass(frozen=True)
 class PodLayout:
-    """The paths of one pod; computing them touches no disk."""
+    """The paths of one pod; computing them touches no disk.
+
+    *found*: the root was found by the search (not ``root=`` / ``$PYPODS_ROOT``), so its folders
+    were checked to be the user's own, and are checked again before each worker starts (``recheck``).
+    """
 
     name: str
     root: Path
+    found: bool = dataclasses.field(default=False, compare=False)
 
     @classmethod
     def at(cls, name: str, root: str | os.PathLike[str] | None = None) -> PodLayout:
@@ -153,6 +158,22 @@ class PodLayout:
 
     def exists(self) -> bool:
         return self.pod_py.is_file()
+
+    def recheck(self) -> None:
+        """For a found root: check again that the root, ``pods/`` and the pod's folder are the user's own.
+
+        Called before each worker start: the check at load does not bind the path, so a folder
+        above the root that others can write to lets them swap the whole project for theirs later
+        (a worker restarted after a crash or an idle stop would then run their ``pod.py``).
+
+        Raises:
+            PodError: one of them is no longer the user's own (see ``distrust``).
+        """
+        if self.found:
+            why = distrust(self.root)
+            if why is not None:
+                raise _refuse(self.root, why)
+            check_pods(self.root, self.name)
 
     def create(self, python: str | None = None) -> bool:
         """Write the template files that are missing; return True if ``pod.py`` was new.
@@ -415,6 +436,7 @@ def open_layout(name: str, root: str | os.PathLike[str] | None, create: bool, py
     check_platform()
     layout = PodLayout.at(name, root)
     if root is None and chosen_root() is None:
+        layout = dataclasses.replace(layout, found=True)
         check_pods(layout.root, name)  # a found root: its pods/ and this pod's folder must be the user's own
     if layout.exists():
         return layout
