@@ -239,3 +239,29 @@ def test_the_actor_removes_its_staged_code(actor: rayactor.PodActor) -> None:
     actor.stop()
     actor.stop()  # idempotent
     assert not os.path.exists(where)
+
+
+def test_a_data_file_left_behind_is_a_visible_warning_naming_the_ship_setting(
+    pod: PodLayout, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before the allow-list the pod's data.json shipped; now the pod's open() fails on the cluster only.
+
+    The warning (the default logging level shows it; INFO did not) names the file and the setting.
+    """
+    _write(pod.pod_dir, {"data.json": "{}"})
+    with caplog.at_level("WARNING", logger="pypods"):
+        files = rayship.pod_files(pod)
+    assert "data.json" not in files
+    warned = [record for record in caplog.records if record.levelname == "WARNING"]
+    assert warned, caplog.records
+    assert "'data.json'" in warned[0].getMessage()
+    assert 'ship = ["data.json"]' in warned[0].getMessage()
+    fresh = pod.pod_dir.parent / "fresh"
+    fresh.mkdir()
+    (fresh / "pod.py").write_text("")
+    for name in ("requirements.txt", "pod.toml", ".gitignore"):
+        (fresh / name).write_text("")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pypods"):
+        rayship.pod_files(PodLayout("fresh", pod.root))
+    assert not caplog.records  # a pod made by `pypods new` leaves nothing behind: no warning

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._env.builders import requirement_lines
-from .._env.settings import PodSettings
+from .._env.settings import PodSettings, toml_string
 from .._errors import PodBuildError
 
 if TYPE_CHECKING:
@@ -208,14 +208,15 @@ def select_files(
             found = _shippable(here / name, top)
             if found is not None:
                 chosen.append((relative, *found))
-    if left:
-        log.info(
+    if left:  # a warning: a pod reading one of them gets only FileNotFoundError on the cluster
+        log.warning(
             "pod %r: not shipping %d file(s) to Ray (%s%s): only Python modules and the files named in "
-            'pod.toml\'s ship = ["data/*.csv", ...] go',
+            "pod.toml's ship = [...] go; a pod that reads them needs e.g. ship = [%s]",
             layout.name,
             len(left),
-            ", ".join(left[:5]),
+            ", ".join(map(repr, left[:5])),
             ", ..." if len(left) > 5 else "",
+            ", ".join(toml_string(path) for path in left[:3]),
         )
     total = sum(size for _, _, size in chosen)
     if total > limit or len(chosen) > MAX_FILES:
