@@ -128,6 +128,9 @@ def spawn_process(layout: PodLayout, settings: PodSettings, env_key: str, descri
     conn = ProcessConnection(new_worker(layout, settings, describe), start_deadline(settings))
     remember(layout, env_key, conn.hello, conn.description)
     logging.getLogger("pypods").info(
-        "pod %r: worker %s started (%s)", layout.name, conn.hello.get("pid"), layout.venv_python
+        "pod %r: worker %r started (%s)",
+        layout.name,
+        conn.hello.get("pid"),
+        layout.venv_python,  # the pod's pid
     )
     return conn

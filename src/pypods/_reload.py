@@ -52,7 +52,9 @@ def pod_sources(pod_dir: Path) -> list[str]:
                 for entry in listing:
                     entries += 1
                     if entries > MAX_ENTRIES:
-                        log.warning("pypods: %s has over %d entries; watching only the first", pod_dir, MAX_ENTRIES)
+                        log.warning(
+                            "pypods: %r has over %d entries; watching only the first", str(pod_dir), MAX_ENTRIES
+                        )
                         return sorted(found)
                     if entry.is_dir(follow_symlinks=False):
                         if entry.name in _SKIP or entry.name.startswith("."):
@@ -102,7 +104,9 @@ class SourceWatch:
         try:
             return pod_sources(self.pod_dir)
         except Exception as exc:
-            log.warning("pypods: cannot watch %s for edits (%s: %s); no reload", self.pod_dir, type(exc).__name__, exc)
+            log.warning(
+                "pypods: cannot watch %s for edits (%s: %r); no reload", self.pod_dir, type(exc).__name__, str(exc)
+            )
             return None
 
     def _snapshot(self) -> dict[str, tuple[int, int]]:
@@ -140,6 +144,8 @@ class SourceWatch:
                 self._files = files
             self._seen = self._snapshot()  # after a failed walk: the same files, not looked at again until they move
         except Exception as exc:
-            log.warning("pypods: cannot check %s for edits (%s: %s); no reload", self.pod_dir, type(exc).__name__, exc)
+            log.warning(
+                "pypods: cannot check %s for edits (%s: %r); no reload", self.pod_dir, type(exc).__name__, str(exc)
+            )
             return False
         return files is not None

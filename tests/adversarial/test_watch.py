@@ -68,12 +68,13 @@ def test_an_error_in_the_walk_is_no_reload_and_a_log_line(
     (tmp_path / "pod.py").write_text("changed")
 
     def broken(pod_dir: Path) -> list[str]:
-        raise RecursionError("maximum recursion depth exceeded")
+        raise OSError("cannot read \x1b]0;owned\x07 in the pod's folder")  # a name the pod chose
 
     monkeypatch.setattr(_reload, "pod_sources", broken)
     with caplog.at_level("WARNING", logger="pypods"):
         assert watch.changed() is False
     assert any("no reload" in record.getMessage() for record in caplog.records)
+    assert not any("\x1b" in record.getMessage() for record in caplog.records)  # a log line may reach a terminal
 
 
 def test_the_walk_is_bounded_in_entries(
