@@ -258,6 +258,13 @@ def test_commands_over_all_pods_refuse_another_users_pod_folder(tmp_path: Path) 
     assert doctor.returncode == 1
     assert "pods/theirs/ is owned by" in doctor.stdout
     assert "--root" in doctor.stdout
+    gone = project / "pods" / "gone"  # another user's folder without pod.py: not ours to clean
+    (gone / "venv").mkdir(parents=True)
+    os.chown(gone, OTHER, OTHER)
+    collected = run_pypods(project, "gc", "--json")
+    assert collected.returncode == 0, collected.stderr
+    assert json.loads(collected.stdout)["removed"] == []
+    assert (gone / "venv").is_dir()
 
 
 def test_a_private_group_with_another_member_is_not_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

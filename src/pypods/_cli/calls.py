@@ -212,7 +212,7 @@ def stubs(names: tuple[str, ...], as_json: bool) -> None:
             ctx.note(f"skipped pod {name!r}: {str(exc).splitlines()[0]}")
     if names:  # keep the overloads of the pods not named this time
         for other in list_pods(root):
-            if other not in pods and (root / _stubs.PACKAGE / f"{other}.pyi").exists():
+            if other not in pods and (root / _stubs.PACKAGE / f"{other}.pyi").exists() and not ctx.distrusted(other):
                 cached = cached_functions(PodLayout.at(other, root))
                 if cached is not None:
                     pods[other] = cached
