@@ -305,3 +305,20 @@ def test_a_pandas_value_with_a_broken_pyarrow_names_pyarrows_own_error(
     monkeypatch.delitem(sys.modules, "pyarrow", raising=False)
     with pytest.raises(EncodeError, match=r"pyarrow is installed on this side but failed to import: .*numpy>=2"):
         codec.encode({"v": frame})
+
+
+@pytest.mark.parametrize(
+    ("line", "installs"),
+    [
+        ("-e ../../mylib", True), ("-e../../mylib", True), ("-egit+https://example.org/x.git", True),
+        ("--editable=../lib", True), ("--editable ../lib", True), ("-r base.txt", True), ("-rbase.txt", True),
+        ("--requirement=base.txt", True), ("numpy>=2", True), ("./wheels/x.whl", True),
+        ("--no-index", False), ("--find-links ./wheels", False), ("-f ./wheels", False), ("-c constraints.txt", False),
+        ("--extra-index-url https://x", False), ("-i https://x", False),
+    ],
+)  # fmt: skip
+def test_which_requirement_lines_install_something(line: str, installs: bool) -> None:
+    """A line counted as an option, when it is the only one, means nothing is installed (pip's attached values too)."""
+    from pypods._env.builders import is_requirement
+
+    assert is_requirement(line) is installs

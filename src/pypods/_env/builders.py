@@ -29,8 +29,9 @@ log = logging.getLogger("pypods")
 LOCK_MARK = "# pypods-requirements-sha256: "
 _OPTION = re.compile(r"^\s*(--no-index|--index-url|-i\s|--extra-index-url|--find-links|-f\s)")
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
-_EDITABLE = re.compile(r"^(-e|--editable)(\s|=|\.|/|~|$)")
-_INCLUDE = re.compile(r"^(-r|--requirement)(\s|=|\.|/|~|[A-Za-z0-9_])")  # -r base.txt: its requirements count
+# pip's short options take their value attached too (-e../lib, -egit+https://..., -rbase.txt).
+_EDITABLE = re.compile(r"^(-e|--editable(\s|=|$))")
+_INCLUDE = re.compile(r"^(-r|--requirement(\s|=|$))")  # -r base.txt: its requirements count
 _NESTED = re.compile(r"^(?:-r|--requirement|-c|--constraint)(?:\s+|=)?(\S.*)$")  # files a resolution reads
 MAX_NESTED = 20  # -r/-c files followed for the lock's digest
 
