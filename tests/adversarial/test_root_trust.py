@@ -310,3 +310,32 @@ def test_a_project_swapped_after_the_load_is_refused_at_the_next_worker_start(
     finally:
         os.chown(root, 0, 0)
         os.chown(pod_dir, 0, 0)
+
+
+def test_under_sudo_the_users_umask_002_folders_stay_the_users(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sudo pypods sync` in alice's project: her folders are group-writable by her private group, not root's."""
+    import grp
+    import pwd
+
+    folder = tmp_path / "alices"
+    folder.mkdir()
+    folder.chmod(0o775)
+    os.chown(folder, OTHER, OTHER)
+    real_user, real_group = pwd.getpwuid, grp.getgrgid
+    members: list[str] = []
+
+    def user(uid: int) -> pwd.struct_passwd:
+        if uid == OTHER:
+            return pwd.struct_passwd(("alice", "x", OTHER, OTHER, "", "/home/alice", "/bin/sh"))
+        return real_user(uid)
+
+    def group(gid: int) -> grp.struct_group:
+        return grp.struct_group(("alice", "x", OTHER, members)) if gid == OTHER else real_group(gid)
+
+    monkeypatch.setattr(pwd, "getpwuid", user)
+    monkeypatch.setattr(grp, "getgrgid", group)
+    assert not layout.trusted(folder)  # not root's, and no sudo: another user's
+    monkeypatch.setenv("SUDO_UID", str(OTHER))
+    assert layout.trusted(folder)  # was refused: the group was compared with root's egid
+    members.append("bob")
+    assert not layout.trusted(folder)

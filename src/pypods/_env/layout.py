@@ -223,19 +223,21 @@ def _owners() -> set[int]:
     return owners
 
 
-def _private_group(gid: int) -> bool:
-    """Whether *gid* is the user's own group (a user-private group named after the user, as Debian makes).
+def _private_group(gid: int, owner: int) -> bool:
+    """Whether *gid* is the private group of *owner* (the folder's owner, one of ``_owners``).
 
-    Only while no other user is a member of it: ``usermod -aG alice bob`` makes alice's
-    group-writable folders bob's to write too.
+    A user-private group, as Debian makes them: *owner*'s primary group, named after *owner*, and
+    no other user a member of it (``usermod -aG alice bob`` makes alice's group-writable folders
+    bob's to write too). The owner's, not the process's: under ``sudo`` the user's umask-002
+    folders stay the user's own.
     """
     try:
         import grp
         import pwd
 
-        user = pwd.getpwuid(os.geteuid()).pw_name
+        user = pwd.getpwuid(owner)
         group = grp.getgrgid(gid)
-        return gid == os.getegid() and group.gr_name == user and set(group.gr_mem) <= {user}
+        return gid == user.pw_gid and group.gr_name == user.pw_name and set(group.gr_mem) <= {user.pw_name}
     except (ImportError, KeyError):  # pragma: no cover - no such group or user entry
         return False
 
@@ -254,7 +256,9 @@ def distrust(folder: Path) -> str | None:
         return f"cannot be checked ({exc.strerror})"
     if info.st_uid not in _owners():
         return f"is owned by {_user(info.st_uid)}, not by you ({_user(os.geteuid())})"
-    others = info.st_mode & stat.S_IWOTH or (info.st_mode & stat.S_IWGRP and not _private_group(info.st_gid))
+    others = info.st_mode & stat.S_IWOTH or (
+        info.st_mode & stat.S_IWGRP and not _private_group(info.st_gid, info.st_uid)
+    )
     if others and not info.st_mode & stat.S_ISVTX:
         return f"is writable by other users and not sticky (owner: {_user(info.st_uid)})"
     return None
