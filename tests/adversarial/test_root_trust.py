@@ -339,3 +339,27 @@ def test_under_sudo_the_users_umask_002_folders_stay_the_users(tmp_path: Path, m
     assert layout.trusted(folder)  # was refused: the group was compared with root's egid
     members.append("bob")
     assert not layout.trusted(folder)
+
+
+def test_a_crowded_pods_folder_above_does_not_stall_the_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anyone can fill /tmp/pods; the search from /tmp/project looks at a bounded number of its entries."""
+    monkeypatch.setattr(layout, "MAX_LOOKED_AT", 50)
+    parent = shared(tmp_path, 0o1777)
+    crowd = parent / "pods"
+    crowd.mkdir()
+    for index in range(200):
+        (crowd / f"d{index:03}").mkdir()
+    (crowd / "zzz").mkdir()
+    (crowd / "zzz" / "pod.py").write_text("")  # past the bound (scandir order is the file system's)
+    os.chown(crowd, OTHER, OTHER)
+    work = parent / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    calls: list[str] = []
+    real = os.path.isfile
+    monkeypatch.setattr(os.path, "isfile", lambda path: calls.append(path) or real(path))
+    try:
+        resolve_root()
+    except pypods.PodError:
+        pass  # the pod was among the first 50 looked at: refused, as before
+    assert len([c for c in calls if str(crowd) in str(c)]) <= 50

@@ -246,7 +246,7 @@ def distrust(folder: Path) -> str | None:
     """Why *folder* is not the user's own (``None`` if it is): its owner, or who else may write to it.
 
     A folder is trusted when it is owned by the user (see ``_owners``) and nobody else can write to it:
-    not writable by others, and writable by its group only if that is the user's private group. A
+    not writable by others, and writable by its group only if that is its owner's private group. A
     folder others can write to is still trusted when it is the user's own and sticky: there the others
     may add entries but not rename or delete the user's. Symlinks are followed (the folder is what counts).
     """
@@ -328,11 +328,25 @@ def find_root(start: Path) -> Path | None:
     return None
 
 
+MAX_LOOKED_AT = 1000  # entries of a pods/ above the current folder looked at for a pod
+
+
 def _holds_a_pod(pods: Path) -> bool:
+    """Whether *pods* holds a pod, among its first ``MAX_LOOKED_AT`` entries.
+
+    Bounded: this runs on every load from below it, also for a ``/tmp/pods`` any user can fill
+    with a million folders; a pod folder of one's own is not that far down its ``pods/``.
+    """
     try:
-        return any((child / POD_FILE).is_file() for child in pods.iterdir())
+        with os.scandir(pods) as listing:
+            for index, entry in enumerate(listing):
+                if index >= MAX_LOOKED_AT:
+                    return False
+                if entry.is_dir() and os.path.isfile(os.path.join(entry.path, POD_FILE)):
+                    return True
     except OSError:
-        return False
+        pass
+    return False
 
 
 def _script_root() -> Path | None:
