@@ -206,3 +206,11 @@ def test_a_description_that_makes_invalid_python_still_gives_valid_stubs() -> No
     assert "def method(self: Any) -> Any" in module  # a function may take self; a method stub may not twice
     assert "def method(self, *args: Any, **kwargs: Any) -> Any" in package
     assert '"""a\\x00b\\x0dc"""' in module  # the docstring kept, its controls as escapes
+
+
+def test_verbose_log_lines_on_a_terminal_escape_a_pods_stderr(make_pod: PodFactory, root: Path) -> None:
+    """With log = "logging" the pod's stderr lines are log records; `pypods -v` prints them on the terminal."""
+    make_pod("loud", LOUD, toml='log = "logging"\n')
+    seen = on_a_terminal(root, "-v", "call", "loud", "noisy")
+    assert "\x1b]0;owned" not in seen
+    assert "\\x1b]0;owned\\x07\\x1b[1Apypods: error: forged" in seen

@@ -86,6 +86,13 @@ def json_option(function: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(function)
 
 
+class _TerminalFormatter(logging.Formatter):
+    """The ``-v`` log lines, escaped on a terminal: with ``log = "logging"`` they carry the pod's stderr."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return for_terminal(super().format(record), sys.stderr)
+
+
 class Context:
     """The resolved global options of this invocation."""
 
@@ -97,7 +104,9 @@ class Context:
         # Found rather than chosen (--root, $PYPODS_ROOT): each pod folder must be the user's own too.
         self.found = not meta.get("root") and chosen_root() is None
         if self.verbose:
-            logging.basicConfig(level=logging.DEBUG if self.verbose > 1 else logging.INFO, format="pypods: %(message)s")
+            handler = logging.StreamHandler()
+            handler.setFormatter(_TerminalFormatter("pypods: %(message)s"))
+            logging.basicConfig(level=logging.DEBUG if self.verbose > 1 else logging.INFO, handlers=[handler])
             how = "--root" if meta.get("root") else "$PYPODS_ROOT" if os.environ.get("PYPODS_ROOT") else "found"
             logging.getLogger("pypods").info("root: %s (%s)", self.root, how)
 
