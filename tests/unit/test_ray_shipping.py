@@ -265,3 +265,18 @@ def test_a_data_file_left_behind_is_a_visible_warning_naming_the_ship_setting(
     with caplog.at_level("WARNING", logger="pypods"):
         rayship.pod_files(PodLayout("fresh", pod.root))
     assert not caplog.records  # a pod made by `pypods new` leaves nothing behind: no warning
+
+
+def test_hostile_globs_in_ship_or_gitignore_take_linear_time(pod: PodLayout) -> None:
+    """Both are the pod's to write; as a regex, ``*a*a*a*a*a*a*b`` took 1.2 s on one 60-letter name."""
+    stars = "*a" * 500 + "*b"
+    _write(pod.pod_dir, {"a" * 200 + ".txt": "x", ".gitignore": stars + "\n"})
+    (pod.pod_dir / "pod.toml").write_text(f'ship = ["{stars}", "{"*a" * 8}*b/**"]\n')
+    started = time.perf_counter()
+    rayship.pod_files(pod)
+    assert time.perf_counter() - started < 5
+    assert rayship.glob_match("*a*a*b", "xaya.b")
+    assert not rayship.glob_match("*a*a*b", "xa/ab")  # a star stays inside one path part
+    assert rayship.glob_match("**/x/*.csv", "d/e/x/f.csv")
+    assert rayship.glob_match("**/x/*.csv", "x/f.csv")
+    assert not rayship.glob_match("[!a]", "/")  # nor does a class (the regex's [^a] matched "/")
