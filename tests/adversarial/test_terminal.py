@@ -214,3 +214,12 @@ def test_verbose_log_lines_on_a_terminal_escape_a_pods_stderr(make_pod: PodFacto
     seen = on_a_terminal(root, "-v", "call", "loud", "noisy")
     assert "\x1b]0;owned" not in seen
     assert "\\x1b]0;owned\\x07\\x1b[1Apypods: error: forged" in seen
+
+
+def test_annotations_that_blow_up_the_parser_become_any() -> None:
+    """A description is the pod's: an annotation of 10**5 unary minuses was a MemoryError, a.a.a... a RecursionError."""
+    for annotation in ("-" * 100_000 + "1", "a." * 100_000 + "b", "int|" * 100_000 + "int", 42):
+        info = {"name": "f", "params": [{"name": "x", "kind": 1, "annotation": annotation}], "returns": annotation}
+        module = _stubs.module_stub([info])
+        compile(module, "<stub>", "exec")
+        assert "def f(x: Any) -> Any" in module
