@@ -100,7 +100,12 @@ def start_deadline(settings: PodSettings) -> float:
 
 
 def new_worker(layout: PodLayout, settings: PodSettings, describe: bool = True) -> WorkerProcess:
-    """Start a worker process for the pod (its connection is made by the caller)."""
+    """Start a worker process for the pod (its connection is made by the caller).
+
+    Raises:
+        PodError: the pod's folder, under a root pypods found, is no longer the user's own.
+    """
+    layout.recheck()  # the folders may have been swapped since the load (docs/security.md)
     return WorkerProcess(
         str(layout.venv_python),
         layout.name,
@@ -124,6 +129,9 @@ def spawn_process(layout: PodLayout, settings: PodSettings, env_key: str, descri
     conn = ProcessConnection(new_worker(layout, settings, describe), start_deadline(settings))
     remember(layout, env_key, conn.hello, conn.description)
     logging.getLogger("pypods").info(
-        "pod %r: worker %s started (%s)", layout.name, conn.hello.get("pid"), layout.venv_python
+        "pod %r: worker %r started (%s)",
+        layout.name,
+        conn.hello.get("pid"),
+        layout.venv_python,  # the pod's pid
     )
     return conn

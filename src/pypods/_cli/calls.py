@@ -18,7 +18,7 @@ from .._env import store, tools
 from .._env.layout import PodLayout, list_pods
 from .._errors import PodError, PodRemoteError
 from .._terminal import for_terminal
-from .common import CliError, Context, cached_functions, describe, emit, global_options, json_option
+from .common import CliError, Context, cached_functions, describe, echo, emit, global_options, json_option
 
 if TYPE_CHECKING:
     from .._env.progress import BuildReport
@@ -43,7 +43,7 @@ def _sync_one(ctx: Context, layout: PodLayout, report: BuildReport) -> dict[str,
 def sync(names: tuple[str, ...], jobs: int, as_json: bool) -> None:
     """Build or re-sync the environments of NAMES (all pods when none are named)."""
     ctx = Context()
-    layouts = [ctx.layout(name) for name in names] or [PodLayout.at(n, ctx.root) for n in list_pods(ctx.root)]
+    layouts = [ctx.layout(name) for name in names or list_pods(ctx.root)]  # each checked: the user's own
     if not layouts:
         ctx.note(f"no pods in {ctx.root / 'pods'} to sync")
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -51,7 +51,7 @@ def sync(names: tuple[str, ...], jobs: int, as_json: bool) -> None:
         results = list(pool.map(lambda layout: _sync_one(ctx, layout, ctx.report(layout.name, alone)), layouts))
     for result in results:
         if result["error"]:
-            click.echo(f"pypods: error: {result['error']}", err=True)
+            echo(f"pypods: error: {result['error']}", err=True)
     rows = [[r["name"], "ready" if r["ready"] else "failed", f"{r['seconds']:.2f}s"] for r in results]
     if results:
         emit(as_json, results, ["pod", "result", "time"], rows)
@@ -215,7 +215,7 @@ def stubs(names: tuple[str, ...], as_json: bool) -> None:
             ctx.note(f"skipped pod {name!r}: {str(exc).splitlines()[0]}")
     if names:  # keep the overloads of the pods not named this time
         for other in list_pods(root):
-            if other not in pods and (root / _stubs.PACKAGE / f"{other}.pyi").exists():
+            if other not in pods and (root / _stubs.PACKAGE / f"{other}.pyi").exists() and not ctx.distrusted(other):
                 cached = cached_functions(PodLayout.at(other, root))
                 if cached is not None:
                     pods[other] = cached
