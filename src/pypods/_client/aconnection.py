@@ -13,8 +13,9 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from .._errors import PodClosedError, PodError, PodProtocolError
+from .._errors import PodClosedError, PodCrashedError, PodError, PodProtocolError, PodTimeoutError
 from .._worker.framing import FrameError, FrameReader
+from . import forking
 from .base import AsyncStream
 from .connection import DEFAULT_START_TIMEOUT, NotSentError, open_pidfd
 from .core import MAX_PENDING, START, Outcome, StreamCursor, WorkerConnection
@@ -47,6 +48,28 @@ class AsyncProcessConnection(WorkerConnection):
         self._loop.add_reader(worker.read_fd, self._on_readable)
         if self._pidfd is not None:
             self._loop.add_reader(self._pidfd, self._on_exit)
+        forking.track(self)
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child (``forking.py``): the worker is the parent's. Drop our copies of its pipes
+        and pidfd, and never touch the inherited loop: its epoll set is shared with the parent's.
+
+        That loop may still watch the numbers, so they stay taken by ``/dev/null``: a callback it
+        still runs reads an end of file (and the connection, broken already, ignores it), never a
+        file that would otherwise get the number next.
+        """
+        self._broken = PodClosedError(f"pod {self.pod!r}: this worker belongs to the process that forked")
+        self._dying = True
+        self._tasks = set()
+        forget = getattr(self.worker, "_forget_after_fork", None)
+        if forget is not None:
+            forget()  # closes the pipes (once)
+        taken = {fd for fd in (self.worker.read_fd, self.worker.write_fd, self._pidfd) if fd is not None}
+        devnull = os.open(os.devnull, os.O_RDONLY)  # may get one of those numbers itself: then it keeps it
+        for fd in taken - {devnull}:
+            os.dup2(devnull, fd, inheritable=False)
+        if devnull not in taken:
+            os.close(devnull)
 
     def _unwatch(self) -> None:
         """Stop watching the worker's fds (idempotent)."""
@@ -62,6 +85,14 @@ class AsyncProcessConnection(WorkerConnection):
                 remove(fd)
             except (ValueError, OSError):
                 pass
+
+    @property
+    def broken(self) -> PodError | None:
+        """As ``WorkerConnection.broken``, and already a crash once the worker's exit is seen (end of
+        file or pidfd), before its exit status is read: no call may be sent to it in that gap."""
+        if self._broken is None and self._dying:
+            return PodCrashedError(f"pod {self.pod!r}: worker (pid {self.worker.pid}) died")
+        return self._broken
 
     def _spawn_task(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = self._loop.create_task(coro)
@@ -173,11 +204,12 @@ class AsyncProcessConnection(WorkerConnection):
 
     def _send(self, data: bytes | bytearray) -> asyncio.Future[None] | None:
         """Write *data* now if the pipe takes it all (None); else queue the rest and return what to await."""
-        if self._broken is not None:
-            if isinstance(self._broken, PodClosedError):
-                raise copy.copy(self._broken)
+        broken = self.broken
+        if broken is not None:
+            if isinstance(broken, PodClosedError):
+                raise copy.copy(broken)
             # Another call ended this worker first: this frame was never sent (the pool resends it).
-            raise NotSentError(f"pod {self.pod!r}: the worker was lost before the call was sent ({self._broken})")
+            raise NotSentError(f"pod {self.pod!r}: the worker was lost before the call was sent ({broken})")
         if not self._out:
             try:
                 sent = os.write(self.worker.write_fd, data)
@@ -259,17 +291,31 @@ class AsyncProcessConnection(WorkerConnection):
             self._break(exc)
             raise
 
-    async def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
-        """Send one call and await its reply; a generator's items come as an ``AsyncStream``."""
+    async def call(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        deadline: float | None = None,
+    ) -> Any:
+        """Send one call and await its reply; a generator's items come as an ``AsyncStream``.
+
+        *deadline* (``time.monotonic()``) is the caller's, else *timeout* from now.
+        """
         proto = self.proto
         # One deadline covers writing the request too: a worker busy with another call reads nothing.
-        deadline = None if timeout is None else self._loop.time() + timeout
+        send_by = deadline if deadline is not None or timeout is None else time.monotonic() + timeout
+        deadline = None if send_by is None else self._loop.time() + (send_by - time.monotonic())  # the loop's clock
         registry = proto.registry_frame()
         if registry is not None:
             await self._sent(registry, timeout, name, deadline)
         call_id = proto.next_id()
-        send_by = None if timeout is None else time.monotonic() + timeout  # the shared-memory socket's clock
         data, big = proto.encode_call(call_id, name, args, kwargs, send_by)
+        if send_by is not None and time.monotonic() >= send_by:  # passed while encoding (or before): send nothing
+            big.discard()
+            raise PodTimeoutError(f"pod {self.pod!r}, function {name!r}: no answer within {timeout}s "
+                                  "(it passed before sending, while encoding; nothing was sent)")  # fmt: skip
         self._calls[call_id] = asyncio.Queue()
         stream = False
         try:
@@ -291,6 +337,8 @@ class AsyncProcessConnection(WorkerConnection):
     async def aclose(self, kill: bool = False) -> None:
         """Stop the worker (killed if calls are in flight); calls still waiting get PodClosedError."""
         busy = self.in_flight() > 0
+        if self._dying and self._broken is None:
+            await self._crashed()  # it died first: calls in flight get its crash, not PodClosedError
         self._fail(PodClosedError(f"pod {self.pod!r} was closed"))
         self._unwatch()
         if kill or busy:

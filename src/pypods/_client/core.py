@@ -114,8 +114,8 @@ class CallProtocol:
         self.encoding = "bson"  # "fast1"/"fast2" once chosen in choose_encoding (docs/encoding.md)
 
     def choose_encoding(self, hello: dict[str, Any]) -> bytearray | None:
-        """Pick fast1 if the worker offers it (and neither codec="pickle" nor PYPODS_ENCODING=bson says
-        otherwise); return the ``encoding`` message to send before the first call, if any."""
+        """Pick fast2 (fast1 if PYPODS_ENCODING says so or the worker offers no more) unless codec="pickle"
+        or PYPODS_ENCODING=bson; return the ``encoding`` message to send before the first call, if any."""
         wanted = encoding_from_environ()  # PodConfigError for an unknown value
         name = fastcodec.choose(wanted, hello.get("encodings"))  # fast2: fast1 or fast2, None for BSON
         if self.codec == "pickle" or name is None:
