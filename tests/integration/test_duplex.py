@@ -111,3 +111,22 @@ def test_the_event_loop_keeps_its_beat_during_big_calls(make_pod: PodFactory, ro
             return max(gaps) - 0.02
 
     assert asyncio.run(main()) < 0.05 * 2  # 50 ms, doubled for this noisy machine
+
+
+@pytest.mark.skipif(not sharedmem.supported(), reason="no memfd / SCM_RIGHTS here")
+def test_descriptors_above_1024_wait_like_any_other(make_pod: PodFactory, root: Path) -> None:
+    import os
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 1500:
+        pytest.skip("this process may not open 1,100 descriptors")
+    make_pod("highfd", SOURCE)
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        with pypods.load("highfd", root=root) as pod:  # its pipes, pidfd and socket are all above 1024
+            buffers = [b"h" * MiB] * 300  # more than the socket queues: the sender waits for room
+            assert pod.call("sizes", buffers, timeout=60) == [(MiB, b"h")] * 300
+            assert len(pod.call("many", 300, MiB, timeout=60)) == 300
+    finally:
+        for fd in filler:
+            os.close(fd)
