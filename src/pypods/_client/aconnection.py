@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import PodClosedError, PodError, PodProtocolError
 from .._worker import messages
 from .._worker.framing import FrameError, FrameReader
-from .._worker.sharedmem import SharedMemoryError, Upload
+from .._worker.sharedmem import SHM_TAG, SharedMemoryError, Upload
 from .base import AsyncStream
 from .connection import DEFAULT_START_TIMEOUT, NotSentError, open_pidfd
 from .core import START, Outcome, StreamCursor, WorkerConnection
@@ -306,7 +306,8 @@ class AsyncProcessConnection(WorkerConnection):
             raise copy.copy(self._broken)
         if isinstance(item, dict):
             return item
-        self._take_attachments()  # its buffers were sent before it: they are all on the socket
+        if SHM_TAG in item:  # its buffers were sent before it: they are all on the socket
+            self._take_attachments()
         try:
             if self.inbox:  # big buffers to copy out: off the loop, so it keeps its beat
                 return await asyncio.to_thread(self.proto.decode, item)
@@ -339,9 +340,10 @@ class AsyncProcessConnection(WorkerConnection):
         if pending is not None:
             await self._within(asyncio.shield(pending), timeout, name, deadline)
 
-    def _checked(self, step: Any, name: str, reply: dict[str, Any]) -> Outcome:
+    def _checked(self, step: Callable[[str, dict[str, Any]], Outcome], name: str, reply: dict[str, Any]) -> Outcome:
+        """Apply a core step to a reply; a malformed reply breaks the connection (it is replaced)."""
         try:
-            return step(name, reply)  # type: ignore[no-any-return]
+            return step(name, reply)
         except PodProtocolError as exc:
             self._break(exc)
             raise

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import PodClosedError, PodCrashedError, PodError, PodProtocolError, PodWorkerError
 from .._worker import messages
 from .._worker.framing import FrameError, FrameReader, PipeClosed
-from .._worker.sharedmem import SharedMemoryError, Upload
+from .._worker.sharedmem import SHM_TAG, SharedMemoryError, Upload
 from .core import START, Outcome, StreamCursor, WorkerConnection
 from .pstream import ProcessStream
 
@@ -196,7 +196,8 @@ class ProcessConnection(WorkerConnection):
         """A reply as a message: decoded here, by its own caller, with the attachments sent before it."""
         if isinstance(item, dict):  # decoded already by the reader (its id was not where we peek)
             return item
-        self._take_attachments()
+        if SHM_TAG in item:  # its buffers were sent before it: they are all on the socket now
+            self._take_attachments()
         try:
             return self.proto.decode(item)
         except PodProtocolError as exc:

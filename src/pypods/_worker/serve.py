@@ -23,7 +23,7 @@ from .codec import Encoder, register
 from .decoding import DecodeError, Decoder
 from .exttypes import MissingLibrary, OutOfBand
 from .framing import FrameError, FrameReader, PipeClosed, write_all
-from .sharedmem import WORKER_PENDING, FdChannel, Inbox, SharedMemoryError, Upload
+from .sharedmem import SHM_TAG, WORKER_PENDING, FdChannel, Inbox, SharedMemoryError, Upload
 
 SPIN = float(os.environ.get("PYPODS_SPIN_US", "100")) / 1e6
 
@@ -151,6 +151,7 @@ class Worker:
         self.out = proto_out
         self.big = OutOfBand()
         self.channel: Optional[FdChannel] = None  # the shared-memory socket, once attach() gave it
+        self.waiter: Any = None
         self.inbox = Inbox(WORKER_PENDING)
         self.deadline: Optional[float] = None  # the running call's (its request's timeout), bounding our waits
         self.decoder = Decoder(self.big, stdlib_imports=True)  # the pod trusts its client
@@ -167,6 +168,9 @@ class Worker:
         """Send and receive big buffers through *channel* (the socket the client passed us)."""
         self.channel = channel
         self.big.attach(self.inbox)
+        self.waiter = select.poll()  # what _read_frame waits on: the pipe and the socket
+        self.waiter.register(channel.fileno(), select.POLLIN)
+        self.waiter.register(self.reader.fd, select.POLLIN)
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         """The client passes Ctrl-C on: interrupt the pod function, never the protocol itself."""
@@ -247,10 +251,7 @@ class Worker:
             return reader.read_frame()
         while frame is None:
             assert self.channel is not None
-            waiter = select.poll()
-            waiter.register(self.channel.fileno(), select.POLLIN)
-            waiter.register(reader.fd, select.POLLIN)
-            events = dict(waiter.poll())
+            events = dict(self.waiter.poll())
             if events.get(self.channel.fileno()):
                 self._take_attachments()
             if events.get(reader.fd):
@@ -319,7 +320,8 @@ class Worker:
             if not self.queue:
                 continue  # only controls came
             frame = self.queue.popleft()
-            self._take_attachments()  # the client sent the frame's buffers before it
+            if SHM_TAG in frame:  # the client sent the frame's buffers before it
+                self._take_attachments()
             try:
                 request = self.decoder.document(frame)
             except (MissingLibrary, DecodeError) as exc:

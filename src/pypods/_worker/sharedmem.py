@@ -70,6 +70,10 @@ _SEND_FLAGS = getattr(socket, "MSG_DONTWAIT", 0)
 # Before 3.13 a mapping keeps a duplicate of its fd: a waiting buffer then costs one descriptor.
 _UNTRACKED: Dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 
+# The bytes every out-of-band reference starts with (codec.Encoder.ext of tag "shm"): a frame
+# without them has no attachments (a nested one is named inside one the frame names).
+SHM_TAG = b"\x02$t\x00\x04\x00\x00\x00shm\x00"
+
 _tokens = itertools.count(1)
 _token_lock = threading.Lock()
 
