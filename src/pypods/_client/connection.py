@@ -422,6 +422,8 @@ class ProcessConnection(WorkerConnection):
 
     def _lead(self, call_id: int, deadline: float | None, name: str, timeout: float | None) -> bytes | dict[str, Any]:
         while True:
+            if self._reader.peek() is None:
+                self._wait_readable(deadline, name, timeout)
             self._route_all()
             with self._cv:
                 box = self._calls.get(call_id)
@@ -429,7 +431,6 @@ class ProcessConnection(WorkerConnection):
                     return box.popleft()
             if deadline is not None and time.monotonic() > deadline:
                 raise self._timed_out(name, timeout)  # a flood of other frames cannot stretch it
-            self._wait_readable(deadline, name, timeout)
 
     def _route_all(self) -> None:
         """Hand every whole frame read so far to its call, undecoded: each caller decodes its own.
@@ -451,9 +452,7 @@ class ProcessConnection(WorkerConnection):
     def _deliver(self, frame: bytes) -> None:
         reply_id = messages.peek_id(frame)
         item: bytes | dict[str, Any] = frame
-        with self._cv:
-            known = reply_id in self._calls
-        if not known and reply_id == 0:
+        if reply_id == 0 and 0 not in self._calls:
             # Not where every reply has its id: decode it here, to refuse it if it is malformed.
             item = self._decoded(frame)
             reply_id = item["id"]

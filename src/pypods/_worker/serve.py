@@ -12,11 +12,12 @@ import io
 import os
 import select
 import signal
+import struct
 import sys
 import threading
 import time
 import types
-from typing import Any, Callable, Deque, Dict, List, Optional, Set
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from . import fastcodec, messages
 from .codec import Encoder, register
@@ -152,6 +153,7 @@ class Worker:
         self.big = OutOfBand()
         self.channel: Optional[FdChannel] = None  # the shared-memory socket, once attach() gave it
         self.waiter: Any = None
+        self.nonblocking = False  # the input is non-blocking: reads never wait, polls do
         self.inbox = Inbox(WORKER_PENDING)
         self.deadline: Optional[float] = None  # the running call's (its request's timeout), bounding our waits
         self.decoder = Decoder(self.big, stdlib_imports=True)  # the pod trusts its client
@@ -171,6 +173,9 @@ class Worker:
         self.waiter = select.poll()  # what _read_frame waits on: the pipe and the socket
         self.waiter.register(channel.fileno(), select.POLLIN)
         self.waiter.register(self.reader.fd, select.POLLIN)
+        if self.reader.fd != self.out:  # its own pipe (not a socket we also write on, as in tests)
+            os.set_blocking(self.reader.fd, False)
+            self.nonblocking = True
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         """The client passes Ctrl-C on: interrupt the pod function, never the protocol itself."""
@@ -233,7 +238,10 @@ class Worker:
             if events.get(sock, 0) & select.POLLIN:
                 self._take_attachments()
             if events.get(self.reader.fd):
-                self.reader.fill()  # PipeClosed: the client is gone, and so are we
+                try:
+                    self.reader.fill()  # PipeClosed: the client is gone, and so are we
+                except BlockingIOError:
+                    pass
         return True
 
     def _take_attachments(self) -> None:
@@ -251,11 +259,21 @@ class Worker:
             return reader.read_frame()
         while frame is None:
             assert self.channel is not None
+            if self.nonblocking:  # the usual case after a spin: the bytes are there, one read takes them
+                try:
+                    reader.fill()
+                    frame = reader.pop()
+                    continue
+                except BlockingIOError:
+                    pass
             events = dict(self.waiter.poll())
             if events.get(self.channel.fileno()):
                 self._take_attachments()
             if events.get(reader.fd):
-                reader.fill()
+                try:
+                    reader.fill()
+                except BlockingIOError:
+                    pass
             frame = reader.pop()
         return frame
 
@@ -319,11 +337,13 @@ class Worker:
                 return
             if not self.queue:
                 continue  # only controls came
-            frame = self.queue.popleft()
+            frame, timeout = _split_timeout(self.queue.popleft())
             if SHM_TAG in frame:  # the client sent the frame's buffers before it
                 self._take_attachments()
             try:
                 request = self.decoder.document(frame)
+                if timeout is not None:
+                    request["timeout"] = timeout
             except (MissingLibrary, DecodeError) as exc:
                 # The frame boundary is intact, so answer this call with the error and go on.
                 self.big.discard()
@@ -483,6 +503,25 @@ class Worker:
         except (DecodeError, MissingLibrary):
             return None
         return message if message.get("op") in ("more", "cancel") else None
+
+
+_TIMEOUT = b"\x01timeout\x00"  # a double, appended last to a request by the client (core._with_fields)
+_TAIL = len(_TIMEOUT) + 9  # the key, 8 bytes of double, the document's terminating NUL
+
+
+def _split_timeout(frame: bytes) -> Tuple[bytes, Optional[float]]:
+    """Cut a small request's trailing ``timeout`` off, so the fixed-layout decoder still reads it.
+
+    Bytes 0-3 of a frame are its length (int32, little-endian); the timeout is the last element.
+    """
+    size = len(frame)
+    if size > 65536 or size < _TAIL + 5 or frame[size - _TAIL : size - 9] != _TIMEOUT or frame[-1] != 0:
+        return frame, None  # none, or a big frame: the generic decoder reads the field itself
+    (timeout,) = struct.unpack_from("<d", frame, size - 9)
+    body = bytearray(frame[: size - _TAIL])
+    body += b"\x00"
+    struct.pack_into("<i", body, 0, len(body))
+    return bytes(body), timeout
 
 
 def import_pods_package(project_root: str) -> None:
