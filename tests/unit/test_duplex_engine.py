@@ -203,3 +203,27 @@ def test_an_async_stream_dropped_in_another_thread_leaves_the_call_table_to_the_
             await conn.aclose()
 
     asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_the_worker_waits_for_room_only_until_the_calls_deadline() -> None:
+    if not sharedmem.supported():
+        pytest.skip("no memfd / SCM_RIGHTS here")
+    from pypods._worker.serve import Worker
+
+    client, server = socket.socketpair()
+    deaf, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # deaf: never read
+    worker = Worker("deaf", "/nonexistent", server.fileno(), server.fileno())
+    worker.attach(sharedmem.FdChannel(theirs))
+    try:
+        worker.deadline = time.monotonic() + 0.5  # what the request's timeout set
+        started = time.monotonic()
+        worker.send({"id": 3, "value": [b"w" * MiB] * 400}, fast=True)  # more than the socket queues
+        assert time.monotonic() - started < 5  # 10 s per buffer past the queue's ~278 before
+        reply = Decoder().document(FrameReader(client.fileno()).read_frame())
+        assert reply["id"] == 3
+        assert reply["ok"] is False
+        assert reply["error"]["type"] == "TimeoutError"
+    finally:
+        worker.inbox.clear()
+        for sock in (client, server, deaf, theirs):
+            sock.close()
