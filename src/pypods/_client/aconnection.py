@@ -423,6 +423,8 @@ class AsyncProcessConnection(WorkerConnection):
         else:
             await asyncio.to_thread(self.worker.stop, 0.5)
         self.worker.release()
+        if self.inbox is not None:
+            self.inbox.clear()  # buffers no frame claimed (a pod that sent orphans)
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
@@ -441,6 +443,8 @@ class AsyncProcessConnection(WorkerConnection):
         self._fail(PodClosedError(f"pod {self.pod!r} was dropped without aclose()"))
         self._unwatch()
         self.worker.release()
+        if self.inbox is not None:
+            self.inbox.clear()  # buffers no frame claimed (a pod that sent orphans)
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None

@@ -568,11 +568,14 @@ class ProcessConnection(WorkerConnection):
             self._release()
 
     def _release(self) -> None:
-        """Close our pipes and the pidfd; only when no thread can be polling them (hold ``_cv``)."""
+        """Close our pipes, the pidfd and the buffers no frame claimed; only when no thread can be
+        polling them (hold ``_cv``)."""
         self._close_input()
         self.worker.release()
         _close_fd(self._pidfd)
         self._pidfd = None
+        if self.inbox is not None:
+            self.inbox.clear()
 
 
 def _close_fd(fd: int | None) -> None:
