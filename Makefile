@@ -18,12 +18,12 @@ $(UV):
 	@$(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
 
-$(DEMO): pyproject.toml | $(UV)
+$(DEMO): pyproject.toml src/pypods/__init__.py | $(UV)
 	@echo "make: installing pypods (no dev tools) into $(VENV)"
 	@$(UV) pip install --quiet --python $(BIN)/python -e .
 	@touch $@
 
-$(DEV): pyproject.toml | $(UV)
+$(DEV): pyproject.toml src/pypods/__init__.py | $(UV)
 	@echo "make: installing pypods with its dev extra into $(VENV) (about 750 MB; a minute the first time)"
 	@$(UV) pip install --quiet --python $(BIN)/python -e '.[dev]'
 	@touch $@ $(DEMO)

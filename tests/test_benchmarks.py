@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from contracts.ray_backend import auth_token_environ
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -28,7 +30,9 @@ def test_benchmark_runs(script: str, tmp_path: Path) -> None:
         pytest.importorskip("ray")
     out = tmp_path / "performance.md"
     # A benchmark measures its own local setup: not a Ray cluster another test of this session joined.
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_"))}
+    if script == "ray_backend.py":
+        env.update(auth_token_environ(tmp_path))  # its local Ray's token: not one in ~/.ray
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), "--quick", "--write", str(out)],
         env=env,

@@ -43,6 +43,15 @@ def test_wheel_contents_and_metadata(dist: Path) -> None:
     assert "Requires-Python: >=3.9" in metadata
 
 
+def test_one_version_everywhere() -> None:
+    """``__version__``, the installed metadata and the newest CHANGELOG entry name the same version."""
+    from importlib.metadata import version
+
+    newest = re.search(r"^## \[(\S+)\]", (REPO / "CHANGELOG.md").read_text(), re.MULTILINE)
+    assert newest is not None
+    assert pypods.__version__ == version("pypods") == newest.group(1)
+
+
 def test_sdist_contents(dist: Path) -> None:
     (sdist,) = dist.glob("*.tar.gz")
     with tarfile.open(sdist) as archive:

@@ -26,7 +26,7 @@ from ._loader import Pod, load
 from ._worker.codec import register
 from .pods import PodListener, PodLoader
 
-__version__ = "0.3.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "AsyncPod",

@@ -174,6 +174,40 @@ def _takes_a_message(builtin: type[Exception]) -> bool:
     return True
 
 
+def _message_init(
+    self: PodRemoteError, message: str, *, remote_type: str = "", remote_traceback: str = "", mro: Any = ()
+) -> None:
+    """``PodRemoteError.__init__`` for a builtin whose own wants other arguments (``UnicodeDecodeError``'s five)."""
+    BaseException.__init__(self, message)
+    self.remote_type = remote_type
+    self.remote_traceback = remote_traceback
+    self.remote_mro = tuple(mro)
+
+
+def _group_new(cls: type[BaseException], message: str, *args: Any, **kwargs: Any) -> Any:
+    """An ``ExceptionGroup`` needs members: one ``PodRemoteError`` with the message (the pod's own members
+    are in the remote traceback)."""
+    group: Any = vars(builtins)["ExceptionGroup"]  # 3.11+: only called for its subclasses
+    return group.__new__(cls, str(message), [PodRemoteError(str(message))])
+
+
+def _mixed_type(builtin: type[Exception]) -> type[PodRemoteError]:
+    """``PodRemoteError[builtin]``: a PodRemoteError that is also *builtin*, made from one message."""
+    name = f"PodRemoteError[{builtin.__name__}]"
+    namespace: dict[str, Any] = {"__module__": "pypods", "__qualname__": name}
+    if not _takes_a_message(builtin):
+        namespace["__init__"] = _message_init
+        group = getattr(builtins, "BaseExceptionGroup", None)
+        if group is not None and issubclass(builtin, group):
+            namespace["__new__"] = _group_new
+    try:
+        cls = type(name, (PodRemoteError, builtin), namespace)
+        cls("message")  # a builtin whose __new__ still refuses one message: plain PodRemoteError
+    except TypeError:  # or whose layout cannot be mixed in
+        return PodRemoteError
+    return cls
+
+
 def remote_error_type(mro: list[str] | tuple[str, ...]) -> type[PodRemoteError]:
     """Return a PodRemoteError subclass that also derives from the nearest builtin in *mro*."""
     for name in mro:
@@ -183,21 +217,11 @@ def remote_error_type(mro: list[str] | tuple[str, ...]) -> type[PodRemoteError]:
         builtin = _NEVER_MIXED.get(qualname) or getattr(builtins, qualname, None)
         if not isinstance(builtin, type) or not issubclass(builtin, Exception):
             continue  # never make a client-side KeyboardInterrupt or SystemExit out of a pod's
-        if not _takes_a_message(builtin):
-            continue  # UnicodeDecodeError wants 5 arguments: its base UnicodeError (a ValueError) then
         if builtin is Exception:
             return PodRemoteError
         cached = _REMOTE_TYPES.get(builtin)
         if cached is None:
-            try:
-                cached = type(
-                    f"PodRemoteError[{builtin.__name__}]",
-                    (PodRemoteError, builtin),
-                    {"__module__": "pypods", "__qualname__": f"PodRemoteError[{builtin.__name__}]"},
-                )
-            except TypeError:  # a builtin whose layout cannot be mixed in
-                cached = PodRemoteError
-            _REMOTE_TYPES[builtin] = cached
+            cached = _REMOTE_TYPES[builtin] = _mixed_type(builtin)
         return cached
     return PodRemoteError
 

@@ -8,6 +8,7 @@ worker's hello) and build one proxy per function. ``PodBase`` holds all of it; `
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import keyword
 import logging
@@ -24,7 +25,7 @@ from ._reload import SourceWatch, interactive
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Callable, MutableMapping
+    from collections.abc import Callable, Iterable, MutableMapping
 
     from ._client.base import Pool
     from ._env.layout import PodLayout, PodSettings
@@ -304,18 +305,32 @@ def load(name: str, **options: Any) -> Pod:
 class Injection:
     """Names put into a namespace, and what they shadowed, so removal restores exactly that.
 
-    Only identifiers that are not keywords nor dunder names are injected; shadowing an existing
-    name is allowed (the original design's behaviour) but logged as a warning.
+    Only identifiers that are not keywords nor dunder names are injected. A name of a builtin
+    (``len``, ``open``, ``print`` ...) is skipped with a warning unless it is in *shadow_builtins*:
+    injected into a module's globals it would capture every later use of that builtin there,
+    arguments included. Shadowing another existing name is allowed (the original design's
+    behaviour) but logged as a warning.
     """
 
-    def __init__(self, namespace: MutableMapping[str, Any]) -> None:
+    def __init__(self, namespace: MutableMapping[str, Any], shadow_builtins: Iterable[str] = ()) -> None:
         self.namespace = namespace
+        self.shadow_builtins = frozenset(shadow_builtins)
         self._saved: dict[str, Any] = {}
         self._ours: dict[str, Any] = {}
 
     def put(self, name: str, value: Any) -> None:
         if not offered(name) or keyword.iskeyword(name):
             log.warning("pypods: not injecting %r: not a plain Python identifier", name)
+            return
+        if hasattr(builtins, name) and name not in self.shadow_builtins:
+            log.warning(
+                "pypods: not injecting %r: it would shadow the builtin %r in this namespace; reach it as "
+                "pod.%s, or allow it with PodLoader(..., shadow_builtins={%r})",
+                name,
+                name,
+                name,
+                name,
+            )
             return
         if name not in self._ours and name in self.namespace:
             log.warning("pypods: injected %r shadows an existing name (restored on unload)", name)

@@ -1,8 +1,15 @@
-"""Edit and go: notice that a loaded pod's code changed, cheaply (a few ``stat`` calls every half second)."""
+"""Edit and go: notice that a loaded pod's code changed, cheaply (a few ``stat`` calls every half second).
+
+The pod's folder is the pod's to shape, and the walk runs on the caller's thread at each call: it
+is bounded (``MAX_DEPTH`` folders deep, ``MAX_ENTRIES`` entries, iterative so no ``RecursionError``)
+and any error in it means "no reload", logged, never an exception in the user's call.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -11,7 +18,10 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 CHECK_EVERY = 0.5  # seconds between two looks at the files
+MAX_DEPTH = 16  # folders below the pod's folder that are searched for modules
+MAX_ENTRIES = 10_000  # directory entries looked at per walk; the rest is not watched
 _SKIP = {"venv", ".pypods", "__pycache__", ".git"}
+log = logging.getLogger("pypods")
 
 
 def interactive() -> bool:
@@ -22,12 +32,42 @@ def interactive() -> bool:
 
 
 def pod_sources(pod_dir: Path) -> list[str]:
-    """The pod's own Python files: ``pod.py`` and the modules of its folder (not its venv)."""
+    """The pod's own Python files: ``pod.py`` and the modules of its folder (not its venv).
+
+    Iterative and bounded: folders deeper than ``MAX_DEPTH`` and entries past ``MAX_ENTRIES`` are
+    not searched (logged once per walk); symlinked folders are not entered; unreadable folders skipped.
+    """
     found: list[str] = []
-    for folder, dirs, files in os.walk(pod_dir):
-        dirs[:] = [d for d in dirs if d not in _SKIP and not d.startswith(".")]
-        found.extend(os.path.join(folder, name) for name in files if name.endswith(".py"))
+    pending = [(os.fspath(pod_dir), 0)]
+    entries = 0
+    while pending:
+        folder, depth = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                for entry in listing:
+                    entries += 1
+                    if entries > MAX_ENTRIES:
+                        log.warning("pypods: %s has over %d entries; watching only the first", pod_dir, MAX_ENTRIES)
+                        return sorted(found)
+                    if entry.is_dir(follow_symlinks=False):
+                        if entry.name in _SKIP or entry.name.startswith("."):
+                            continue
+                        if depth < MAX_DEPTH:
+                            pending.append((entry.path, depth + 1))
+                        else:
+                            log.warning("pypods: not watching %s: over %d folders deep", entry.path, MAX_DEPTH)
+                    elif entry.name.endswith(".py") and _file(entry):
+                        found.append(entry.path)
+        except OSError:
+            continue  # vanished or unreadable: nothing to watch there
     return sorted(found)
+
+
+def _file(entry: os.DirEntry[str]) -> bool:
+    try:
+        return stat.S_ISREG(entry.stat().st_mode)  # a symlinked module counts, a FIFO named x.py does not
+    except OSError:
+        return False
 
 
 class SourceWatch:
@@ -40,8 +80,16 @@ class SourceWatch:
     def __init__(self, pod_dir: Path) -> None:
         self.pod_dir = pod_dir
         self._next = 0.0
-        self._files = pod_sources(pod_dir)
+        self._files = self._sources() or []
         self._seen = self._snapshot()
+
+    def _sources(self) -> list[str] | None:
+        """The pod's sources, or None (logged) if the walk failed: the pod's folder never breaks a call."""
+        try:
+            return pod_sources(self.pod_dir)
+        except Exception as exc:
+            log.warning("pypods: cannot watch %s for edits (%s: %s); no reload", self.pod_dir, type(exc).__name__, exc)
+            return None
 
     def _snapshot(self) -> dict[str, tuple[int, int]]:
         seen = {}
@@ -54,12 +102,19 @@ class SourceWatch:
         return seen
 
     def changed(self) -> bool:
+        """Whether the sources changed since the last look (never raises: an error is "no", logged)."""
         now = time.monotonic()
         if now < self._next:
             return False
         self._next = now + CHECK_EVERY
-        if self._snapshot() == self._seen:
+        try:
+            if self._snapshot() == self._seen:
+                return False
+            files = self._sources()  # a new module may have come with the change
+            if files is not None:
+                self._files = files
+            self._seen = self._snapshot()  # after a failed walk: the same files, not looked at again until they move
+        except Exception as exc:
+            log.warning("pypods: cannot check %s for edits (%s: %s); no reload", self.pod_dir, type(exc).__name__, exc)
             return False
-        self._files = pod_sources(self.pod_dir)  # a new module may have come with the change
-        self._seen = self._snapshot()
-        return True
+        return files is not None

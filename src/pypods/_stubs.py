@@ -51,8 +51,8 @@ def _safe(annotation: str | None) -> str:
 
 def _params(info: dict[str, Any]) -> str:
     params = info.get("params")
-    if params is None:
-        return "*args: Any, **kwargs: Any"
+    if not isinstance(params, list) or not all(_is_param(entry) for entry in params):
+        return "*args: Any, **kwargs: Any"  # a name from the pod that is not an identifier is never written
     # inspect's kinds: 0 positional-only, 1 positional-or-keyword, 2 *args, 3 keyword-only, 4 **kwargs
     parts: list[str] = []
     kinds = [entry["kind"] for entry in params]
@@ -73,6 +73,15 @@ def _params(info: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _is_name(name: Any) -> bool:
+    """A Python identifier (not a keyword): the only parameter or function names written into a stub."""
+    return isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)
+
+
+def _is_param(entry: Any) -> bool:
+    return isinstance(entry, dict) and _is_name(entry.get("name")) and type(entry.get("kind")) is int
+
+
 def _returns(info: dict[str, Any]) -> str:
     returns = _safe(info.get("returns"))
     if info.get("generator") and not returns.startswith(("Iterator", "Generator", "typing.")):
@@ -85,6 +94,8 @@ def _doc(info: dict[str, Any], indent: str) -> str:
     if not doc:
         return " ..."
     text = doc.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+    if text.endswith('"'):
+        text = text[:-1] + '\\"'  # else it would join the closing quotes
     return f'\n{indent}    """{text}"""\n{indent}    ...'
 
 
@@ -103,7 +114,7 @@ def _imports() -> str:
 
 def module_stub(functions: list[dict[str, Any]]) -> str:
     """``pods_typed/<pod>.pyi``: one ``def`` per pod function."""
-    body = "".join(_signature_lines(info) for info in functions if info["name"].isidentifier())
+    body = "".join(_signature_lines(info) for info in functions if _is_name(info.get("name")))
     return _HEADER + "# ruff: noqa\n" + _imports() + "\n" + body
 
 
@@ -116,7 +127,7 @@ def package_stub(pods: dict[str, list[dict[str, Any]]]) -> str:
     out = [_HEADER, "# ruff: noqa\n", _imports(), "from typing import Protocol, overload\n", "import pypods\n\n"]
     for pod, functions in sorted(pods.items()):
         out.append(f"class {_class_name(pod)}(Protocol):\n")
-        methods = [_signature_lines(info, "    ", method=True) for info in functions if info["name"].isidentifier()]
+        methods = [_signature_lines(info, "    ", method=True) for info in functions if _is_name(info.get("name"))]
         out.append("".join(methods) or "    ...\n")
         out.append("    def close(self) -> None: ...\n")
         out.append(f"    def __enter__(self) -> {_class_name(pod)}: ...\n")

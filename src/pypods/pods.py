@@ -15,7 +15,7 @@ from ._worker.codec import EncodeError, encode
 from ._worker.decoding import DecodeError, decode
 
 if TYPE_CHECKING:
-    from collections.abc import MutableMapping
+    from collections.abc import Iterable, MutableMapping
 
 __all__ = ["PodListener", "PodLoader"]
 
@@ -27,17 +27,31 @@ class PodLoader:
         pod_name: the pod's name, a Python identifier (``ValueError`` otherwise, before any file
             is touched).
         namespace: where to inject the functions; None to inject nothing and use ``.pod``.
+        shadow_builtins: names of builtins (``open``, ``len`` ...) the pod's functions may shadow in
+            *namespace*, e.g. ``{"open"}``. A pod function named like any other builtin is not
+            injected (a warning names it): it would capture every later use of that builtin in the
+            module. It stays reachable as an attribute of the pod (``namespace[pod_name].open``).
         **options: ``root``, ``python``, ``workers``, ``timeout``, ``env``, ``start``,
             ``idle_timeout``, ``codec``, ``log``, ``start_timeout``: see ``pypods.Pod``; they
             override ``pod.toml``. ``reload=True`` (the default in interactive sessions) serves the
             next call from edited code and re-injects the functions.
     """
 
-    def __init__(self, pod_name: str, namespace: MutableMapping[str, Any] | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        pod_name: str,
+        namespace: MutableMapping[str, Any] | None = None,
+        *,
+        shadow_builtins: Iterable[str] = (),
+        **options: Any,
+    ) -> None:
         from ._env.names import check_pod_name
 
         self.pod_name = check_pod_name(pod_name)
         self.namespace = namespace
+        if isinstance(shadow_builtins, str):
+            raise TypeError(f"shadow_builtins must be a collection of names such as {{{shadow_builtins!r}}}, not a str")
+        self.shadow_builtins = frozenset(shadow_builtins)
         self.options = options
         self.pod: Pod | None = None
         self._injection: Injection | None = None
@@ -65,7 +79,7 @@ class PodLoader:
             return
         if self._injection is not None:
             self._injection.remove()
-        injection = Injection(self.namespace)
+        injection = Injection(self.namespace, self.shadow_builtins)
         for name, function in self.pod._functions.items():
             injection.put(name, function)
         injection.put(self.pod_name, self.pod)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -35,10 +36,19 @@ OBJECT_STORE = 200 * 1024 * 1024  # bytes per node: small, this machine runs oth
 START_DEADLINE = 90.0  # seconds for a node to come up on a loaded 2-core machine
 
 
-# Both nodes and this client use Ray's token authentication with the user's token (~/.ray/auth_token,
-# made by the head if missing): Ray turns it on for a new head by default, but a joining node or
-# driver must be told with RAY_AUTH_MODE=token.
-NODE_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}
+def auth_token_environ(folder: Path) -> dict[str, str]:
+    """Ray token authentication with a token of our own: a new 0600 file in *folder*, never ``~/.ray``.
+
+    Ray turns token authentication on for a new head by default and, when no token exists, writes
+    one to ``~/.ray/auth_token`` (readable by every user): a test suite must neither read the
+    user's token nor leave one behind. ``RAY_AUTH_TOKEN_PATH`` points the nodes and the driver at
+    this file instead, and it goes with *folder*.
+    """
+    path = folder / "auth_token"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(secrets.token_hex(32))
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path)}
 
 
 def _refresh_ray_config() -> None:
@@ -85,10 +95,11 @@ class RayCluster:
     def __init__(self) -> None:
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.folder = Path(tempfile.mkdtemp(prefix="pypods-raycluster-"))
+        self.folder = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's socket paths must fit in 107 bytes
         self.nodes: list[int] = []  # pids of the `ray start --block` processes, each leading its own session
         self._previous: dict[int, Any] = {}
-        self.environ = {"RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "token"}
+        self.auth = auth_token_environ(self.folder)
+        self.environ = {"RAY_ADDRESS": self.address, **self.auth}
 
     def start(self) -> None:
         """Start both nodes and point ``RAY_ADDRESS`` at the head; stop everything if a node fails."""
@@ -124,7 +135,7 @@ class RayCluster:
         log = self.folder / f"{name}.log"
         launcher = subprocess.run(
             [sys.executable, "-c", LAUNCHER, GUARD, str(os.getpid()), str(log), *_ray_command(), *args],
-            env=NODE_ENV,
+            env=self._node_environ(),
             capture_output=True,
             text=True,
             timeout=60,
@@ -139,6 +150,10 @@ class RayCluster:
                 raise RuntimeError(f"ray node {name!r} did not start:\n{tail}")
             time.sleep(0.2)
 
+    def _node_environ(self) -> dict[str, str]:
+        """The environment of a ``ray`` command we run: ours with the cluster's token, no RAY_ADDRESS."""
+        return {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **self.auth}
+
     def _wait_for_nodes(self, count: int) -> None:
         """Wait until the head sees *count* live nodes (checked in a subprocess: no ray.init here)."""
         probe = (
@@ -147,7 +162,7 @@ class RayCluster:
         )
         deadline = time.monotonic() + START_DEADLINE
         command = [sys.executable, "-c", probe, self.address, str(count)]
-        while subprocess.run(command, capture_output=True, timeout=60, env=NODE_ENV).returncode:
+        while subprocess.run(command, capture_output=True, timeout=60, env=self._node_environ()).returncode:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the Ray cluster at {self.address} did not reach {count} nodes")
             time.sleep(0.5)
@@ -197,6 +212,9 @@ class RayCluster:
         import shutil
 
         shutil.rmtree(self.folder, ignore_errors=True)
+        from pypods._client.rayactor import sweep_stale
+
+        sweep_stale()  # what killed actors staged (the next actor on a node would sweep it; there is none)
 
 
 _shared: RayCluster | None = None

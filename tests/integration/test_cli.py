@@ -421,6 +421,7 @@ def test_add_and_remove_print_json(make_pod, root: Path, wheelhouse: Path) -> No
     assert failed.stderr.count("hint:") == 1, failed.stderr  # "left as it was", not "fix requirements.txt"
 
 
+@pytest.mark.slow  # a sync, a start and a 3 s wait: past the default 30 s on a loaded 2-core machine
 def test_ctrl_c_exits_130(make_pod, root: Path) -> None:
     import signal
     import time

@@ -442,3 +442,66 @@ def test_a_pinned_pod_is_ready_for_every_client_and_the_cli(make_pod, root: Path
     synced = subprocess.run([*cli, "sync", "pinned"], capture_output=True, text=True, env=env, timeout=120, check=False)
     assert synced.returncode == 0
     assert "creating venv" not in synced.stderr  # nothing rebuilt for the CLI's own Python
+
+
+# A PEP 517 backend in the project's own tree (stdlib only), so an editable install builds offline.
+EDITABLE_BACKEND = """
+import base64, hashlib, os, zipfile
+
+NAME, VERSION = "mylib", "0.1"
+INFO = f"{NAME}-{VERSION}.dist-info"
+
+
+def _wheel(directory, files):
+    files = {**files, f"{INFO}/METADATA": f"Metadata-Version: 2.1\\nName: {NAME}\\nVersion: {VERSION}\\n",
+             f"{INFO}/WHEEL": "Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n"}
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    files[f"{INFO}/RECORD"] = "\\n".join(record + [f"{INFO}/RECORD,,"]) + "\\n"
+    name = f"{NAME}-{VERSION}-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(directory, name), "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+    return name
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+
+get_requires_for_build_editable = get_requires_for_build_wheel
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "mylib.py")) as handle:
+        return _wheel(wheel_directory, {"mylib.py": handle.read()})
+
+
+def build_editable(wheel_directory, config_settings=None, metadata_directory=None):
+    here = os.path.dirname(os.path.abspath(__file__))
+    return _wheel(wheel_directory, {"mylib.pth": here + "\\n"})
+"""
+
+
+@pytest.mark.parametrize("alone", [True, False], ids=["alone", "with-another"])
+def test_an_editable_local_project_as_the_only_requirement_is_installed(
+    make_pod, root: Path, wheelhouse: Path, alone: bool
+) -> None:
+    lib = root / "mylib"
+    lib.mkdir()
+    (lib / "pyproject.toml").write_text(
+        '[project]\nname = "mylib"\nversion = "0.1"\n\n'
+        '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+    )
+    (lib / "backend.py").write_text(EDITABLE_BACKEND)
+    (lib / "mylib.py").write_text("WHO = 'mylib'\n")
+    pod_dir = make_pod("edit", "import mylib\n\ndef who():\n    return mylib.WHO\n")
+    others = "" if alone else "tinypkg==1.0\n"
+    (pod_dir / "requirements.txt").write_text(f"--no-index\n--find-links {wheelhouse}\n-e ../../mylib\n{others}")
+    with pypods.load("edit", root=root, progress=False) as pod:
+        assert pod.who() == "mylib"
+    lock = (pod_dir / "requirements.lock").read_text()
+    assert "mylib" in lock

@@ -208,7 +208,7 @@ def test_injected_names_are_plain_identifiers_and_shadowing_is_logged(
         """,
     )
     namespace: dict[str, object] = {"len": len}
-    loader = PodLoader("names", namespace, root=root)
+    loader = PodLoader("names", namespace, root=root, shadow_builtins={"len"})  # consent to shadow a builtin
     with caplog.at_level("WARNING", logger="pypods"):
         loader.load_pod()
     assert set(namespace) == {"ok", "len", "names"}

@@ -19,7 +19,7 @@ import pypods
 from pypods._worker import codec, fastcodec, sharedmem
 from pypods._worker.codec import EncodeError
 from pypods._worker.decoding import DecodeError, Decoder
-from unit.test_codec import same, values
+from unit.test_codec import same, texts, values
 
 from .shmpeer import Side
 
@@ -47,7 +47,7 @@ def via_bson_reply(value: Any) -> Any:
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(values, max_size=3), st.dictionaries(st.text(), values, max_size=3))
+@given(st.lists(values, max_size=3), st.dictionaries(texts, values, max_size=3))
 def test_fast_and_bson_requests_decode_to_the_same_values(args: list[Any], kwargs: dict[str, Any]) -> None:
     fast_args, fast_kwargs = via_fast_request(tuple(args), kwargs)
     bson_args, bson_kwargs = via_bson_request(tuple(args), kwargs)

@@ -54,10 +54,9 @@ def test_secrets_state_and_environments_never_ship(pod: PodLayout) -> None:
             "sub/mod.pyc": "",
         },
     )
-    assert sorted(rayship.pod_files(pod)) == [
+    assert sorted(rayship.pod_files(pod)) == [  # requirements go as the runtime_env, not as a file
         "helpers.py",
         "pod.py",
-        "requirements.txt",
         "sub/__init__.py",
         "sub/mod.py",
     ]
@@ -93,6 +92,7 @@ def test_gitignore_subset(pod: PodLayout) -> None:
         pod.pod_dir,
         {
             ".gitignore": "# data, build output\n*.csv\n!keep.csv\ndata/\n/build\ndocs/*.md\nsecret?.txt\n**/tmp/\n",
+            "pod.toml": 'ship = ["*.csv", "*.md", "*.txt"]\n',  # named, then filtered by .gitignore
             "a.csv": "",
             "keep.csv": "",
             "sub/b.csv": "",
@@ -107,7 +107,6 @@ def test_gitignore_subset(pod: PodLayout) -> None:
         },
     )
     assert sorted(rayship.pod_files(pod)) == [
-        ".gitignore",
         "docs/deep/kept.md",
         "keep.csv",
         "pod.py",
@@ -130,6 +129,7 @@ def test_gitignore_rules_parse() -> None:
 
 def test_total_size_is_bounded_with_a_clear_error(pod: PodLayout, monkeypatch: pytest.MonkeyPatch) -> None:
     (pod.pod_dir / "model.bin").write_bytes(b"\0" * 5000)
+    pod.settings.write_text('ship = ["model.bin"]\n')
     with pytest.raises(pypods.PodBuildError, match=r"model\.bin \(5,000 B\).*PYPODS_RAY_MAX_BYTES") as info:
         rayship.pod_files(pod, limit=4096)
     assert "'shipped'" in str(info.value)

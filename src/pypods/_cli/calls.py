@@ -17,6 +17,7 @@ import click
 from .._env import store, tools
 from .._env.layout import PodLayout, list_pods
 from .._errors import PodError, PodRemoteError
+from .._terminal import for_terminal
 from .common import CliError, Context, cached_functions, describe, emit, global_options, json_option
 
 if TYPE_CHECKING:
@@ -131,13 +132,13 @@ def call(
         except PodRemoteError as exc:
             hint = "run with -v for the pod's traceback" if not ctx.verbose else ""
             if ctx.verbose and exc.remote_traceback:
-                click.echo(exc.remote_traceback.rstrip(), err=True)
-            raise CliError(str(exc).split("\n", 1)[0], hint=hint) from exc
+                click.echo(for_terminal(exc.remote_traceback.rstrip(), sys.stderr), err=True)
+            raise CliError(for_terminal(str(exc).split("\n", 1)[0], sys.stderr), hint=hint) from exc
     try:
         text = json.dumps(result, default=repr) if as_json else result if isinstance(result, str) else repr(result)
     except ValueError as exc:  # an int beyond even _LONG_INT_DIGITS
         raise CliError(f"the result cannot be printed: {exc}") from exc
-    click.echo(text)
+    click.echo(for_terminal(text, sys.stdout))  # the pod's own text: no escape sequence reaches a terminal
 
 
 _LONG_INT_DIGITS = 1_000_000  # ints of any size cross; the CLI parses and prints them up to this (a second or so)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from .._env import cache, store
-from .._env.layout import PodLayout, PodSettings, ignored_folders, list_pods, resolve_root
+from .._env.layout import PodLayout, PodSettings, check_pods, chosen_root, ignored_folders, list_pods, resolve_root
 from .._env.progress import BuildReport
 from .._errors import PodError
 
@@ -84,6 +84,8 @@ class Context:
         self.quiet: bool = bool(meta.get("quiet"))
         self.verbose: int = int(meta.get("verbose", 0))
         self.root = resolve_root(meta.get("root"))
+        # Found rather than chosen (--root, $PYPODS_ROOT): each pod folder must be the user's own too.
+        self.found = not meta.get("root") and chosen_root() is None
         if self.verbose:
             logging.basicConfig(level=logging.DEBUG if self.verbose > 1 else logging.INFO, format="pypods: %(message)s")
             how = "--root" if meta.get("root") else "$PYPODS_ROOT" if os.environ.get("PYPODS_ROOT") else "found"
@@ -108,6 +110,7 @@ class Context:
         except ValueError as exc:
             why = ignored_folders(self.root).get(name, "")  # pods/my-pod/ exists: say how to fix it
             raise CliError(str(exc), hint=f"pods/{name}/ is {why}" if why else "", code=2) from exc
+        self.check_trusted(name)
         if layout.exists():
             return layout
         if create:
@@ -121,6 +124,15 @@ class Context:
             f"no pod {name!r} in {self.root / 'pods'} (pods there: {', '.join(pods) or 'none'})",
             hint=f"create it with `pypods new {name}`{guess}, or give --root (or run from the project folder)",
         )
+
+    def check_trusted(self, name: str) -> None:
+        """Refuse pod *name*'s folder under a found root if it is not the user's own (docs/security.md).
+
+        Raises:
+            PodError: the pod's folder is another user's or writable by others.
+        """
+        if self.found:
+            check_pods(self.root, name)
 
     def settings(self, layout: PodLayout) -> PodSettings:
         try:

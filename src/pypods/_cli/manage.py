@@ -60,6 +60,7 @@ def new(name: str, python: str | None, requirements: tuple[str, ...], no_build: 
     ctx = Context()
     try:
         layout = PodLayout.at(name, ctx.root)
+        ctx.check_trusted(name)
         if python is not None:
             PodSettings.from_mapping({"python": python}, "--python")
     except ValueError as exc:

@@ -11,10 +11,10 @@ Everything a pod may send is checked here, and anything wrong becomes a typed ``
 from __future__ import annotations
 
 import itertools
-import os
 import struct
 from typing import TYPE_CHECKING, Any
 
+from .._env.settings import encoding_from_environ
 from .._errors import (
     PodCrashedError,
     PodError,
@@ -128,7 +128,7 @@ class CallProtocol:
     def choose_encoding(self, hello: dict[str, Any]) -> bytearray | None:
         """Pick fast1 if the worker offers it (and neither codec="pickle" nor PYPODS_ENCODING=bson says
         otherwise); return the ``encoding`` message to send before the first call, if any."""
-        wanted = os.environ.get("PYPODS_ENCODING") or fastcodec.NAME
+        wanted = encoding_from_environ()  # PodConfigError for an unknown value
         offered = hello.get("encodings")
         if self.codec == "pickle" or wanted != fastcodec.NAME or not isinstance(offered, list):
             return None

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._env.tools import clean_environ
+from .._terminal import for_terminal
 from .._worker import BOOTSTRAP
 from .._worker.sharedmem import FdChannel, open_pair
 
@@ -126,13 +127,15 @@ class WorkerProcess:
         assert stream is not None
         for raw in bounded_lines(stream.fileno()):
             line = raw.decode("utf-8", "backslashreplace")
+            if line.endswith("\r"):
+                line = line[:-1]  # a CRLF line end, not a control to show
             self._keep(line)
             if self._log_mode == "logging":
                 self._logger.info("%s", line)
             else:
                 with _output_lock:
-                    try:
-                        sys.stderr.write(f"[{self.pod_name}] {line}\n")
+                    try:  # escape sequences only as text: a pod must not drive the user's terminal
+                        sys.stderr.write(f"[{self.pod_name}] {for_terminal(line, sys.stderr)}\n")
                         sys.stderr.flush()
                     except (OSError, ValueError):
                         pass

@@ -48,7 +48,7 @@ START_TIMEOUT = 120.0  # without a start_timeout: a first start may build the po
 # the cluster's Python (checked in open_ray). Not ``log``: an actor's output goes to Ray's logs.
 OPTIONS = frozenset(
     {"python", "workers", "timeout", "env", "start", "idle_timeout", "codec", "backend", "address", "start_timeout"}
-)
+) | {"ship"}  # the data files that go with the code (rayship.py)
 
 
 def _ray() -> Any:

@@ -1,10 +1,17 @@
-"""What a Ray pod sends to the cluster: its code files (never secrets, state or venvs) and its requirements.
+"""What a Ray pod sends to the cluster: its Python modules and the data files it names, and its requirements.
 
-A pod folder may hold things that must not leave the machine: ``.env`` files, a ``.git/`` history,
-the local ``venv/``, pypods' own ``.pypods/`` state, symlinks to files elsewhere, and whatever the
-pod's ``.gitignore`` names. ``pod_files`` walks the folder without following symlinked folders,
-keeps only regular files (a symlink only when its target is a regular file inside the pod), and
-stops with ``PodBuildError`` before reading more than ``max_bytes`` in total.
+A pod folder may hold things that must not leave the machine: ``.env`` files, credentials
+(``.git-credentials``, ``.npmrc``, ``.pgpass``, ``*.pem``, ``id_*`` keys ...), a ``.git/`` history,
+the local ``venv/``, pypods' own ``.pypods/`` state, symlinks to files elsewhere. So what ships is
+an allow-list: the pod's Python modules (``*.py``) and the files matching one of the globs of
+``ship = [...]`` in its ``pod.toml``; never the ``NEVER_DIRS``/``NEVER_FILES`` (even if named), and
+never what the pod's ``.gitignore`` names. ``pod_files`` walks the folder without following
+symlinked folders, keeps only regular files (a symlink only when its target is a regular file
+inside the pod), and stops with ``PodBuildError`` before reading more than ``max_bytes`` in total.
+
+A ``ship`` glob with a ``/`` is matched against the path from the pod folder (``data/*.csv``,
+``models/**``, ``data/`` for all of ``data/``), one without against the file's name at any depth
+(``*.json``); ``*``, ``?`` and ``[...]`` stay within one path part, ``**`` crosses parts.
 
 The ``.gitignore`` support is a documented subset of git's rules, read from the pod folder's own
 ``.gitignore`` only (not nested ones, not the project's): blank lines and ``#`` comments are
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import logging
 import os
 import re
 import stat
@@ -25,14 +33,37 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._env.builders import requirement_lines
+from .._env.settings import PodSettings
 from .._errors import PodBuildError
 
 if TYPE_CHECKING:
-    from .._env.layout import PodLayout, PodSettings
+    from .._env.layout import PodLayout
 
-# Never shipped, whatever .gitignore says: secrets, version control, environments, pypods state, caches.
-NEVER_DIRS = frozenset({".git", ".hg", ".svn", "venv", ".venv", ".pypods", "__pycache__", ".mypy_cache"})
-NEVER_FILES = (".env", ".env.*", "*.pyc", ".netrc", ".pypirc")
+log = logging.getLogger("pypods")
+# Never shipped, whatever .gitignore or ship say: secrets, version control, environments, pypods state, caches.
+NEVER_DIRS = frozenset(
+    {
+        ".git",
+        ".hg",
+        ".svn",
+        "venv",
+        ".venv",
+        ".pypods",
+        "__pycache__",
+        ".mypy_cache",
+        ".ssh",
+        ".gnupg",
+        ".aws",
+        ".docker",
+    }
+)
+NEVER_FILES = (
+    ".env", ".env.*", "*.pyc", ".netrc", "_netrc", ".pypirc", ".git-credentials", ".npmrc", ".yarnrc", ".pgpass",
+    ".my.cnf", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*",
+    "credentials", "credentials.json", "*.kdbx",
+)  # fmt: skip
+MODULES = ("*.py",)  # shipped without being named: what a pod imports
+POD_FILES = frozenset({"requirements.txt", "requirements.lock", "pod.toml", ".gitignore"})  # read on the client
 MAX_BYTES = 32 * 1024 * 1024  # default bound on the code a pod ships (PYPODS_RAY_MAX_BYTES overrides)
 MAX_FILES = 10_000
 
@@ -127,13 +158,32 @@ def pod_files(layout: PodLayout, limit: int | None = None) -> dict[str, bytes]:
     return {relative: _read(path, size) for relative, path, size in select_files(layout, limit)}
 
 
-def select_files(layout: PodLayout, limit: int | None = None) -> list[tuple[str, Path, int]]:
+def shipped(patterns: tuple[str, ...] | list[str], relative: str) -> bool:
+    """Whether *relative* is a Python module or matches a ``ship`` glob (the module docstring's rules)."""
+    name = relative.rsplit("/", 1)[-1]
+    if any(fnmatch.fnmatchcase(name, p) for p in MODULES):
+        return True
+    for pattern in patterns:
+        glob = pattern.strip("/") + ("/**" if pattern.endswith("/") else "")  # "data/": everything in data/
+        if _glob(glob).fullmatch(relative if "/" in glob else name):
+            return True
+    return False
+
+
+def select_files(
+    layout: PodLayout, limit: int | None = None, ship: tuple[str, ...] | None = None
+) -> list[tuple[str, Path, int]]:
     """What ``pod_files`` would ship, as ``(relative path, file to read, size)``, without reading it.
+
+    *ship* is the pod's list of data-file globs (default: ``ship`` in its ``pod.toml``).
 
     Raises:
         PodBuildError: as ``pod_files``.
+        PodConfigError: ``pod.toml`` is invalid (when *ship* is not given).
     """
     limit = max_bytes() if limit is None else limit
+    patterns = PodSettings.load(layout, {}).ship if ship is None else ship
+    left: list[str] = []
     top = layout.pod_dir.resolve()
     gitignore = top / ".gitignore"
     rules = parse_gitignore(gitignore.read_text("utf-8", "replace")) if _regular(gitignore) else []
@@ -151,16 +201,29 @@ def select_files(layout: PodLayout, limit: int | None = None) -> list[tuple[str,
             relative = prefix + name
             if any(fnmatch.fnmatchcase(name, p) for p in NEVER_FILES) or ignored(rules, relative, False):
                 continue
+            if not shipped(patterns, relative):
+                if relative not in POD_FILES:
+                    left.append(relative)
+                continue
             found = _shippable(here / name, top)
             if found is not None:
                 chosen.append((relative, *found))
+    if left:
+        log.info(
+            "pod %r: not shipping %d file(s) to Ray (%s%s): only Python modules and the files named in "
+            'pod.toml\'s ship = ["data/*.csv", ...] go',
+            layout.name,
+            len(left),
+            ", ".join(left[:5]),
+            ", ..." if len(left) > 5 else "",
+        )
     total = sum(size for _, _, size in chosen)
     if total > limit or len(chosen) > MAX_FILES:
         biggest = ", ".join(f"{rel} ({size:,} B)" for rel, _, size in sorted(chosen, key=lambda c: -c[2])[:3])
         raise PodBuildError(
             f"pod {layout.name!r}: backend 'ray' would ship {len(chosen)} files, {total:,} bytes "
-            f"(limit {limit:,} bytes, {MAX_FILES} files); biggest: {biggest}. List data and build output "
-            "in the pod's .gitignore, or raise the limit with PYPODS_RAY_MAX_BYTES."
+            f"(limit {limit:,} bytes, {MAX_FILES} files); biggest: {biggest}. Name fewer files in pod.toml's "
+            "ship, list data and build output in the pod's .gitignore, or raise the limit with PYPODS_RAY_MAX_BYTES."
         )
     return chosen
 

@@ -27,6 +27,7 @@ log = logging.getLogger("pypods")
 LOCK_MARK = "# pypods-requirements-sha256: "
 _OPTION = re.compile(r"^\s*(--no-index|--index-url|-i\s|--extra-index-url|--find-links|-f\s)")
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+_EDITABLE = re.compile(r"^(-e|--editable)(\s|=|\.|/|~|$)")
 
 
 class EnvBuilder(Protocol):
@@ -45,6 +46,14 @@ def requirement_lines(text: str) -> list[str]:
         if line:
             lines.append(line)
     return lines
+
+
+def is_requirement(line: str) -> bool:
+    """Whether a meaningful line names something to install: a package, a path, or ``-e``/``--editable``.
+
+    Every other line starting with ``-`` is an option (``--no-index``, ``--find-links ...``).
+    """
+    return not line.startswith("-") or _EDITABLE.match(line) is not None
 
 
 def requirements_digest(layout: PodLayout) -> str:
@@ -111,7 +120,7 @@ _UV_DETAIL = re.compile(r"^\s*(error|cause|hint|warning)\b|^\s*[\u00d7\u2570\u25
 def _fail(layout: PodLayout, what: str, output: str) -> PodBuildError:
     """A build error naming the pod, the requirements that uv's output mentions, uv's causes and a hint."""
     text = layout.requirements.read_text(encoding="utf-8") if layout.requirements.exists() else ""
-    reqs = [line for line in requirement_lines(text) if not line.startswith("-")]
+    reqs = [line for line in requirement_lines(text) if is_requirement(line)]
     names = [req for req in reqs if (m := _NAME.match(req)) and m[1].lower() in output.lower()]
     named = ", ".join(names or reqs) or "(no requirements)"
     lines = output.strip().splitlines()
@@ -168,7 +177,7 @@ class UvBuilder:
     def _lock(self, layout: PodLayout, interpreter: Interpreter, report: BuildReport) -> None:
         text = layout.requirements.read_text(encoding="utf-8") if layout.requirements.exists() else ""
         stamp = lock_stamp(requirements_digest(layout), interpreter)
-        if not any(not line.startswith("-") for line in requirement_lines(text)):
+        if not any(is_requirement(line) for line in requirement_lines(text)):
             layout.lock.write_text(_add_options(layout, "", stamp), encoding="utf-8")
             return
         with report.step("resolving requirements (for every platform)"):
@@ -202,7 +211,7 @@ class VenvBuilder:
         current = lock_is_current(layout, requirements_digest(layout), interpreter)
         source = layout.lock if current else layout.requirements
         text = source.read_text(encoding="utf-8") if source.exists() else ""
-        if any(not line.startswith("-") for line in requirement_lines(text)):
+        if any(is_requirement(line) for line in requirement_lines(text)):
             with report.step("installing requirements with pip"):
                 pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "-q", "-r", str(source)]
                 self._run(layout, pip, cwd, "installing")

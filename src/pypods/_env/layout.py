@@ -2,20 +2,35 @@
 
 The root is found the way git finds ``.git``: the nearest ``pods/`` folder at or above the current
 directory, else one next to the ``__main__`` script, unless ``root=`` or ``$PYPODS_ROOT`` says otherwise.
+As git does since CVE-2022-24765, the search trusts only folders that are the user's own (see
+``trusted``): it never adopts a ``pods/`` that another user could have planted or can swap.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 import sys
 from pathlib import Path
 
-from .._errors import PodError, PodNotFoundError
+from .._errors import PodConfigError, PodError, PodNotFoundError
 from .names import check_pod_name
 from .settings import PodSettings, toml_string
 
-__all__ = ["PodLayout", "PodSettings", "find_root", "ignored_folders", "list_pods", "open_layout", "resolve_root"]
+__all__ = [
+    "PodLayout",
+    "PodSettings",
+    "check_pods",
+    "chosen_root",
+    "distrust",
+    "find_root",
+    "ignored_folders",
+    "list_pods",
+    "open_layout",
+    "resolve_root",
+    "trusted",
+]
 
 PODS_DIR = "pods"
 POD_FILE = "pod.py"
@@ -75,6 +90,7 @@ SETTINGS_TEMPLATE = """\
 # log = "stderr"         # where the pod's output goes: "stderr" or "logging" (the pypods logger)
 # backend = "local"      # "ray": run the workers as Ray actors (pip install 'pypods[ray]')
 # address = "ray://..."  # the Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)
+# ship = ["data/*.csv"]  # backend "ray": data files sent with the pod's Python modules (only those go)
 #
 # [env]                  # extra environment variables for the worker
 # MY_SETTING = "value"
@@ -173,16 +189,110 @@ def check_platform() -> None:
         raise PodError("pypods runs on Linux and macOS; on Windows, use it inside WSL (Windows Subsystem for Linux)")
 
 
+def _owners() -> set[int]:
+    """The uids whose folders count as the user's own: the effective uid, and for root also ``$SUDO_UID``.
+
+    As git: ``sudo make install`` in a user's checkout is the user's own project, not another user's.
+    """
+    uid = os.geteuid()
+    owners = {uid}
+    sudo = os.environ.get("SUDO_UID", "")
+    if uid == 0 and sudo.isdigit():
+        owners.add(int(sudo))
+    return owners
+
+
+def _private_group(gid: int) -> bool:
+    """Whether *gid* is the user's own group (a user-private group named after the user, as Debian makes)."""
+    try:
+        import grp
+        import pwd
+
+        return gid == os.getegid() and grp.getgrgid(gid).gr_name == pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):  # pragma: no cover - no such group or user entry
+        return False
+
+
+def distrust(folder: Path) -> str | None:
+    """Why *folder* is not the user's own (``None`` if it is): its owner, or who else may write to it.
+
+    A folder is trusted when it is owned by the user (see ``_owners``) and nobody else can write to it:
+    not writable by others, and writable by its group only if that is the user's private group. A
+    folder others can write to is still trusted when it is the user's own and sticky: there the others
+    may add entries but not rename or delete the user's. Symlinks are followed (the folder is what counts).
+    """
+    try:
+        info = folder.stat()
+    except OSError as exc:
+        return f"cannot be checked ({exc.strerror})"
+    if info.st_uid not in _owners():
+        return f"is owned by {_user(info.st_uid)}, not by you ({_user(os.geteuid())})"
+    others = info.st_mode & stat.S_IWOTH or (info.st_mode & stat.S_IWGRP and not _private_group(info.st_gid))
+    if others and not info.st_mode & stat.S_ISVTX:
+        return f"is writable by other users and not sticky (owner: {_user(info.st_uid)})"
+    return None
+
+
+def trusted(folder: Path) -> bool:
+    """Whether *folder* passes the ownership check of ``distrust``."""
+    return distrust(folder) is None
+
+
+def _user(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def _refuse(folder: Path, why: str, root: Path | None = None) -> PodError:
+    root = folder if root is None else root
+    return PodError(
+        f"pypods will not use {folder}: it {why}, so another user may have put it there or may swap it "
+        "(pypods trusts only folders of your own when it looks for pods/, as git does since CVE-2022-24765). "
+        f"If you trust it, choose the project root explicitly: root={str(root)!r} or PYPODS_ROOT={root}; "
+        "otherwise run from a folder of your own."
+    )
+
+
+def check_pods(folder: Path, name: str | None = None) -> None:
+    """Refuse a discovered root whose ``pods/`` (or pod folder *name*) is not the user's own.
+
+    Checked for roots pypods found by itself, never for ``root=`` or ``$PYPODS_ROOT``.
+
+    Raises:
+        PodError: the folder fails ``distrust``; the message names it, its owner and ``root=``.
+    """
+    for path in (folder / PODS_DIR, *((folder / PODS_DIR / name,) if name else ())):
+        if path.is_dir():
+            why = distrust(path)
+            if why:
+                raise _refuse(path, why, folder)
+
+
 def find_root(start: Path) -> Path | None:
     """The nearest folder at or above *start* that holds a ``pods/`` folder, as git finds ``.git``.
 
     Above *start*, a ``pods/`` folder counts only if it holds a pod (a folder with ``pod.py``), so an
     unrelated ``~/pods/`` (Kubernetes manifests, podcasts) does not capture every project below it.
+    The walk goes up only through trusted folders (``distrust``) and stops at the first other one.
+
+    Raises:
+        PodError: the ``pods/`` found is in, or is, a folder that is not the user's own (the folder
+            where the walk stopped holds one, or the ``pods/`` of a trusted folder is another user's).
     """
-    if (start / PODS_DIR).is_dir():
-        return start
-    for folder in start.parents:
-        if _holds_a_pod(folder / PODS_DIR):
+    for folder in (start, *start.parents):
+        pods = folder / PODS_DIR
+        found = pods.is_dir() if folder == start else _holds_a_pod(pods)
+        why = distrust(folder)
+        if why is not None:
+            if found:
+                raise _refuse(folder, why)
+            return None  # the walk stops here: nothing above an untrusted folder is the user's
+        if found:
+            check_pods(folder)
             return folder
     return None
 
@@ -195,26 +305,65 @@ def _holds_a_pod(pods: Path) -> bool:
 
 
 def _script_root() -> Path | None:
-    """The folder of the ``__main__`` script if it holds ``pods/`` (``python examples/client.py``)."""
+    """The folder of the ``__main__`` script if it holds ``pods/`` (``python examples/client.py``) and is trusted."""
+    folder = _script_folder()
+    if folder is None or not (folder / PODS_DIR).is_dir():
+        return None
+    why = distrust(folder)
+    if why is not None:
+        raise _refuse(folder, why)
+    check_pods(folder)
+    return folder
+
+
+def _script_folder() -> Path | None:
     main = sys.modules.get("__main__")
     script = getattr(main, "__file__", None)
     if not isinstance(script, str) or getattr(main, "__spec__", None) is not None:
         return None  # interactive, or ``python -m module``: no script of the user's
-    folder = Path(script).resolve().parent
-    return folder if (folder / PODS_DIR).is_dir() else None
+    return Path(script).resolve().parent
+
+
+def chosen_root() -> str | None:
+    """``$PYPODS_ROOT`` if set and not empty."""
+    return os.environ.get("PYPODS_ROOT") or None
 
 
 def resolve_root(root: str | os.PathLike[str] | None = None) -> Path:
     """The project root holding ``pods/``.
 
     In order: *root*; ``$PYPODS_ROOT``; the nearest folder at or above the current directory that
-    holds ``pods/``; the ``__main__`` script's folder if it holds ``pods/``; else the current directory.
+    holds ``pods/``; the ``__main__`` script's folder if it holds ``pods/``; else the current directory
+    (or, if that is not the user's own, the script's folder). A chosen root (the first two) must
+    exist; a found one must be the user's own (``find_root``).
+
+    Raises:
+        PodConfigError: the chosen root is not an existing folder (nothing is created for a typo).
+        PodError: the root found is not the user's own (see ``find_root``), or no ``pods/`` was found
+            and the current directory, where pods would be created, is not the user's own.
     """
-    chosen = root if root is not None else os.environ.get("PYPODS_ROOT")
+    chosen = root if root is not None else chosen_root()
     if chosen:
-        return Path(chosen).expanduser().resolve()
+        path = Path(chosen).expanduser().resolve()
+        if not path.is_dir():
+            where = "root=" if root is not None else "$PYPODS_ROOT"
+            what = "is not a folder" if path.exists() else "does not exist"
+            raise PodConfigError(
+                f"{where} {os.fspath(chosen)!r}: the project folder {path} {what}; "
+                "give the folder that holds (or is to hold) pods/, after creating it"
+            )
+        return path
     here = Path.cwd().resolve()
-    return find_root(here) or _script_root() or here
+    found = find_root(here) or _script_root()
+    if found is not None:
+        return found
+    why = distrust(here)
+    if why is None:
+        return here
+    script = _script_folder()
+    if script is not None and trusted(script):
+        return script  # new pods go next to the user's script, not into a folder others control
+    raise _refuse(here, why)
 
 
 def list_pods(root: Path) -> list[str]:
@@ -259,6 +408,8 @@ def open_layout(name: str, root: str | os.PathLike[str] | None, create: bool, py
     """
     check_platform()
     layout = PodLayout.at(name, root)
+    if root is None and chosen_root() is None:
+        check_pods(layout.root, name)  # a found root: its pods/ and this pod's folder must be the user's own
     if layout.exists():
         return layout
     existing = ", ".join(list_pods(layout.root)) or "none yet"

@@ -24,7 +24,9 @@ else:  # pragma: no cover - exercised on 3.9/3.10 clients
 if TYPE_CHECKING:
     from .layout import PodLayout
 
+ENCODINGS = ("fast1", "bson")  # the values of $PYPODS_ENCODING (docs/encoding.md); fast1 is the default
 MAX_WORKERS = 64
+MAX_SHIP = 1000  # patterns in ``ship``
 MAX_SECONDS = 10_000_000.0  # about four months; larger values overflow some platforms' wait calls
 ARGUMENTS = "arguments"
 CHOICES = {
@@ -50,6 +52,7 @@ class PodSettings:
     backend: str = "local"
     address: str | None = None
     env: dict[str, str] = dataclasses.field(default_factory=dict)
+    ship: tuple[str, ...] = ()  # backend "ray": data files to send besides the Python modules (rayship.py)
 
     @classmethod
     def load(cls, layout: PodLayout, overrides: dict[str, Any]) -> PodSettings:
@@ -58,7 +61,8 @@ class PodSettings:
         Raises:
             PodConfigError: ``pod.toml`` is not valid TOML, names an unknown setting (with a "did you
                 mean"), a value has the wrong type or is out of range, or it sets ``codec = "pickle"``;
-                the message names the file and the key. Also a ``ValueError``.
+                the message names the file and the key. Also a ``ValueError``. Also when
+                ``$PYPODS_ENCODING`` is set to an unknown encoding (see ``encoding_from_environ``).
         """
         values: dict[str, Any] = {}
         if layout.settings.is_file():
@@ -70,6 +74,7 @@ class PodSettings:
             values = _checked(raw, source, from_file=True)
         given = {key: value for key, value in overrides.items() if value is not None}
         values.update(_checked(given, ARGUMENTS, from_file=False))
+        encoding_from_environ()  # a typo in $PYPODS_ENCODING fails the load, not silently the encoding
         return cls(**values)
 
     @classmethod
@@ -79,6 +84,28 @@ class PodSettings:
 
 
 KNOWN = tuple(field.name for field in dataclasses.fields(PodSettings))
+
+
+def encoding_from_environ() -> str:
+    """The encoding ``$PYPODS_ENCODING`` asks for: ``fast1`` (the default, also when unset or empty) or ``bson``.
+
+    Case and surrounding blanks do not matter (``" BSON "`` is ``bson``).
+
+    Raises:
+        PodConfigError: any other value (``fast``, ``json`` ...): the message names the variable.
+    """
+    raw = os.environ.get("PYPODS_ENCODING", "")
+    wanted = raw.strip().lower()
+    if not wanted:
+        return ENCODINGS[0]
+    if wanted not in ENCODINGS:
+        close = difflib.get_close_matches(wanted, ENCODINGS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise PodConfigError(
+            f"environment variable PYPODS_ENCODING={raw!r} is not an encoding{hint} "
+            f"(one of {', '.join(ENCODINGS)}, or unset for {ENCODINGS[0]})"
+        )
+    return wanted
 
 
 def _checked(values: dict[str, Any], source: str, *, from_file: bool) -> dict[str, Any]:
@@ -128,6 +155,8 @@ def _check(key: str, value: Any, source: str) -> Any:
         return value
     if key == "env":
         return _check_env(value, _where(source, key))
+    if key == "ship":
+        return _check_ship(value, _where(source, key))
     raise bad("a known setting")  # pragma: no cover - guarded by _checked
 
 
@@ -152,6 +181,20 @@ def _check_env(table: Any, where: str) -> dict[str, str]:
             raise PodConfigError(f"{where}: the value of {name} contains a NUL character")
         env[name] = text
     return env
+
+
+def _check_ship(patterns: Any, where: str) -> tuple[str, ...]:
+    """Globs of files inside the pod folder: relative, no ``..``, no control characters, at most ``MAX_SHIP``."""
+    if isinstance(patterns, str) or not isinstance(patterns, (list, tuple)) or len(patterns) > MAX_SHIP:
+        raise PodConfigError(
+            f'{where} must be a list of at most {MAX_SHIP} globs such as ["data/*.csv"], not {patterns!r}'
+        )
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not pattern.strip() or len(pattern) > 4096 or _has_control(pattern):
+            raise PodConfigError(f"{where}: {pattern!r} is not a glob (a non-empty string without control characters)")
+        if pattern.startswith(("/", "~")) or ".." in pattern.replace("\\", "/").split("/"):
+            raise PodConfigError(f"{where}: {pattern!r} must name files inside the pod folder (relative, no ..)")
+    return tuple(patterns)
 
 
 def toml_string(text: str) -> str:

@@ -74,7 +74,7 @@ class Encoder:
         try:
             self._doc(out, doc, top=True)
         except Exception as exc:
-            raise _as_encode_error(exc) from exc
+            raise _as_encode_error(exc, doc.items()) from exc
         return out
 
     def request(self, call_id: int, name: str, args: Any, kwargs: Dict[str, Any]) -> bytearray:
@@ -85,7 +85,7 @@ class Encoder:
         try:
             return self._request(call_id, name, args, kwargs)
         except Exception as exc:
-            raise _as_encode_error(exc) from exc
+            raise _as_encode_error(exc, (("args", args), ("kwargs", kwargs))) from exc
 
     def call_head(self, call_id: int, name: str) -> bytearray:
         """The start of a call request: length placeholder, ``id``, ``"op": "call"``, ``name``."""
@@ -124,7 +124,7 @@ class Encoder:
             out += b"\x08ok\x00\x01"
             self.value(out, b"value\x00", value)
         except Exception as exc:
-            error = _as_encode_error(exc)
+            error = _as_encode_error(exc, (("", value),))
             error.path.append("value")
             raise error from exc
         out += b"\x00"

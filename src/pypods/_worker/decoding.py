@@ -12,6 +12,7 @@ than ``MAX_COLLISIONS`` keys sharing one hash, so hash flooding cannot make deco
 
 from __future__ import annotations
 
+import builtins
 import collections
 import datetime
 import decimal
@@ -282,35 +283,68 @@ def _plain_flag(cls: type) -> bool:
     return all(klass.__module__ in ("enum", "builtins") for klass in cls.__mro__[1:])
 
 
-def _builtin_base(cls: type) -> Optional[type]:
-    """The nearest builtin exception class in *cls*'s MRO (whose constructor runs no Python code).
+# The real builtin classes (by identity: a class can claim ``__module__ = "builtins"``).
+_BUILTIN_TYPES = frozenset(obj for obj in vars(builtins).values() if isinstance(obj, type))
+# Own attributes of a class that say nothing about behaviour (what ``class X(ValueError): pass`` has).
+_INERT_DUNDERS = frozenset(
+    (
+        "__module__", "__doc__", "__dict__", "__weakref__", "__slots__", "__annotations__",
+        "__qualname__", "__firstlineno__", "__static_attributes__", "__orig_bases__", "__parameters__",
+    )
+)  # fmt: skip
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement (or type())
+# What a class attribute may be: data, or a method (it runs only when called by name).
+_INERT_VALUES = frozenset(
+    (
+        str, int, float, bool, bytes, tuple, list, dict, frozenset, type(None),
+        types.FunctionType, staticmethod, types.MemberDescriptorType, types.GetSetDescriptorType,
+    )
+)  # fmt: skip
 
-    None for a class with a metaclass (it could run code on call) or a ``__del__`` of its own (the
-    collector would run it when the value is dropped): those decode as a plain ``Exception``.
+
+def _plain_exception(cls: type) -> bool:
+    """True when building, printing and dropping an instance of *cls* runs builtin code only.
+
+    Every class of the MRO is a real builtin or a plain Python class (metaclass ``type``) whose own
+    namespace holds no dunder beyond the inert ones (no ``__init__``, ``__new__``, ``__str__``,
+    ``__repr__``, ``__del__``, ``__getattr__``, ...: mixins after the builtin base count too) and no
+    descriptor that computes an attribute (a property reads state the constructor never set, e.g.
+    ``CalledProcessError.returncode``). Such a class's instance is exactly what its builtin base's
+    constructor makes of the arguments, so decoding rebuilds every attribute it has.
     """
     if type(cls) is not type:
-        return None
+        return False
     for klass in cls.__mro__:
-        if klass.__module__ == "builtins":
-            return klass
-        if "__del__" in _TYPE_DICT.__get__(klass):
-            return None
-    return None
+        if klass in _BUILTIN_TYPES:
+            continue
+        if type(klass) is not type or not klass.__flags__ & _HEAPTYPE:
+            return False  # a metaclass (code on call) or an extension's static type (its C code)
+        for name, value in _TYPE_DICT.__get__(klass).items():
+            if type(value) not in _INERT_VALUES:  # exact types: isinstance() could ask a __class__ property
+                return False
+            if type(name) is not str or (name[:2] == "__" == name[-2:] and name not in _INERT_DUNDERS):
+                return False
+    return True
 
 
 def _decode_exception(payload: Any, fields: Dict[str, Any]) -> BaseException:
     cls = _lookup(fields.get("c"), BaseException)
-    base = _builtin_base(cls) if cls is not None else None
-    if cls is not None and base is not None and isinstance(payload, list):
-        try:
-            # The builtin base's __new__ and __init__ only: a class's own Python constructor never runs.
-            exc: Any = base.__new__(cls, *payload)
-            base.__init__(exc, *payload)  # type: ignore[misc]
-            return exc  # type: ignore[no-any-return]
-        except Exception:
-            pass
+    attrs = fields.get("d", {})
+    if cls is not None and type(payload) is list and type(attrs) is dict and not fields.get("x"):
+        if _plain_exception(cls):
+            try:
+                exc: BaseException = cls(*payload)  # only builtin __new__/__init__ run (checked above)
+                for name, value in attrs.items():  # attributes its constructor does not set from args
+                    if name[:2] == "__" and name != "__notes__":
+                        raise DecodeError("attribute %r" % (name,))
+                    setattr(exc, name, value)  # no __setattr__ or property of its own: a plain store
+                return exc
+            except Exception:
+                pass
     name = str(fields.get("c", "?")).replace(":", ".")
-    return Exception("%s: %s" % (name, fields.get("m", "")))
+    fallback = Exception("%s: %s" % (name, fields.get("m", "")))
+    fallback.remote_args = tuple(payload) if type(payload) is list else ()  # type: ignore[attr-defined]
+    return fallback
 
 
 def _check_keys(keys: List[Any]) -> None:

@@ -100,6 +100,11 @@ def _memoryview(enc: Encoder, out: bytearray, key: bytes, obj: memoryview) -> No
 
 def _enum(enc: Encoder, out: bytearray, key: bytes, obj: enum.Enum) -> None:
     cls = type(obj)
+    if cls.__module__ == "__main__":  # the other side's __main__ is another program: it cannot resolve it
+        raise EncodeError(
+            "cannot send %s: an enum defined in __main__ (the running script) cannot be found on the other "
+            "side; define it in a module both sides import, or send its value" % cls.__qualname__
+        )
     name = obj._name_
     payload: Any = name
     if name is None or cls._member_map_.get(name) is not obj:
@@ -120,7 +125,36 @@ def _exception(enc: Encoder, out: bytearray, key: bytes, obj: BaseException) -> 
             raise EncodeError("cannot send %s: its __str__ raised %s" % (cls.__qualname__, type(exc).__name__))
         # The builtin __str__ of exact args failed (an int past 4,300 digits): the args carry the value.
         message = "<%s; its message could not be shown>" % cls.__qualname__
-    enc.ext(out, key, "exc", args, c="%s:%s" % (cls.__module__, cls.__qualname__), m=message)
+    extra: Dict[str, Any] = {}
+    attrs = _exception_attrs(obj)
+    if attrs:
+        sent = {name: value for name, value in attrs.items() if type(name) is str and _sendable(enc, value)}
+        extra["d"] = sent
+        if len(sent) != len(attrs):
+            extra["x"] = 1  # an attribute cannot cross: the receiver must not rebuild the class without it
+    enc.ext(out, key, "exc", args, c="%s:%s" % (cls.__module__, cls.__qualname__), m=message, **extra)
+
+
+# Attributes builtin exceptions keep beside their args (their constructors take them as keywords or
+# past the args): the receiver sets them back, as it does the instance's own __dict__.
+_BUILTIN_ATTRS = ((OSError, ("filename", "filename2")), (ImportError, ("name", "path")), (NameError, ("name",)))
+
+
+def _exception_attrs(obj: BaseException) -> Dict[Any, Any]:
+    attrs: Dict[Any, Any] = {}
+    for base, names in _BUILTIN_ATTRS:
+        if isinstance(obj, base):
+            for name in names:
+                value = getattr(obj, name, None)
+                if value is not None:
+                    attrs[name] = value
+    if isinstance(obj, AttributeError) and getattr(obj, "name", None) is not None:
+        attrs["name"] = obj.name  # not .obj: the object itself rarely crosses
+    try:
+        attrs.update(vars(obj))
+    except TypeError:
+        pass
+    return attrs
 
 
 def _safe_text(render: Callable[[Any], str], obj: Any) -> str:
@@ -131,13 +165,61 @@ def _safe_text(render: Callable[[Any], str], obj: Any) -> str:
         return "<%s of %s failed: %s>" % (render.__name__, type(obj).__name__, type(exc).__name__)
 
 
-def _as_encode_error(exc: BaseException) -> EncodeError:
-    """Any failure while encoding, as the one error type callers catch."""
+def _as_encode_error(exc: BaseException, roots: Any = ()) -> EncodeError:
+    """Any failure while encoding, as the one error type callers catch.
+
+    *roots* are the ``(name, value)`` pairs being encoded: a RecursionError among them is looked
+    into, so that a value holding itself is named as a cycle, with the path where it closes.
+    """
     if isinstance(exc, EncodeError):
         return exc
     if isinstance(exc, RecursionError):
+        for name, value in roots:
+            where = _cycle(name, value)
+            if where is not None:
+                error = EncodeError("cannot send a value that contains itself (a cycle)")
+                error.path.append(where)
+                return error
         return EncodeError("value is nested too deeply to send")
     return EncodeError("cannot send this value: %s: %s" % (type(exc).__name__, _safe_text(str, exc)))
+
+
+def _steps(obj: Any) -> Any:
+    """The containers' items a cycle can run through, as ``(index text, item)``."""
+    if isinstance(obj, dict):
+        return (("[%s]" % _safe_text(repr, key), item) for key, item in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return (("[%d]" % index, item) for index, item in enumerate(obj))
+    return None
+
+
+def _cycle(name: str, value: Any) -> Any:
+    """The path (``args[0][1]``) at which *value* first reaches a container it is inside, or None.
+
+    Iterative (it runs after a RecursionError) and linear: each container is entered once.
+    """
+    first = _steps(value)
+    if first is None:
+        return None
+    stack: List[Any] = [(value, first, name)]
+    inside = {id(value)}
+    done = set()
+    while stack:
+        _, items, _step = stack[-1]
+        for step, item in items:
+            children = _steps(item)
+            if children is None or id(item) in done:
+                continue
+            if id(item) in inside:
+                return "".join(frame[2] for frame in stack) + step
+            inside.add(id(item))
+            stack.append((item, children, step))
+            break
+        else:
+            obj = stack.pop()[0]
+            inside.discard(id(obj))
+            done.add(id(obj))
+    return None
 
 
 def _dataclass(enc: Encoder, out: bytearray, key: bytes, obj: Any) -> None:

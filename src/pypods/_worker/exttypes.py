@@ -55,12 +55,27 @@ def _require(name: str, what: str) -> Any:
 
     try:
         return importlib.import_module(name)
-    except ImportError as exc:
-        raise MissingLibrary(
-            "cannot receive a %s: %s is not installed on this side (add it to the pod's "
-            "requirements.txt, or to the client's environment)" % (what, name),
-            name=name,
-        ) from exc
+    except Exception as exc:
+        raise MissingLibrary("cannot receive a %s: %s" % (what, import_failure(name, exc)), name=name) from exc
+
+
+def import_failure(name: str, exc: BaseException) -> str:
+    """Why importing optional library *name* failed: not installed, or installed and broken (its own error).
+
+    A pyarrow built for numpy 2 in a pod pinned to ``numpy<2`` is installed: telling the user to
+    install it would send them the wrong way, so its own error is shown instead.
+    """
+    missing = isinstance(exc, ModuleNotFoundError) and exc.name == name
+    if missing:
+        return (
+            "%s is not installed on this side (add it to the pod's requirements.txt, or to the client's environment)"
+            % (name,)
+        )
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<no message>"
+    return "%s is installed on this side but failed to import: %s: %s" % (name, type(exc).__name__, text)
 
 
 # --- numpy ----------------------------------------------------------------------------------
@@ -112,7 +127,10 @@ def _encode_pandas(enc: Any, out: bytearray, key: bytes, obj: Any) -> None:
     except MissingLibrary as exc:
         from .codec import EncodeError
 
-        raise EncodeError("sending a pandas object needs pyarrow installed on both sides") from exc
+        cause = exc.__cause__
+        if isinstance(cause, ModuleNotFoundError) and cause.name == "pyarrow":
+            raise EncodeError("sending a pandas object needs pyarrow installed on both sides") from exc
+        raise EncodeError("cannot send a pandas object: %s" % import_failure("pyarrow", cause or exc)) from exc
     frame = obj.to_frame(name=obj.name if obj.name is not None else "__series__") if series else obj
     table = pa.Table.from_pandas(frame, preserve_index=None)  # a RangeIndex stays one (as metadata)
     sink = pa.BufferOutputStream()

@@ -34,12 +34,13 @@ if TYPE_CHECKING:
 
 NAME = "fast1"
 ENCODINGS = ["bson", NAME]  # what a worker offers in its hello, in order of preference
-INT_LIMIT = 2**63  # without a digit limit on this side, ints in JSON stay within int64 (bigger: BSON)
+INT_LIMIT = 2**63  # ints in JSON stay within int64 (bigger: BSON, as two's-complement bytes)
 MAX_LEVELS = 100  # nesting a JSON reply may have; deeper values go as BSON (which refuses past the stack)
 MAX_ITEMS = 1 << 22  # containers and scalars the exactness check visits before giving up on JSON
-# Python refuses to write or read ints of more than 4300 digits as text (3.11+ and security releases):
-# where that limit holds on this side, JSON needs no range check (a bigger int fails to encode -> BSON).
-_CHECK_INTS = not (0 < getattr(sys, "get_int_max_str_digits", lambda: 0)() <= 4300)
+# Python refuses to read ints of more than 4300 digits as text (3.11+ and security releases); where it
+# sets no such limit, the JSON decoder bounds them itself. The encoder never relies on either side's
+# limit (a pod may lift its own: sys.set_int_max_str_digits(0)): the value alone decides (int64 or BSON).
+_UNLIMITED_TEXT_INTS = not (0 < getattr(sys, "get_int_max_str_digits", lambda: 0)() <= 4300)
 VECTOR_MIN = 16  # floats in a list or dict before they are sent packed as float64
 _BIG_ENDIAN = sys.byteorder == "big"
 _MODULES = ("pypods._worker.fastcodec", "_pypods_worker.fastcodec")  # this module, client and pod side
@@ -65,7 +66,7 @@ def _json_decoder(bounded: bool) -> Callable[[str], Any]:
     return (json.JSONDecoder(parse_int=_bounded_int) if bounded else json.JSONDecoder()).decode
 
 
-_json_decode = _json_decoder(_CHECK_INTS)
+_json_decode = _json_decoder(_UNLIMITED_TEXT_INTS)
 
 
 def _refuse(value: Any) -> Any:
@@ -74,12 +75,14 @@ def _refuse(value: Any) -> Any:
 
 def _json_encoder() -> Callable[[Any], str]:
     """The C encoder made once (``JSONEncoder.encode`` makes one per call); the same text either way."""
-    slow = json.JSONEncoder(check_circular=False, separators=(",", ":"), default=_refuse).encode
+    # Not ensure_ascii: "\\ud83d\\ude00" escapes are one character to every JSON decoder, even when the
+    # str held those two surrogates as two code points. Raw, they stay two (UTF-8 with surrogatepass).
+    slow = json.JSONEncoder(check_circular=False, ensure_ascii=False, separators=(",", ":"), default=_refuse).encode
     try:
-        from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
+        from json.encoder import c_encode_basestring, c_make_encoder  # type: ignore[attr-defined]
 
-        chunks = c_make_encoder(None, _refuse, encode_basestring_ascii, None, ":", ",", False, False, True)
-        probe = [{"a": 1.5, "b": [None, True, "\u00e9\ud800"]}, float("nan"), -(2**70)]
+        chunks = c_make_encoder(None, _refuse, c_encode_basestring, None, ":", ",", False, False, True)
+        probe = [{"a": 1.5, "b": [None, True, "\u00e9\ud83d\ude00\x00"]}, float("nan"), -(2**70)]
         if "".join(chunks(probe, 0)) == slow(probe):
             return lambda value: "".join(chunks(value, 0))
     except Exception:  # no C accelerator, or another signature: the documented API
@@ -101,6 +104,9 @@ class _Pickler(pickle.Pickler):
     def __init__(self, file: Any, big: Optional[OutOfBand]) -> None:
         super().__init__(file, protocol=5)
         self.big = big
+        # No memo: a cycle raises ValueError (then BSON refuses it, naming where it closes, as it does a
+        # reply's), and a value shared twice arrives as two copies, as with BSON: one outcome either way.
+        self.fast = True
 
     def reducer_override(self, obj: Any) -> Any:
         # Called for every value but None, bools and exact int/float/str/bytes/bytearray/containers,
@@ -195,7 +201,7 @@ def json_exact(value: Any) -> bool:
     if kind in _SCALARS:
         return True
     if kind is int:
-        return not _CHECK_INTS or -INT_LIMIT <= value < INT_LIMIT
+        return bool(-INT_LIMIT <= value < INT_LIMIT)
     level: List[Any] = [value]
     visited = 0
     for _ in range(MAX_LEVELS):
@@ -207,7 +213,7 @@ def json_exact(value: Any) -> bool:
         if not kinds <= _JSON_TYPES:
             return False
         single = len(kinds) == 1
-        if int in kinds and _CHECK_INTS:
+        if int in kinds:
             ints = level if single else list(compress(level, map(is_, types, repeat(int))))
             if max(ints) >= INT_LIMIT or min(ints) < -INT_LIMIT:
                 return False
@@ -239,7 +245,7 @@ def encode_reply(big: Optional[OutOfBand], call_id: int, value: Any, key: str = 
         return _frame(call_id, key, vector)
     if json_exact(value):
         try:
-            text = _json_encode(value).encode("ascii")
+            text = _json_encode(value).encode("utf-8", "surrogatepass")
         except Exception:  # e.g. recursion in the C encoder: let BSON decide and explain
             text = b""
         if text:
@@ -278,7 +284,7 @@ def _float_vector(value: Any, big: Optional[OutOfBand]) -> Optional[bytearray]:
             return None
         if not _str_keys(value):
             return None
-        text = _json_encode(list(value)).encode("ascii")
+        text = _json_encode(list(value)).encode("utf-8", "surrogatepass")
         keys = b"\x02k\x00" + _pack_i32(len(text) + 1) + text + b"\x00"
         floats = array.array("d", value.values())
     else:
