@@ -227,3 +227,17 @@ def test_the_worker_waits_for_room_only_until_the_calls_deadline() -> None:
         worker.inbox.clear()
         for sock in (client, server, deaf, theirs):
             sock.close()
+
+
+def test_buffers_inside_an_argument_are_attachments_of_their_own_with_fast1(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fast1 would copy them all into one pickle (the GIL held throughout); BSON names each one."""
+    from pypods._worker import fastcodec
+
+    monkeypatch.setattr(sharedmem, "supported", lambda: True)
+    proto = CallProtocol("p", "bson", Inbox())
+    proto.encoding = fastcodec.NAME
+    _, attachments = proto.encode_call(1, "f", ([bytes([i]) * MiB for i in range(5)],), {})
+    assert [view.nbytes for _, view in attachments] == [MiB] * 5  # no copy: views of the caller's buffers
+    frame, attachments = proto.encode_call(2, "f", ([1, 2, 3], {"k": "v"}), {})
+    assert attachments == []
+    assert Decoder().document(bytes(frame))["a"]  # small values still take the fast1 pickle

@@ -163,7 +163,7 @@ class CallProtocol:
         """
         big = OutOfBand(DEFAULT_THRESHOLD, self.inbox)
         try:
-            if self.encoding == fastcodec.NAME:
+            if self.encoding == fastcodec.NAME and not _nested_buffers(args, kwargs, big.threshold):
                 frame = fastcodec.encode_request(big, call_id, name, args, kwargs)
             elif self.codec != "pickle":
                 frame = Encoder(big).request(call_id, name, args, kwargs)
@@ -268,6 +268,31 @@ class CallProtocol:
     def killed_error(self, name: str) -> PodWorkerError:
         """What other calls on a worker get when it was killed for one call's timeout (not a crash)."""
         return PodWorkerError(f"pod {self.pod!r}: worker killed after a call timed out ({name!r})")
+
+
+def _nested_buffers(args: tuple[Any, ...], kwargs: dict[str, Any], threshold: int) -> bool:
+    """A buffer of *threshold* bytes or more directly inside an argument (a list, tuple or dict).
+
+    fast1 would copy it into one pickle, holding the GIL for the whole copy (an asyncio loop stalls
+    124 ms for 200 x 1 MiB); BSON names each buffer as an attachment instead, without a copy.
+    A bounded look: at most 1,024 values.
+    """
+    seen = 0
+    for top in (args, kwargs.values()):
+        for item in top:
+            kind = type(item)
+            if kind is not list and kind is not tuple and kind is not dict:
+                continue
+            for value in item.values() if kind is dict else item:
+                seen += 1
+                if type(value) in _BUFFERS and memoryview(value).nbytes >= threshold:
+                    return True
+                if seen > 1024:
+                    return False
+    return False
+
+
+_BUFFERS = (bytes, bytearray, memoryview)
 
 
 def _with_fields(frame: bytearray, window: int, timeout: float | None) -> bytearray:
