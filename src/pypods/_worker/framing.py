@@ -33,7 +33,7 @@ class PipeClosed(EOFError):
 class FrameReader:
     """Read whole frames from a file descriptor, one ``os.read`` per call when frames are small."""
 
-    __slots__ = ("_buf", "_misses", "_poll", "_rest", "_whole", "fd", "max_frame")
+    __slots__ = ("_buf", "_misses", "_poll", "_rest", "_whole", "fd", "max_frame", "ready")
 
     def __init__(self, fd: int, max_frame: int = MAX_FRAME) -> None:
         self.fd = fd
@@ -43,6 +43,7 @@ class FrameReader:
         self._poll = None  # type: Optional[select.poll]
         self._misses = 0  # spins in a row that ended without input
         self._rest = 0  # spins still to skip after MISSES misses in a row
+        self.ready = False  # the last spin saw input arrive: a read now will not wait
 
     def spin(self, seconds: float) -> None:
         """Busy-wait up to *seconds* for input before a blocking read would put us to sleep.
@@ -77,6 +78,7 @@ class FrameReader:
                 self._missed()
                 return
         self._misses = 0
+        self.ready = True
 
     def _missed(self) -> None:
         self._misses += 1

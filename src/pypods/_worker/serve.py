@@ -259,7 +259,8 @@ class Worker:
             return reader.read_frame()
         while frame is None:
             assert self.channel is not None
-            if self.nonblocking:  # the usual case after a spin: the bytes are there, one read takes them
+            if reader.ready and self.nonblocking:  # a spin saw the bytes come: one read takes them
+                reader.ready = False
                 try:
                     reader.fill()
                     frame = reader.pop()
