@@ -126,3 +126,12 @@ def no_stray_processes() -> Iterator[None]:
         time.sleep(0.05)
     stray = _children() - before
     assert not stray, f"worker processes left running after the suite: {sorted(stray)}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_stray_cgroups() -> Iterator[None]:
+    """Client scripts that were killed or left by os._exit leave empty worker cgroups: remove them."""
+    yield
+    from pypods._client import cgroups
+
+    cgroups.sweep()

@@ -7,12 +7,14 @@ Everything but ``await`` is shared with ``Pod`` (``_loader.PodBase``, ``_client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import weakref
 from typing import TYPE_CHECKING, Any
 
 from ._backends import Prepared, new_worker, prepare, remember, start_deadline
 from ._client.aconnection import AsyncProcessConnection
-from ._client.pool import AsyncWorkerPool
+from ._client.pool import AsyncWorkerPool, PoolRetired
 from ._env import cache
 from ._loader import _UNSET, PodBase
 from ._proxy import make_async_proxy
@@ -34,9 +36,8 @@ class AsyncPod(PodBase):
         self._functions = {}
         self._setup(ready, reload)
         self._pool: AsyncWorkerPool | None = None
-        self._draining: set[AsyncWorkerPool] = set()  # replaced by a reload, closed when their calls end
-        self._tasks: set[asyncio.Task[Any]] = set()
-        # Every pool not yet closed: dropping the pod without aclose() ends their workers (as for Pod).
+        # Every pool not yet closed (the current one and those draining after a reload): dropping the
+        # pod without aclose() ends their workers (as for Pod).
         self._held: list[AsyncWorkerPool] = []
         weakref.finalize(self, _abandon, self._held)
 
@@ -65,8 +66,8 @@ class AsyncPod(PodBase):
             raise
         return pod
 
-    async def _open(self, describe: bool) -> None:
-        """Open a pool (closing the old one) and build the proxies from the cache or a worker's hello."""
+    async def _open(self, describe: bool, deadline: float | None = None) -> None:
+        """Open a pool (the old one drains) and build the proxies from the cache or a worker's hello."""
         layout, settings, env_key = self._layout, self._settings, self._env_key
         description = None if describe or settings.backend != "local" else cache.load(layout, env_key)
         describe = description is None
@@ -83,39 +84,39 @@ class AsyncPod(PodBase):
             from ._client.rayasync import open_ray_async
 
             spawner = await open_ray_async(layout, settings)
-        old, self._pool = self._pool, AsyncWorkerPool(self._name, spawner, settings.workers, settings.idle_timeout)
-        self._held.append(self._pool)
+        pool = AsyncWorkerPool(self._name, spawner, settings.workers, settings.idle_timeout, self._brake)
+        old, self._pool = self._pool, pool
+        self._held.append(pool)
         if old is not None:
-            # Calls still running on the old code finish there (nobody closed the pod); aclose() ends it.
-            self._draining.add(old)
-            if old.in_flight() == 0:
-                await self._retire(old)
-            else:
-                task = asyncio.get_running_loop().create_task(self._retire(old))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            # Calls still running on the old code finish there (nobody closed the pod); new calls it
+            # is picked for go to this pool (PoolRetired); aclose() ends it at once.
+            old.drain(then=functools.partial(_forget, self._held, old))
         if description is None or settings.start == "eager":
-            await self._pool.start(1 if settings.start == "lazy" else None)
-        self._set_functions(description if description is not None else self._pool.description or [], make_async_proxy)
+            await pool.start(1 if settings.start == "lazy" else None, deadline)
+        self._set_functions(description if description is not None else pool.description or [], make_async_proxy)
+        self._describe_due = False
 
     async def call(self, name: str, /, *args: Any, timeout: float | None = _UNSET, **kwargs: Any) -> Any:
         """Await pod function *name*; ``timeout`` is this call's deadline; errors as for ``Pod.call``."""
         return await self._call(name, args, kwargs, timeout)
 
-    async def _retire(self, old: AsyncWorkerPool) -> None:
-        while old.in_flight() > 0 and old in self._draining:
-            await asyncio.sleep(0.05)
-        self._draining.discard(old)
-        await old.aclose()
-        if old in self._held:
-            self._held.remove(old)
-
     async def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
-        if self._watch is not None and not self._closed and self._watch.changed():
-            await self._open(describe=True)
+        timeout = self._timeout(timeout)
+        deadline = self._deadline(timeout)  # one absolute deadline for every wait below
+        if self._reload_wanted():
+            self._count_reload()  # PodCrashLoopError while the brake backs off; the reload stays due
+            await self._open(describe=True, deadline=deadline)
+        elif self._describe_due and self._pool is not None:
+            await self._pool.start(1, deadline)  # a reload's start outlived its call: finish describing
+            self._set_functions(self._pool.description or [], make_async_proxy)
+            self._describe_due = False
         self._check_call(name)
-        assert self._pool is not None
-        return await self._pool.call(name, args, kwargs, self._timeout(timeout))
+        while True:
+            assert self._pool is not None
+            try:
+                return await self._pool.call(name, args, kwargs, timeout, deadline)
+            except PoolRetired:
+                continue  # picked just as a reload replaced it: the current pool takes the call
 
     def pids(self) -> list[int]:
         """Process ids of the running workers."""
@@ -124,17 +125,21 @@ class AsyncPod(PodBase):
     async def aclose(self) -> None:
         """Stop the pod's workers; later calls raise PodClosedError."""
         self._closed = True
-        draining, self._draining = list(self._draining), set()
-        for pool in [*draining, self._pool]:
-            if pool is not None:
-                await pool.aclose()
-        self._held.clear()
+        held, self._held[:] = list(self._held), []
+        for pool in held:
+            await pool.aclose()
 
     async def __aenter__(self) -> AsyncPod:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await AsyncPod.aclose(self)
+
+
+def _forget(held: list[AsyncWorkerPool], pool: AsyncWorkerPool) -> None:
+    """A drained pool closed itself: hold it no longer."""
+    with contextlib.suppress(ValueError):
+        held.remove(pool)
 
 
 def _abandon(pools: list[AsyncWorkerPool]) -> None:

@@ -22,7 +22,7 @@ from ._errors import PodConfigError
 if TYPE_CHECKING:
     import os
 
-    from ._client.base import Pool
+    from ._client.brake import CrashBrake
     from ._env.pythons import Interpreter
 
 # Options of load()/Pod()/aload() that pod.toml may also set (None means "not given").
@@ -79,18 +79,19 @@ def check_backend_options(settings: PodSettings) -> None:
             )
 
 
-def open_pool(layout: PodLayout, settings: PodSettings, env_key: str, describe: bool) -> Pool:
-    """The pool for the pod's backend: one ``WorkerPool`` over that backend's connections."""
+def open_pool(layout: PodLayout, settings: PodSettings, env_key: str, describe: bool, brake: CrashBrake) -> WorkerPool:
+    """The pool for the pod's backend: one ``WorkerPool`` over that backend's connections, under the
+    pod's crash *brake* (one per pod: a reload's pool keeps counting where the last one stopped)."""
     if settings.backend == "ray":
         from ._client import raypool
 
-        return WorkerPool(layout.name, raypool.open_ray(layout, settings), settings.workers, settings.idle_timeout)
-    else:
+        ray_spawn = raypool.open_ray(layout, settings)
+        return WorkerPool(layout.name, ray_spawn, settings.workers, settings.idle_timeout, brake)
 
-        def spawn() -> ProcessConnection:
-            return spawn_process(layout, settings, env_key, describe)
+    def spawn() -> ProcessConnection:
+        return spawn_process(layout, settings, env_key, describe)
 
-    return WorkerPool(layout.name, spawn, settings.workers, settings.idle_timeout)
+    return WorkerPool(layout.name, spawn, settings.workers, settings.idle_timeout, brake)
 
 
 def start_deadline(settings: PodSettings) -> float:
@@ -99,7 +100,12 @@ def start_deadline(settings: PodSettings) -> float:
 
 
 def new_worker(layout: PodLayout, settings: PodSettings, describe: bool = True) -> WorkerProcess:
-    """Start a worker process for the pod (its connection is made by the caller)."""
+    """Start a worker process for the pod (its connection is made by the caller).
+
+    Raises:
+        PodError: the pod's folder, under a root pypods found, is no longer the user's own.
+    """
+    layout.recheck()  # the folders may have been swapped since the load (docs/security.md)
     return WorkerProcess(
         str(layout.venv_python),
         layout.name,
@@ -123,6 +129,9 @@ def spawn_process(layout: PodLayout, settings: PodSettings, env_key: str, descri
     conn = ProcessConnection(new_worker(layout, settings, describe), start_deadline(settings))
     remember(layout, env_key, conn.hello, conn.description)
     logging.getLogger("pypods").info(
-        "pod %r: worker %s started (%s)", layout.name, conn.hello.get("pid"), layout.venv_python
+        "pod %r: worker %r started (%s)",
+        layout.name,
+        conn.hello.get("pid"),
+        layout.venv_python,  # the pod's pid
     )
     return conn

@@ -22,6 +22,8 @@ import builtins
 import signal
 from typing import Any
 
+from ._terminal import escape_controls
+
 __all__ = [
     "PodBuildError",
     "PodClosedError",
@@ -39,7 +41,15 @@ __all__ = [
 
 
 class PodError(Exception):
-    """Base of every pypods error."""
+    """Base of every pypods error.
+
+    Its text (``str(exc)``, what a traceback prints) shows control characters as ``\\xNN``: it often
+    quotes a pod (its message, traceback, stderr lines) and may be printed to a terminal by any
+    excepthook or logger, where an ESC would be a command. The raw text stays in ``exc.args``.
+    """
+
+    def __str__(self) -> str:
+        return escape_controls(super().__str__())
 
 
 class PodBuildError(PodError):
@@ -101,7 +111,7 @@ class PodRemoteError(PodError):
         text = str(self.args[0]) if self.args else ""
         if self.remote_traceback:
             text += "\n\nRemote traceback (most recent call last, in the pod):\n" + self.remote_traceback.rstrip()
-        return text
+        return escape_controls(text)  # the pod's own words (raw in .args[0] and .remote_traceback)
 
 
 class PodClosedError(PodError):
@@ -129,10 +139,12 @@ class PodCrashedError(PodWorkerError):
 
 
 class PodCrashLoopError(PodWorkerError):
-    """The pod's workers crashed too often (5 times in 10 s), so the pod stopped restarting them.
+    """The pod's workers crashed (or the pod reloaded) too often: 5 times in 10 s.
 
-    Every later call raises it again, naming the crashes (``crashes``: their first lines), until
-    the pod is loaded again. Timeouts never count as crashes.
+    Calls raise it at once, naming the strikes (``crashes``: their first lines), for a backoff
+    (1 s, doubling after each failed try up to 60 s); then one call tries a fresh worker, and if
+    that worker does not crash the pod works again. Timeouts never count as crashes. Unlike
+    ``PodClosedError``, nobody closed the pod: a retry later may work.
     """
 
     def __init__(self, message: str, *, crashes: Any = ()) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import keyword
 import logging
 import threading
@@ -18,16 +19,18 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from ._backends import Prepared, open_pool, prepare
+from ._client import forking
+from ._client.brake import CrashBrake
+from ._client.pool import PoolRetired, WorkerPool
 from ._env import cache
 from ._errors import PodClosedError
-from ._proxy import POD_TIMEOUT, make_proxy
+from ._proxy import POD_TIMEOUT, FunctionTable, make_proxy
 from ._reload import SourceWatch, interactive
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Callable, Iterable, MutableMapping
+    from collections.abc import Callable, Iterable, Mapping, MutableMapping
 
-    from ._client.base import Pool
     from ._env.layout import PodLayout, PodSettings
     from ._env.pythons import Interpreter
 
@@ -50,7 +53,7 @@ class PodBase:
     """
 
     _name: str
-    _functions: dict[str, Callable[..., Any]]
+    _functions: Mapping[str, Callable[..., Any]]
 
     def _setup(self, ready: Prepared, reload: bool | None) -> None:
         self._layout, self._settings, self._interpreter, self._env_key = ready
@@ -58,6 +61,9 @@ class PodBase:
         self._closed = False
         self._functions = {}
         self._listeners: list[Callable[[], None]] = []
+        self._brake = CrashBrake(self._name)  # one per pod: every pool a reload opens shares it
+        self._reload_due = False  # the source changed; the reload waits for the brake's backoff
+        self._describe_due = False  # a reload's worker was still starting when its call's deadline passed
         self._watch = SourceWatch(self._layout.pod_dir) if (interactive() if reload is None else reload) else None
 
     def __getattribute__(self, attr: str) -> Any:
@@ -103,7 +109,8 @@ class PodBase:
         return dict(self._functions)
 
     def _set_functions(self, description: list[dict[str, Any]], make: Callable[..., Any]) -> None:
-        self._functions = {info["name"]: make(self, info) for info in description if offered(info.get("name"))}
+        # Proxies held weakly (``FunctionTable``): no pod <-> proxy cycle keeps a dropped pod's workers.
+        self._functions = FunctionTable(self, [info for info in description if offered(info.get("name"))], make)
         for listener in self._listeners:
             listener()
 
@@ -119,6 +126,25 @@ class PodBase:
 
     def _timeout(self, timeout: float | None) -> float | None:
         return self._settings.timeout if timeout is _UNSET else timeout
+
+    @staticmethod
+    def _deadline(timeout: float | None) -> float | None:
+        """The call's one absolute deadline (``time.monotonic()``), computed once where the user called."""
+        return None if timeout is None else time.monotonic() + timeout
+
+    def _reload_wanted(self) -> bool:
+        if self._watch is None or self._closed:
+            return False
+        if self._watch.changed():
+            self._reload_due = True
+        return self._reload_due
+
+    def _count_reload(self) -> None:
+        """A reload is a strike of the crash brake (a pod that edits its own source before crashing
+        trips it too); while the brake backs off, the reload waits and the call gets PodCrashLoopError."""
+        self._brake.reloaded()
+        self._reload_due = False
+        self._describe_due = True
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._functions)} functions"
@@ -185,7 +211,8 @@ class Pod(PodBase):
         self._setup(prepare(name, root, create, options, progress), reload)
         self._lock = threading.Lock()  # one reload at a time
         self._close_lock = threading.Lock()
-        self._holder: list[Pool] = []
+        forking.track(self)
+        self._holder: list[WorkerPool] = []  # the current pool first, then draining ones
         # Dropping every reference to the pod stops its workers (the pool does not refer back).
         weakref.finalize(self, _close_held, self._holder)
         try:
@@ -195,58 +222,93 @@ class Pod(PodBase):
             raise
         self._set_functions(description, make_proxy)
 
-    def _open(self, describe: bool) -> list[dict[str, Any]]:
-        """Open a pool (the old one, if any, is closed); return the description to build proxies from."""
+    def _forget_after_fork(self) -> None:
+        """In a forked child (``_client/forking.py``): a parent's thread may have held a lock."""
+        self._lock = threading.Lock()
+        self._close_lock = threading.Lock()
+
+    def _open(self, describe: bool, deadline: float | None = None) -> list[dict[str, Any]]:
+        """Open a pool (the old one, if any, drains); return the description to build proxies from."""
         settings = self._settings
         description = None
         if settings.backend == "local" and not describe:
             # A valid cached description means workers need not describe the pod (nor import inspect),
             # and with start="auto" no worker is needed until the first call.
             description = cache.load(self._layout, self._env_key)
-        pool = open_pool(self._layout, settings, self._env_key, describe=description is None)
+        pool = open_pool(self._layout, settings, self._env_key, description is None, self._brake)
         old = self._holder[:]
         self._holder[:] = [pool, *old]  # the current pool first; old ones stay held until closed
         if self._closed:  # closed while this pool was being made: close() may have missed it
             _close_held(self._holder)
             raise PodClosedError(f"pod {self._name!r} was closed")
         for stale in old[:1]:
-            _close_when_idle(self._holder, stale)
+            # Calls it still runs were the user's, made before the edit: they finish on the old code
+            # rather than fail with PodClosedError (which means "you closed the pod"); new calls
+            # it is picked for go to this pool (PoolRetired). Pod.close closes it at once.
+            stale.drain(then=functools.partial(_forget, self._holder, stale))
         if description is None or settings.start == "eager":
-            pool.start(1 if settings.start == "lazy" else None)
+            pool.start(1 if settings.start == "lazy" else None, deadline)
         return description if description is not None else (pool.description or [])
 
     @property
-    def _pool(self) -> Pool:
+    def _pool(self) -> WorkerPool:
         return self._holder[0]
 
     def call(self, name: str, /, *args: Any, timeout: float | None = _UNSET, **kwargs: Any) -> Any:
         """Run pod function *name* with *args* and *kwargs*; ``timeout`` (seconds) is this call's deadline.
 
+        The deadline is absolute, computed once here: it bounds every wait of the call (a reload, a
+        worker's start, encoding and sending, a resend to a fresh worker, the reply).
+
         Raises:
             AttributeError: the pod has no such function.
             PodRemoteError: the function raised (also an instance of the builtin type, if any).
             PodSerializationError: an argument or the result cannot cross (a ``TypeError``).
-            PodTimeoutError: no answer within the timeout; the worker was replaced.
+            PodTimeoutError: no answer within the timeout; the worker was replaced (or, if it was still
+                starting, its start goes on for the next calls).
             PodCrashedError: the worker died during the call.
-            PodCrashLoopError: the workers kept crashing; the pod stopped restarting them.
-            PodClosedError: the pod was closed.
+            PodCrashLoopError: the workers kept crashing (or reloading); the pod backs off before it
+                tries a fresh worker again.
+            PodClosedError: the pod was closed (only ever after your own close).
         """
         return self._call(name, args, kwargs, timeout)
 
     def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         """The one entry of every call (proxies, ``call``): deadline apart, arguments go to the function."""
-        if self._watch is not None and not self._closed and self._watch.changed():
-            self._reload()
+        timeout = self._timeout(timeout)
+        deadline = self._deadline(timeout)
+        if self._reload_wanted():
+            self._reload(deadline)
+        if self._describe_due:
+            self._describe(deadline)
         self._check_call(name)
-        return self._pool.call(name, args, kwargs, self._timeout(timeout))
+        while True:
+            try:
+                return self._pool.call(name, args, kwargs, timeout, deadline)
+            except PoolRetired:
+                continue  # picked just as a reload replaced it: the current pool takes the call
 
-    def _reload(self) -> None:
+    def _reload(self, deadline: float | None) -> None:
         """The pod's code changed: restart its workers, describe it again, refresh the proxies."""
-        with self._lock:
-            if self._closed:
-                return  # a closed pod starts no worker
+        wait = -1 if deadline is None else max(deadline - time.monotonic(), 0.0)
+        if not self._lock.acquire(timeout=wait):
+            return  # another thread reloads: this call goes to the current pool, under its deadline
+        try:
+            if self._closed or not self._reload_due:
+                return  # a closed pod starts no worker; another thread just reloaded
+            self._count_reload()
             log.info("pod %r changed: reloading it", self._name)
-            self._set_functions(self._open(describe=True), make_proxy)
+            self._set_functions(self._open(describe=True, deadline=deadline), make_proxy)
+            self._describe_due = False
+        finally:
+            self._lock.release()
+
+    def _describe(self, deadline: float | None) -> None:
+        """Finish a reload whose call's deadline passed while its worker started: wait for it, describe."""
+        pool = self._pool
+        pool.start(1, deadline)
+        self._set_functions(pool.description or [], make_proxy)
+        self._describe_due = False
 
     def pids(self) -> list[int]:
         """Process ids of the running workers (for tests and diagnostics)."""
@@ -271,30 +333,15 @@ class Pod(PodBase):
         Pod.close(self)
 
 
-def _close_held(holder: list[Pool]) -> None:
+def _close_held(holder: list[WorkerPool]) -> None:
     for pool in list(holder):
         pool.close()
 
 
-def _close_when_idle(holder: list[Pool], stale: Pool) -> None:
-    """Close a pool replaced by a reload once the calls it still runs are over.
-
-    Those calls were the user's, made before the edit: they finish on the old code rather than fail
-    with ``PodClosedError`` (which means "you closed the pod"). ``Pod.close`` closes it at once.
-    """
-    busy = getattr(stale, "in_flight", None)
-
-    def close() -> None:
-        while busy is not None and busy() > 0 and stale in holder:
-            time.sleep(0.05)
-        stale.close()
-        with contextlib.suppress(ValueError):
-            holder.remove(stale)
-
-    if busy is None or busy() == 0:
-        close()
-    else:
-        threading.Thread(target=close, name="pypods-reload-drain", daemon=True).start()
+def _forget(holder: list[WorkerPool], pool: WorkerPool) -> None:
+    """A drained pool closed itself: hold it no longer."""
+    with contextlib.suppress(ValueError):
+        holder.remove(pool)
 
 
 def load(name: str, **options: Any) -> Pod:

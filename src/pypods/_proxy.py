@@ -7,6 +7,8 @@ Each proxy is a real Python function (so ``help()`` renders it as one) whose ``_
 from __future__ import annotations
 
 import inspect
+import weakref
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -31,6 +33,58 @@ class Caller(Protocol):
 
 
 POD_TIMEOUT: Any = object()  # "no deadline given for this call": the pod's ``timeout`` setting applies
+_UNKNOWN: Any = object()  # "signature not computed yet"
+
+
+class FunctionTable(Mapping[str, "Callable[..., Any]"]):
+    """A pod's functions by name: each proxy is made when asked for, and held here only weakly.
+
+    A proxy refers to its pod (it calls ``pod._call``); if the pod held its proxies too, the two
+    would form a cycle, and a pod dropped without ``close()`` would stop its workers only at the
+    next cyclic garbage collection. Here the pod refers to this table, which refers to the pod and
+    to the proxies only weakly: the pod lives while it or any of its proxies is referenced, and its
+    finalizer runs as soon as the last of them goes. A proxy is the same object for as long as
+    someone holds it; making a new one (``pod.f(...)`` when nobody holds ``pod.f``) costs about 1 µs,
+    as the signature is parsed once.
+    """
+
+    def __init__(self, pod: Caller, description: list[dict[str, Any]], make: Callable[..., Any]) -> None:
+        self._pod = weakref.ref(pod)
+        self._make = make
+        self._infos = {info["name"]: info for info in description}
+        self._signatures: dict[str, inspect.Signature | None] = {}
+        self._made: dict[str, weakref.ref[Callable[..., Any]]] = {}
+
+    def get(self, name: str, default: Any = None) -> Any:  # the hot path of every ``pod.f(...)``
+        ref = self._made.get(name)
+        proxy = None if ref is None else ref()
+        if proxy is not None:
+            return proxy
+        info = self._infos.get(name)
+        pod = self._pod()
+        if info is None or pod is None:
+            return default
+        signature = self._signatures.get(name, _UNKNOWN)
+        if signature is _UNKNOWN:
+            signature = self._signatures[name] = signature_of(info)
+        proxy = self._make(pod, info, signature)
+        self._made[name] = weakref.ref(proxy)
+        return proxy
+
+    def __getitem__(self, name: str) -> Callable[..., Any]:
+        proxy = self.get(name)
+        if proxy is None:
+            raise KeyError(name)
+        return proxy  # type: ignore[no-any-return]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._infos
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._infos)
+
+    def __len__(self) -> int:
+        return len(self._infos)
 
 
 def signature_of(info: dict[str, Any]) -> inspect.Signature | None:
@@ -55,7 +109,7 @@ def signature_of(info: dict[str, Any]) -> inspect.Signature | None:
         return None
 
 
-def make_proxy(pod: Caller, info: dict[str, Any]) -> Callable[..., Any]:
+def make_proxy(pod: Caller, info: dict[str, Any], signature: Any = _UNKNOWN) -> Callable[..., Any]:
     """A function that runs ``info['name']`` in the pod, dressed as the pod's function.
 
     Every argument, ``timeout`` included, goes to the pod function; the call's deadline is the
@@ -73,29 +127,30 @@ def make_proxy(pod: Caller, info: dict[str, Any]) -> Callable[..., Any]:
         def limited(*args: Any, **kwargs: Any) -> Any:
             return call(name, args, kwargs, timeout)
 
-        _dress(limited, pod, info)
+        _dress(limited, pod, info, signature)
         return limited
 
-    _dress(proxy, pod, info)
+    _dress(proxy, pod, info, signature)
     proxy.with_options = with_options  # type: ignore[attr-defined]
     return proxy
 
 
-def _dress(function: Any, pod: Caller, info: dict[str, Any]) -> None:
+def _dress(function: Any, pod: Caller, info: dict[str, Any], signature: Any = _UNKNOWN) -> None:
     name = info["name"]
     function.__name__ = name
     qualname, doc = info.get("qualname"), info.get("doc")
     function.__qualname__ = qualname if isinstance(qualname, str) and qualname else name
     function.__doc__ = doc if isinstance(doc, str) else None
     function.__module__ = f"pods.{pod._name}.pod"
-    signature = signature_of(info)
+    if signature is _UNKNOWN:
+        signature = signature_of(info)
     if signature is not None:
         function.__signature__ = signature
     function.__pod__ = pod._name
     function.__wrapped_info__ = info
 
 
-def make_async_proxy(pod: Caller, info: dict[str, Any]) -> Callable[..., Any]:
+def make_async_proxy(pod: Caller, info: dict[str, Any], signature: Any = _UNKNOWN) -> Callable[..., Any]:
     """The async twin of ``make_proxy``: a coroutine function, or for a generator an async iterable."""
     name = info["name"]
 
@@ -105,13 +160,13 @@ def make_async_proxy(pod: Caller, info: dict[str, Any]) -> Callable[..., Any]:
             def stream(*args: Any, **kwargs: Any) -> Any:
                 return _LazyStream(pod, name, args, kwargs, timeout)
 
-            _dress(stream, pod, info)
+            _dress(stream, pod, info, signature)
             return stream
 
         async def proxy(*args: Any, **kwargs: Any) -> Any:
             return await pod._call(name, args, kwargs, timeout)
 
-        _dress(proxy, pod, info)
+        _dress(proxy, pod, info, signature)
         return proxy
 
     def with_options(*, timeout: float | None = None) -> Callable[..., Any]:

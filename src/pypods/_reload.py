@@ -7,10 +7,12 @@ and any error in it means "no reload", logged, never an exception in the user's 
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import stat
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -36,18 +38,23 @@ def pod_sources(pod_dir: Path) -> list[str]:
 
     Iterative and bounded: folders deeper than ``MAX_DEPTH`` and entries past ``MAX_ENTRIES`` are
     not searched (logged once per walk); symlinked folders are not entered; unreadable folders skipped.
+    Breadth first, so the cap cuts the deepest folders; ``pod.py`` is watched even past the cap
+    (a pod folder with 20,000 data files at its top still reloads on an edit of ``pod.py``).
     """
-    found: list[str] = []
-    pending = [(os.fspath(pod_dir), 0)]
+    top = os.path.join(os.fspath(pod_dir), "pod.py")
+    found: list[str] = [top] if _regular(top) else []
+    pending = collections.deque([(os.fspath(pod_dir), 0)])
     entries = 0
     while pending:
-        folder, depth = pending.pop()
+        folder, depth = pending.popleft()
         try:
             with os.scandir(folder) as listing:
                 for entry in listing:
                     entries += 1
                     if entries > MAX_ENTRIES:
-                        log.warning("pypods: %s has over %d entries; watching only the first", pod_dir, MAX_ENTRIES)
+                        log.warning(
+                            "pypods: %r has over %d entries; watching only the first", str(pod_dir), MAX_ENTRIES
+                        )
                         return sorted(found)
                     if entry.is_dir(follow_symlinks=False):
                         if entry.name in _SKIP or entry.name.startswith("."):
@@ -55,12 +62,19 @@ def pod_sources(pod_dir: Path) -> list[str]:
                         if depth < MAX_DEPTH:
                             pending.append((entry.path, depth + 1))
                         else:
-                            log.warning("pypods: not watching %s: over %d folders deep", entry.path, MAX_DEPTH)
-                    elif entry.name.endswith(".py") and _file(entry):
+                            log.warning("pypods: not watching %r: over %d folders deep", entry.path, MAX_DEPTH)
+                    elif entry.name.endswith(".py") and entry.path != top and _file(entry):
                         found.append(entry.path)
         except OSError:
             continue  # vanished or unreadable: nothing to watch there
     return sorted(found)
+
+
+def _regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _file(entry: os.DirEntry[str]) -> bool:
@@ -80,6 +94,8 @@ class SourceWatch:
     def __init__(self, pod_dir: Path) -> None:
         self.pod_dir = pod_dir
         self._next = 0.0
+        # One look at a time: two threads calling at once must not both see one edit (two reloads).
+        self._looking = threading.Lock()
         self._files = self._sources() or []
         self._seen = self._snapshot()
 
@@ -88,7 +104,9 @@ class SourceWatch:
         try:
             return pod_sources(self.pod_dir)
         except Exception as exc:
-            log.warning("pypods: cannot watch %s for edits (%s: %s); no reload", self.pod_dir, type(exc).__name__, exc)
+            log.warning(
+                "pypods: cannot watch %s for edits (%s: %r); no reload", self.pod_dir, type(exc).__name__, str(exc)
+            )
             return None
 
     def _snapshot(self) -> dict[str, tuple[int, int]]:
@@ -102,7 +120,18 @@ class SourceWatch:
         return seen
 
     def changed(self) -> bool:
-        """Whether the sources changed since the last look (never raises: an error is "no", logged)."""
+        """Whether the sources changed since the last look (never raises: an error is "no", logged).
+
+        Thread-safe: while one thread looks, the others get "no" at once (the looking one reloads).
+        """
+        if not self._looking.acquire(blocking=False):
+            return False
+        try:
+            return self._look()
+        finally:
+            self._looking.release()
+
+    def _look(self) -> bool:
         now = time.monotonic()
         if now < self._next:
             return False
@@ -115,6 +144,8 @@ class SourceWatch:
                 self._files = files
             self._seen = self._snapshot()  # after a failed walk: the same files, not looked at again until they move
         except Exception as exc:
-            log.warning("pypods: cannot check %s for edits (%s: %s); no reload", self.pod_dir, type(exc).__name__, exc)
+            log.warning(
+                "pypods: cannot check %s for edits (%s: %r); no reload", self.pod_dir, type(exc).__name__, str(exc)
+            )
             return False
         return files is not None

@@ -6,6 +6,7 @@ is a chmod; ``/tmp`` itself (root's, sticky, world-writable) is the legitimate c
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from pypods._env.layout import resolve_root
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from conftest import PodFactory
 
 OTHER = 12345  # a uid that is not ours
 
@@ -222,3 +225,141 @@ def test_pypods_commands_refuse_another_users_pod_folder(tmp_path: Path) -> None
     assert result.returncode == 1, result.stderr
     assert f"uid {OTHER}" in result.stderr
     assert not (theirs / "pod.py").exists()
+
+
+def run_pypods(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pypods", *args], cwd=cwd, capture_output=True, text=True, env=clean_env(),
+        timeout=300, check=False,
+    )  # fmt: skip
+
+
+def test_commands_over_all_pods_refuse_another_users_pod_folder(tmp_path: Path) -> None:
+    """`pypods sync` (no names) would build theirs: its requirements are code (a local path runs its build backend)."""
+    project = tmp_path / "project"
+    (project / "pods" / "mine").mkdir(parents=True)
+    (project / "pods" / "mine" / "pod.py").write_text("")
+    theirs = project / "pods" / "theirs"
+    theirs.mkdir()
+    (theirs / "pod.py").write_text("def f():\n    return 1\n")
+    (theirs / "requirements.txt").write_text("./not-a-package\n")
+    os.chown(theirs, OTHER, OTHER)
+    result = run_pypods(project, "sync")
+    assert result.returncode == 1, result.stderr
+    assert f"{theirs}" in result.stderr
+    assert f"uid {OTHER}" in result.stderr
+    assert not (theirs / "venv").exists()
+    assert not (project / "pods" / "mine" / "venv").exists()  # refused before anything is built
+    listed = run_pypods(project, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    states = {record["name"]: record["state"] for record in json.loads(listed.stdout)}
+    assert states["theirs"] == "untrusted"
+    doctor = run_pypods(project, "doctor")
+    assert doctor.returncode == 1
+    assert "pods/theirs/ is owned by" in doctor.stdout
+    assert "--root" in doctor.stdout
+    gone = project / "pods" / "gone"  # another user's folder without pod.py: not ours to clean
+    (gone / "venv").mkdir(parents=True)
+    os.chown(gone, OTHER, OTHER)
+    collected = run_pypods(project, "gc", "--json")
+    assert collected.returncode == 0, collected.stderr
+    assert json.loads(collected.stdout)["removed"] == []
+    assert (gone / "venv").is_dir()
+
+
+def test_a_private_group_with_another_member_is_not_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import grp
+
+    folder = tmp_path / "group"
+    folder.mkdir()
+    folder.chmod(0o775)
+    assert layout.trusted(folder)
+    real = grp.getgrgid
+
+    def with_bob(gid: int) -> grp.struct_group:
+        entry = real(gid)
+        return grp.struct_group((entry.gr_name, entry.gr_passwd, entry.gr_gid, [*entry.gr_mem, "bob"]))
+
+    monkeypatch.setattr(grp, "getgrgid", with_bob)  # `usermod -aG root bob`: bob may write there too
+    assert not layout.trusted(folder)
+
+
+def test_a_project_swapped_after_the_load_is_refused_at_the_next_worker_start(
+    make_pod: PodFactory, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The load checks paths, it does not bind them: a worker started later must not run another user's pod.
+
+    Swapping is possible when a folder above the project is writable by others (then anyone may
+    rename the project away and put their own in its place); chown stands in for the swap.
+    """
+    from pypods._env.layout import open_layout
+
+    pod_dir = make_pod("geo", "def f():\n    return 1\n")
+    monkeypatch.chdir(root)
+    assert open_layout("geo", None, create=False).found
+    assert not open_layout("geo", root, create=False).found  # root= is the user's choice: never re-checked
+    with pypods.load("geo", progress=False, workers=1) as pod:
+        assert pod.f() == 1
+    try:
+        for swapped in (pod_dir, root):
+            with pypods.load("geo", progress=False, workers=1, start="lazy") as pod:
+                os.chown(swapped, OTHER, OTHER)  # after the load's check, before the first worker starts
+                with pytest.raises(pypods.PodError, match=f"{swapped}.*uid {OTHER}"):
+                    pod.f()
+            os.chown(swapped, 0, 0)
+    finally:
+        os.chown(root, 0, 0)
+        os.chown(pod_dir, 0, 0)
+
+
+def test_under_sudo_the_users_umask_002_folders_stay_the_users(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sudo pypods sync` in alice's project: her folders are group-writable by her private group, not root's."""
+    import grp
+    import pwd
+
+    folder = tmp_path / "alices"
+    folder.mkdir()
+    folder.chmod(0o775)
+    os.chown(folder, OTHER, OTHER)
+    real_user, real_group = pwd.getpwuid, grp.getgrgid
+    members: list[str] = []
+
+    def user(uid: int) -> pwd.struct_passwd:
+        if uid == OTHER:
+            return pwd.struct_passwd(("alice", "x", OTHER, OTHER, "", "/home/alice", "/bin/sh"))
+        return real_user(uid)
+
+    def group(gid: int) -> grp.struct_group:
+        return grp.struct_group(("alice", "x", OTHER, members)) if gid == OTHER else real_group(gid)
+
+    monkeypatch.setattr(pwd, "getpwuid", user)
+    monkeypatch.setattr(grp, "getgrgid", group)
+    assert not layout.trusted(folder)  # not root's, and no sudo: another user's
+    monkeypatch.setenv("SUDO_UID", str(OTHER))
+    assert layout.trusted(folder)  # was refused: the group was compared with root's egid
+    members.append("bob")
+    assert not layout.trusted(folder)
+
+
+def test_a_crowded_pods_folder_above_does_not_stall_the_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anyone can fill /tmp/pods; the search from /tmp/project looks at a bounded number of its entries."""
+    monkeypatch.setattr(layout, "MAX_LOOKED_AT", 50)
+    parent = shared(tmp_path, 0o1777)
+    crowd = parent / "pods"
+    crowd.mkdir()
+    for index in range(200):
+        (crowd / f"d{index:03}").mkdir()
+    (crowd / "zzz").mkdir()
+    (crowd / "zzz" / "pod.py").write_text("")  # past the bound (scandir order is the file system's)
+    os.chown(crowd, OTHER, OTHER)
+    work = parent / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    calls: list[str] = []
+    real = os.path.isfile
+    monkeypatch.setattr(os.path, "isfile", lambda path: calls.append(path) or real(path))
+    try:
+        resolve_root()
+    except pypods.PodError:
+        pass  # the pod was among the first 50 looked at: refused, as before
+    assert len([c for c in calls if str(crowd) in str(c)]) <= 50

@@ -22,6 +22,8 @@ from pypods._terminal import escape_controls
 if TYPE_CHECKING:
     from pathlib import Path
 
+    import pytest
+
     from conftest import PodFactory
 
 LOUD = """
@@ -127,3 +129,97 @@ def test_stubs_write_identifiers_only(tmp_path: Path) -> None:
     for path in written:
         if path.suffix == ".pyi":
             ast.parse(path.read_text())
+
+
+def test_escape_controls_shows_bidi_controls_and_separators() -> None:
+    assert escape_controls("exe.\u202etxt") == "exe.\\u202etxt"
+    assert escape_controls("\u2066a\u2069\u200f\u061c\u2028\u2029") == "\\u2066a\\u2069\\u200f\\u061c\\u2028\\u2029"
+    assert escape_controls("zwj \U0001f469\u200d\U0001f4bb, no-break\u00a0space") == (
+        "zwj \U0001f469\u200d\U0001f4bb, no-break\u00a0space"
+    )
+
+
+DOCS = '''
+def clip():
+    """\\x1b]52;c;SGVsbG8=\\x07 [link=https://evil.example]docs[/link] [blink]x[/blink] exe.\\u202etxt"""
+    return 1
+'''
+
+
+def test_describe_and_list_on_a_terminal_escape_the_pods_text(
+    make_pod: PodFactory, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rich passes ESC through and reads markup in a plain str: a docstring or folder name must be text only."""
+    monkeypatch.setenv("COLUMNS", "400")  # rich would wrap the cells
+    make_pod("docs", DOCS)
+    (root / "pods" / "bad\x1b]0;owned\x07name").mkdir()
+    seen = on_a_terminal(root, "describe", "docs")
+    assert "\x1b]52" not in seen
+    assert "\x1b]8;" not in seen  # no OSC 8 hyperlink made of the pod's markup
+    assert "\u202e" not in seen
+    assert "[link=https://evil.example]docs[/link]" in seen
+    assert "\\x1b]52;c;SGVsbG8=\\x07" in seen
+    seen = on_a_terminal(root, "list")
+    assert "\x1b]0;owned" not in seen
+    assert "bad\\x1b]0;owned\\x07name" in seen
+
+
+def test_library_errors_show_a_pods_controls_as_text() -> None:
+    """A PodError is printed by whatever excepthook or logger meets it, often on a terminal."""
+    from pypods._errors import PodCrashedError, PodRemoteError, remote_error_type
+
+    error = remote_error_type(["builtins.ValueError"])(
+        "ValueError: \x1b]0;owned\x07\x1b[2K\rpypods: forged", remote_type="ValueError", remote_traceback="tb \x9b31m"
+    )
+    assert isinstance(error, PodRemoteError)
+    assert isinstance(error, ValueError)
+    text = str(error)
+    assert "\x1b" not in text
+    assert "\x9b" not in text
+    assert "\r" not in text
+    assert "\\x1b]0;owned\\x07\\x1b[2K\\x0dpypods: forged" in text
+    assert error.args[0] == "ValueError: \x1b]0;owned\x07\x1b[2K\rpypods: forged"  # raw for code that wants it
+    assert error.remote_traceback == "tb \x9b31m"
+    crashed = PodCrashedError("worker died; last stderr:\n\x1b[1Apypods: ok", returncode=1)
+    assert str(crashed) == "worker died; last stderr:\n\\x1b[1Apypods: ok"
+
+
+INVALID_SIGNATURES = [
+    {"name": "comment", "params": [{"name": "x", "kind": 1, "annotation": "int # "}]},
+    {"name": "returns", "params": [], "returns": "int #"},
+    {"name": "nul", "params": [], "doc": "a\x00b\rc"},
+    {"name": "order", "params": [{"name": "kw", "kind": 4}, {"name": "y", "kind": 1}]},
+    {"name": "default", "params": [{"name": "x", "kind": 1, "default": 1}, {"name": "y", "kind": 1}]},
+    {"name": "twice", "params": [{"name": "x", "kind": 1}, {"name": "x", "kind": 1}]},
+    {"name": "method", "params": [{"name": "self", "kind": 1}]},
+]
+
+
+def test_a_description_that_makes_invalid_python_still_gives_valid_stubs() -> None:
+    """Each entry broke the whole .pyi (a SyntaxError: editors and mypy lost every pod's types)."""
+    module = _stubs.module_stub(INVALID_SIGNATURES)
+    package = _stubs.package_stub({"evil": INVALID_SIGNATURES})
+    for text in (module, package):
+        compile(text, "<stub>", "exec")
+    assert "def comment(*args: Any, **kwargs: Any) -> Any" in module
+    assert "def twice(*args: Any, **kwargs: Any) -> Any" in module
+    assert "def method(self: Any) -> Any" in module  # a function may take self; a method stub may not twice
+    assert "def method(self, *args: Any, **kwargs: Any) -> Any" in package
+    assert '"""a\\x00b\\x0dc"""' in module  # the docstring kept, its controls as escapes
+
+
+def test_verbose_log_lines_on_a_terminal_escape_a_pods_stderr(make_pod: PodFactory, root: Path) -> None:
+    """With log = "logging" the pod's stderr lines are log records; `pypods -v` prints them on the terminal."""
+    make_pod("loud", LOUD, toml='log = "logging"\n')
+    seen = on_a_terminal(root, "-v", "call", "loud", "noisy")
+    assert "\x1b]0;owned" not in seen
+    assert "\\x1b]0;owned\\x07\\x1b[1Apypods: error: forged" in seen
+
+
+def test_annotations_that_blow_up_the_parser_become_any() -> None:
+    """A description is the pod's: an annotation of 10**5 unary minuses was a MemoryError, a.a.a... a RecursionError."""
+    for annotation in ("-" * 100_000 + "1", "a." * 100_000 + "b", "int|" * 100_000 + "int", 42):
+        info = {"name": "f", "params": [{"name": "x", "kind": 1, "annotation": annotation}], "returns": annotation}
+        module = _stubs.module_stub([info])
+        compile(module, "<stub>", "exec")
+        assert "def f(x: Any) -> Any" in module

@@ -224,3 +224,37 @@ def test_a_pods_stderr_cannot_drive_the_terminal(
         assert not any((ord(c) < 32 and c not in "\t\n") or 0x7F <= ord(c) < 0xA0 for c in line)
     else:  # a file or a pipe gets the pod's bytes as they were
         assert f"[trusty] {FORGERY}\tend\n" in line
+
+
+RAISES = """
+def missing(path):
+    open(path)
+
+def no_module():
+    import no_such_module_here
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "a raised error crosses as message, type and traceback only (messages.error_fields), so the client's "
+        "PodRemoteError[FileNotFoundError] has errno/filename None and [ImportError] name None. Fix: the worker "
+        "adds 'attrs' (OSError errno/strerror/filename/filename2, ImportError name/path, NameError and "
+        "AttributeError name) to the error reply, and core.remote_error sets them on the PodRemoteError "
+        "(core.py is being rewritten elsewhere)"
+    ),
+)
+def test_a_raised_builtin_error_keeps_the_attributes_code_tests(make_pod: PodFactory, root: Path) -> None:
+    """`except FileNotFoundError as e: if e.errno == ENOENT` / `e.filename` is how code tells cases apart."""
+    import errno
+
+    make_pod("raises", RAISES)
+    with pypods.load("raises", root=root, progress=False) as pod:
+        with pytest.raises(FileNotFoundError) as caught:
+            pod.missing("/no/such/file")
+        assert caught.value.errno == errno.ENOENT
+        assert caught.value.filename == "/no/such/file"
+        with pytest.raises(ModuleNotFoundError) as imported:
+            pod.no_module()
+        assert imported.value.name == "no_such_module_here"

@@ -68,12 +68,13 @@ def test_an_error_in_the_walk_is_no_reload_and_a_log_line(
     (tmp_path / "pod.py").write_text("changed")
 
     def broken(pod_dir: Path) -> list[str]:
-        raise RecursionError("maximum recursion depth exceeded")
+        raise OSError("cannot read \x1b]0;owned\x07 in the pod's folder")  # a name the pod chose
 
     monkeypatch.setattr(_reload, "pod_sources", broken)
     with caplog.at_level("WARNING", logger="pypods"):
         assert watch.changed() is False
     assert any("no reload" in record.getMessage() for record in caplog.records)
+    assert not any("\x1b" in record.getMessage() for record in caplog.records)  # a log line may reach a terminal
 
 
 def test_the_walk_is_bounded_in_entries(
@@ -96,3 +97,60 @@ def test_modules_at_a_sane_depth_and_symlinked_files_are_still_watched(tmp_path:
     (tmp_path / "venv" / "site.py").write_text("")
     os.mkfifo(tmp_path / "fifo.py")
     assert pod_sources(tmp_path) == sorted([str(tmp_path / "pod.py"), str(tmp_path / "pkg" / "sub" / "helper.py")])
+
+
+def test_pod_py_and_shallow_modules_are_watched_past_the_entry_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cap cut an arbitrary part: a pod with many data files at its top lost pod.py, so edits never reloaded."""
+    monkeypatch.setattr(_reload, "MAX_ENTRIES", 40)
+    (tmp_path / "pod.py").write_text("")
+    for index in range(30):
+        (tmp_path / f"data{index:02}.csv").write_text("")
+    (tmp_path / "helpers").mkdir()
+    (tmp_path / "helpers" / "util.py").write_text("")
+    deep = tmp_path / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    for index in range(30):
+        (deep / f"gen{index:02}.py").write_text("")
+    for _ in range(5):  # scandir's order is the file system's: the result must not depend on it
+        found = pod_sources(tmp_path)
+        assert str(tmp_path / "pod.py") in found
+        assert str(tmp_path / "helpers" / "util.py") in found  # breadth first: the deep folder is cut, not this
+    many = tmp_path / "many"
+    many.mkdir()
+    (many / "pod.py").write_text("")
+    for index in range(100):
+        (many / f"m{index:03}.txt").write_text("")
+    assert pod_sources(many) == [str(many / "pod.py")]
+
+
+def test_one_edit_is_one_reload_when_two_threads_look_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    monkeypatch.setattr(_reload, "CHECK_EVERY", 0.0)
+    (tmp_path / "pod.py").write_text("")
+    watch = SourceWatch(tmp_path)
+    walk = _reload.pod_sources
+
+    def slow(pod_dir: Path) -> list[str]:
+        time.sleep(0.2)  # the window in which a second thread saw the same edit
+        return walk(pod_dir)
+
+    monkeypatch.setattr(_reload, "pod_sources", slow)
+    (tmp_path / "pod.py").write_text("edited")
+    start = threading.Barrier(4)
+    seen: list[bool] = []
+
+    def look() -> None:
+        start.wait()
+        seen.append(watch.changed())
+
+    threads = [threading.Thread(target=look) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen.count(True) == 1  # was 4: four reloads of one edit, four counts toward the brake
+    assert watch.changed() is False

@@ -390,6 +390,21 @@ def test_run_a_command_in_the_pods_environment(make_pod, root: Path) -> None:
     assert "42" in piped.stdout
 
 
+def test_run_imports_the_pod_from_any_folder_under_the_project_or_with_root(make_pod, root: Path) -> None:
+    make_pod("shell", "def f():\n    return 41\n")
+    code = "from pods.shell.pod import *; print(f() + 1)"
+    env = {k: v for k, v in os.environ.items() if k != "PYPODS_ROOT"}
+    below = root / "src" / "deep"
+    below.mkdir(parents=True)
+    for cwd, extra in ((below, ()), (root.parent, ("--root", str(root)))):
+        result = subprocess.run(
+            [sys.executable, "-m", "pypods", *extra, "run", "shell", "--", "python", "-c", code],
+            cwd=cwd, capture_output=True, text=True, env=env, timeout=300, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr  # was ModuleNotFoundError: No module named 'pods'
+        assert result.stdout.split() == ["42"]
+
+
 def test_json_on_every_command_that_prints_data(geo: Path) -> None:
     assert json.loads(run(geo, "sync", "--json").stdout)[0]["ready"] is True
     assert json.loads(run(geo, "list", "--json").stdout)[0]["state"] == "ready"

@@ -505,3 +505,25 @@ def test_an_editable_local_project_as_the_only_requirement_is_installed(
         assert pod.who() == "mylib"
     lock = (pod_dir / "requirements.lock").read_text()
     assert "mylib" in lock
+
+
+def test_an_included_requirements_file_as_the_only_requirement_is_installed_and_followed(
+    make_pod, root: Path, wheelhouse: Path
+) -> None:
+    """``-r base.txt`` alone counted as an option: nothing was installed; an edit of base.txt never re-resolved."""
+    pod_dir = make_pod("nested", "import tinypkg\n\ndef version():\n    return tinypkg.VERSION\n")
+    (pod_dir / "base.txt").write_text("tinypkg==1.0\n")
+    (pod_dir / "requirements.txt").write_text(f"--no-index\n--find-links {wheelhouse}\n-r base.txt\n")
+    with pypods.load("nested", root=root, progress=False) as pod:
+        assert pod.version() == "1.0"
+    (pod_dir / "base.txt").write_text("tinypkg==2.0\n")
+    with pypods.load("nested", root=root, progress=False) as pod:
+        assert pod.version() == "2.0"
+    os.mkfifo(pod_dir / "fifo.txt")  # a pod may write its own requirements: an include never blocks the digest
+    (pod_dir / "requirements.txt").write_text(
+        f"--no-index\n--find-links {wheelhouse}\n-r base.txt\n-c fifo.txt\n--requirement=base.txt\n"
+    )
+    from pypods._env.builders import requirements_digest
+    from pypods._env.layout import PodLayout
+
+    assert requirements_digest(PodLayout("nested", root))

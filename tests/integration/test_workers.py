@@ -499,3 +499,170 @@ def test_sync_load_cleans_up_when_a_start_fails(make_pod, root: Path) -> None:
     with pytest.raises(pypods.PodCrashedError):
         pypods.load("flaky_sync", root=root, workers=2, start="eager")
     assert _children() - before == set()
+
+
+# -- issue #19 items 4, 6, 10; #20's brake across reloads ------------------------------------------------------
+
+
+def test_a_first_call_that_must_start_a_slow_worker_returns_at_its_timeout(make_pod, root: Path) -> None:
+    make_pod("slowstart", "import time\ntime.sleep(3)\n\ndef ping():\n    return 'pong'\n")
+    pypods.load("slowstart", root=root).close()  # describes it once: the next load needs no worker
+    with pypods.load("slowstart", root=root) as pod:
+        assert pod.pids() == []
+        began = time.monotonic()
+        with pytest.raises(pypods.PodTimeoutError, match="still starting"):
+            pod.call("ping", timeout=1.0)
+        assert time.monotonic() - began < 2.0  # was 3.06 s: the import's length
+        assert pod.call("ping", timeout=10) == "pong"  # the same start, gone on
+        assert time.monotonic() - began < 4.5
+
+
+class _SlowToPickle:
+    def __reduce__(self) -> tuple[type[int], tuple[int]]:
+        time.sleep(1.5)  # an argument that takes a while to encode
+        return (int, (7,))
+
+
+def test_the_idle_stop_never_ends_a_worker_while_an_argument_encodes(make_pod, root: Path) -> None:
+    make_pod("echo", "def echo(x):\n    return x\n")
+    with pypods.load("echo", root=root, codec="pickle", idle_timeout=0.5, start="eager") as pod:
+        time.sleep(0.7)
+        assert pod.pids() == []  # idle: stopped
+        assert pod.echo(1) == 1
+        assert pod.echo(_SlowToPickle()) == 7  # was PodClosedError: the reaper stopped it mid-call
+
+
+def test_async_pod_worker_killed_under_twenty_calls_gives_crashed_never_closed(faults: Path) -> None:
+    async def main() -> None:
+        pod = await pypods.aload("faults", root=faults, start="eager")
+        try:
+            [pid] = pod.pids()
+            calls = [asyncio.ensure_future(pod.sleep(30)) for _ in range(20)]
+            await asyncio.sleep(0.5)
+            os.kill(pid, signal.SIGKILL)
+            late = [asyncio.ensure_future(pod.add(1, 2)) for _ in range(5)]  # arriving in the gap
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            assert all(isinstance(r, pypods.PodCrashedError) for r in results), results
+            assert not any(isinstance(r, pypods.PodClosedError) for r in results)
+            for outcome in await asyncio.gather(*late, return_exceptions=True):
+                assert outcome == 3 or isinstance(outcome, pypods.PodCrashedError), outcome
+            assert await pod.add(1, 2) == 3
+        finally:
+            await pod.aclose()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_the_crash_brake_re_arms_after_its_backoff(faults: Path) -> None:
+    from pypods._client.brake import BACKOFF_FIRST
+
+    with pypods.load("faults", root=faults) as pod:
+        for _ in range(5):
+            with pytest.raises(pypods.PodCrashedError):
+                pod.exit_now(1)
+        with pytest.raises(pypods.PodCrashLoopError, match="Next try"):
+            pod.add(1, 2)
+        time.sleep(BACKOFF_FIRST + 0.1)
+        assert pod.add(1, 2) == 3  # the probe: a fresh worker, and the brake re-armed
+        for _ in range(4):  # counted from zero again
+            with pytest.raises(pypods.PodCrashedError):
+                pod.exit_now(1)
+        assert pod.add(1, 2) == 3
+
+
+def test_a_pod_that_touches_its_source_before_crashing_trips_the_brake(make_pod, root: Path) -> None:
+    make_pod(
+        "toucher",
+        """
+        import os, pathlib, time
+
+        def touch_and_die():
+            here = pathlib.Path(__file__)
+            now = time.time_ns() + 10**10
+            os.utime(here, ns=(now, now))
+            os._exit(1)
+
+        def ping():
+            return "pong"
+        """,
+    )
+    with pypods.load("toucher", root=root, reload=True) as pod:
+        errors: list[pypods.PodError] = []
+        for _ in range(8):
+            try:
+                pod.touch_and_die()
+            except pypods.PodError as exc:
+                errors.append(exc)
+            if isinstance(errors[-1], pypods.PodCrashLoopError):
+                break
+            time.sleep(0.55)  # the source is looked at no more than every half second
+        assert isinstance(errors[-1], pypods.PodCrashLoopError), errors  # was: PodCrashedError forever
+        assert "reloaded" in str(errors[-1])
+
+
+def test_a_pod_that_edits_its_own_files_keeps_every_call_within_its_timeout(make_pod, root: Path) -> None:
+    make_pod(
+        "selfedit",
+        """
+        import os, pathlib, time
+        time.sleep(4)  # a slow import: every reload pays it
+
+        def ping():
+            here = pathlib.Path(__file__)
+            now = time.time_ns() + 10**10
+            os.utime(here, ns=(now, now))
+            return "pong"
+        """,
+    )
+    with pypods.load("selfedit", root=root, reload=True) as pod:
+        longest = 0.0
+        outcomes: list[object] = []
+        for _ in range(6):
+            began = time.monotonic()
+            try:
+                outcomes.append(pod.call("ping", timeout=2))
+            except (pypods.PodTimeoutError, pypods.PodCrashLoopError) as exc:
+                outcomes.append(type(exc))
+            longest = max(longest, time.monotonic() - began)
+            time.sleep(0.55)  # the source is looked at no more than every half second
+        assert longest < 3.5, (longest, outcomes)  # was the 4 s import and more (20.4 s reported)
+        assert "pong" in outcomes
+
+
+def test_calls_racing_reloads_never_get_closed_error(make_pod, root: Path) -> None:
+    pod_py = make_pod("racing", "def f():\n    return 0\n") / "pod.py"
+    errors: list[BaseException] = []
+    seen: set[object] = set()
+    stop = threading.Event()
+    with pypods.load("racing", root=root, reload=True, workers=2) as pod:
+
+        def hammer() -> None:
+            while not stop.is_set():
+                try:
+                    seen.add(pod.call("f", timeout=30))
+                except BaseException as exc:
+                    errors.append(exc)
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for version in (1, 2, 3):
+            time.sleep(0.7)
+            pod_py.write_text(f"def f():\n    return {version}\n")
+            stat = pod_py.stat()
+            os.utime(pod_py, ns=(stat.st_atime_ns, stat.st_mtime_ns + version * 10**10))
+        assert _eventually(lambda: 3 in seen, 20)
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert errors == []  # a call that picked a retired pool went to the current one
+    assert {0, 3} <= seen
+
+
+def _eventually(predicate: object, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import pickle
+import socket
 import sys
 import threading
 import time
@@ -16,6 +17,7 @@ import pytest
 import pypods
 from pypods._client.connection import NotSentError, ProcessConnection
 from pypods._client.core import error_from_reply
+from pypods._client.pool import WorkerPool
 
 from .fakeworker import ThreadWorker, connect, pool
 
@@ -433,3 +435,255 @@ def test_a_reply_this_client_cannot_receive_says_so(monkeypatch: pytest.MonkeyPa
         proto.outcome("make", reply)
     assert "this client could not receive the result" in str(info.value)
     assert "the pod could not receive the arguments" not in str(info.value)
+
+
+# -- issue #19 items 4, 6, 10 and #20's brake across reloads: the pool's states, deadline and brake ----------
+
+
+class _SlowToEncode(ProcessConnection):
+    """A connection whose calls take *delay* seconds before anything is sent (slow argument encoding)."""
+
+    delay = 0.8
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(self.delay)
+        return super().call(*args, **kwargs)
+
+
+def _slow_to_encode() -> ProcessConnection:
+    return _SlowToEncode(ThreadWorker(), start_timeout=5)
+
+
+def test_idle_stop_never_ends_a_worker_a_call_is_still_encoding_for() -> None:
+    workers = WorkerPool("fake", _slow_to_encode, 1, idle_timeout=0.2)
+    try:
+        workers.start()
+        time.sleep(0.3)  # idle: the reaper looks every 0.05 s
+        assert workers.call("add", (1, 2), {}, 5) == 3  # picked, then 0.8 s "encoding": not idle
+    finally:
+        workers.close()
+
+
+def test_a_call_picked_before_a_drain_finishes_and_later_calls_are_sent_on() -> None:
+    from pypods._client.pool import PoolRetired, PoolState
+
+    workers = WorkerPool("fake", _slow_to_encode, 1)
+    results: list[Any] = []
+    thread = threading.Thread(target=lambda: results.append(workers.call("add", (1, 2), {}, 5)))
+    thread.start()
+    assert wait_for(lambda: workers.in_flight() == 1)
+    closed: list[bool] = []
+    workers.drain(then=lambda: closed.append(True))
+    assert workers.state is PoolState.DRAINING
+    with pytest.raises(PoolRetired):  # the loader sends it to the current pool
+        workers.call("add", (1, 2), {}, 5)
+    thread.join(10)
+    assert results == [3]  # not PodClosedError: nobody closed the pod
+    assert wait_for(lambda: closed == [True])
+    assert workers.state is PoolState.CLOSED
+    with pytest.raises(PoolRetired):  # drained, not closed by the user: still sent on, never PodClosedError
+        workers.call("add", (1, 2), {}, 5)
+
+
+def _slow_spawn(seconds: float, made: list[ProcessConnection]) -> Any:
+    def spawn() -> ProcessConnection:
+        time.sleep(seconds)
+        made.append(connect())
+        return made[-1]
+
+    return spawn
+
+
+def test_a_start_past_the_deadline_times_out_at_the_deadline_and_goes_on() -> None:
+    made: list[ProcessConnection] = []
+    workers = WorkerPool("fake", _slow_spawn(1.5, made), 1)
+    try:
+        began = time.monotonic()
+        with pytest.raises(pypods.PodTimeoutError, match="still starting"):
+            workers.call("add", (1, 2), {}, 0.3)
+        assert time.monotonic() - began < 1.0  # was 1.5 s: the start's own length
+        assert workers.call("add", (1, 2), {}, 5) == 3  # the same start, gone on for this call
+        assert len(made) == 1
+    finally:
+        workers.close()
+
+
+def test_a_resend_to_a_fresh_worker_keeps_the_first_deadline() -> None:
+    made: list[ProcessConnection] = []
+
+    def spawn() -> ProcessConnection:
+        if not made:
+            made.append(connect())
+            return made[-1]
+        return _slow_spawn(1.5, made)()
+
+    workers = WorkerPool("fake", spawn, 1)
+    try:
+        workers.start()
+        made[0].worker.crash()  # type: ignore[attr-defined]
+        assert wait_for(lambda: not made[0].worker.alive())  # type: ignore[attr-defined]
+        began = time.monotonic()
+        with pytest.raises(pypods.PodTimeoutError):
+            workers.call("add", (1, 2), {}, 0.5)  # not sent (dead worker), then a fresh one starting
+        assert time.monotonic() - began < 1.3
+    finally:
+        workers.close()
+
+
+def _crash(workers: WorkerPool) -> None:
+    """Crash the pool's newest worker while idle (the next call counts it and goes to a fresh one)."""
+    worker = workers.spawned[-1].worker  # type: ignore[attr-defined]
+    worker.crash()
+    assert wait_for(lambda: not worker.alive())
+
+
+def _crash_five(workers: WorkerPool) -> None:
+    for _ in range(5):
+        workers.call("add", (1, 1), {}, 5)
+        _crash(workers)
+
+
+def test_the_brake_backs_off_then_one_probe_re_arms_it() -> None:
+    from pypods._client.brake import CrashBrake
+    from pypods._client.pool import PoolState
+
+    workers = pool()
+    workers._brake = CrashBrake("fake", first=0.3, most=1.0)
+    try:
+        _crash_five(workers)
+        with pytest.raises(pypods.PodCrashLoopError) as info:
+            workers.call("add", (1, 1), {}, 5)
+        assert len(info.value.crashes) == 5
+        assert workers.state is PoolState.TRIPPED
+        started = len(workers.spawned)  # type: ignore[attr-defined]
+        with pytest.raises(pypods.PodCrashLoopError, match="Next try"):
+            workers.call("add", (1, 1), {}, 5)  # backing off: fails fast, starts nothing
+        assert len(workers.spawned) == started  # type: ignore[attr-defined]
+        time.sleep(0.35)
+        assert workers.call("add", (1, 1), {}, 5) == 2  # the probe: a fresh worker
+        assert workers.state is PoolState.OPEN  # re-armed: crashes counted from zero again
+        for _ in range(4):  # four more crashes: below the limit of a re-armed brake
+            _crash(workers)
+            assert workers.call("add", (1, 1), {}, 5) == 2
+    finally:
+        workers.close()
+
+
+def test_a_probe_that_crashes_trips_the_brake_again_for_longer() -> None:
+    from pypods._client.brake import CrashBrake
+
+    workers = pool()
+    workers._brake = brake = CrashBrake("fake", first=0.2, most=0.5)
+    try:
+        _crash_five(workers)
+        with pytest.raises(pypods.PodCrashLoopError):
+            workers.call("add", (1, 1), {}, 5)  # the fifth crash is seen: tripped
+        time.sleep(0.25)
+        before = len(workers.spawned)  # type: ignore[attr-defined]
+
+        def crash_the_probe() -> None:
+            wait_for(lambda: len(workers.spawned) > before and workers.in_flight() == 1)  # type: ignore[attr-defined]
+            time.sleep(0.1)
+            workers.spawned[-1].worker.crash()  # type: ignore[attr-defined]
+
+        threading.Thread(target=crash_the_probe).start()
+        with pytest.raises(pypods.PodCrashedError):
+            workers.call("block", (5.0,), {}, 5)  # the probe: its fresh worker dies under it
+        with pytest.raises(pypods.PodCrashLoopError):
+            workers.call("add", (1, 1), {}, 5)
+        assert brake._delay == 0.5  # 0.2, then 0.4 for this trip, capped at 0.5 for the next
+        time.sleep(0.45)
+        assert workers.call("add", (1, 1), {}, 5) == 2
+    finally:
+        workers.close()
+
+
+def test_one_brake_across_reloads_and_reloads_count_as_strikes() -> None:
+    from pypods._client.brake import CrashBrake
+
+    brake = CrashBrake("fake")
+    for _ in range(3):  # each reload a fresh pool, one crash each: the pod's brake sees them all
+        made: list[ProcessConnection] = []
+        workers = WorkerPool("fake", _slow_spawn(0, made), 1, brake=brake)
+        workers.call("add", (1, 1), {}, 5)
+        made[-1].worker.crash()  # type: ignore[attr-defined]
+        assert wait_for(lambda made=made: not made[-1].worker.alive())  # type: ignore[attr-defined, misc]
+        assert workers.call("add", (1, 1), {}, 5) == 2  # counts the crash, resent to a fresh worker
+        workers.drain()
+    brake.reloaded()
+    with pytest.raises(pypods.PodCrashLoopError, match="crashed or reloaded 5 times") as info:
+        brake.reloaded()
+    assert "reloaded" in info.value.crashes[-1]
+    fresh = WorkerPool("fake", _slow_spawn(0, []), 1, brake=brake)
+    with pytest.raises(pypods.PodCrashLoopError):
+        fresh.call("add", (1, 1), {}, 5)
+
+
+class _SlowReport(ThreadWorker):
+    """A worker whose exit status takes a while to read (a busy machine reaping a killed process)."""
+
+    def exit_report(self, wait: float = 1.0) -> tuple[int | None, str]:
+        time.sleep(0.3)
+        return super().exit_report(wait)
+
+
+def test_calls_in_flight_on_a_killed_worker_get_crashed_never_closed() -> None:
+    made: list[ProcessConnection] = []
+
+    def spawn() -> ProcessConnection:
+        made.append(ProcessConnection(_SlowReport(), start_timeout=5))
+        return made[-1]
+
+    workers = WorkerPool("fake", spawn, 1)
+    outcomes: list[Any] = []
+
+    def call(name: str, *args: Any) -> None:
+        try:
+            outcomes.append((name, workers.call(name, args, {}, 10)))
+        except BaseException as exc:
+            outcomes.append((name, exc))
+
+    try:
+        workers.start()
+        threads = [threading.Thread(target=call, args=("block", 10.0)) for _ in range(10)]
+        for thread in threads:
+            thread.start()
+        assert wait_for(lambda: made[0].in_flight() == 10)
+        time.sleep(0.2)  # all ten written
+        worker = made[0].worker
+        worker._server.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]  # dies before any reply
+        worker.pod.gate.set()  # type: ignore[attr-defined]
+        late = [threading.Thread(target=call, args=("add", 1, 2)) for _ in range(5)]  # in the gap
+        for thread in late:
+            thread.start()
+        for thread in threads + late:
+            thread.join(10)
+        blocked = [outcome for name, outcome in outcomes if name == "block"]
+        assert len(blocked) == 10
+        assert all(type(outcome) is pypods.PodCrashedError for outcome in blocked), {
+            type(o).__name__: str(o)[:300] for o in blocked
+        }
+        assert [outcome for name, outcome in outcomes if name == "add"] == [3] * 5
+    finally:
+        workers.close()
+
+
+class _SlowToPickle:
+    def __reduce__(self) -> tuple[type[int], tuple[int]]:
+        time.sleep(0.6)  # an argument that takes a while to encode
+        return (int, (7,))
+
+
+def test_encoding_counts_against_the_deadline_and_a_late_encoding_sends_nothing() -> None:
+    workers = WorkerPool("fake", lambda: ProcessConnection(ThreadWorker(codec="pickle"), start_timeout=5), 1)
+    try:
+        workers.start()
+        pids = workers.pids()
+        began = time.monotonic()
+        with pytest.raises(pypods.PodTimeoutError, match="nothing was sent"):
+            workers.call("record", (_SlowToPickle(),), {}, 0.3)  # was: its value after 0.6 s
+        assert time.monotonic() - began < 1.5
+        assert workers.pids() == pids  # nothing sent: the worker is not killed
+        assert workers.call("record", (_SlowToPickle(),), {}, 5) == 7
+    finally:
+        workers.close()

@@ -239,3 +239,44 @@ def test_the_actor_removes_its_staged_code(actor: rayactor.PodActor) -> None:
     actor.stop()
     actor.stop()  # idempotent
     assert not os.path.exists(where)
+
+
+def test_a_data_file_left_behind_is_a_visible_warning_naming_the_ship_setting(
+    pod: PodLayout, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before the allow-list the pod's data.json shipped; now the pod's open() fails on the cluster only.
+
+    The warning (the default logging level shows it; INFO did not) names the file and the setting.
+    """
+    _write(pod.pod_dir, {"data.json": "{}"})
+    with caplog.at_level("WARNING", logger="pypods"):
+        files = rayship.pod_files(pod)
+    assert "data.json" not in files
+    warned = [record for record in caplog.records if record.levelname == "WARNING"]
+    assert warned, caplog.records
+    assert "'data.json'" in warned[0].getMessage()
+    assert 'ship = ["data.json"]' in warned[0].getMessage()
+    fresh = pod.pod_dir.parent / "fresh"
+    fresh.mkdir()
+    (fresh / "pod.py").write_text("")
+    for name in ("requirements.txt", "pod.toml", ".gitignore"):
+        (fresh / name).write_text("")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pypods"):
+        rayship.pod_files(PodLayout("fresh", pod.root))
+    assert not caplog.records  # a pod made by `pypods new` leaves nothing behind: no warning
+
+
+def test_hostile_globs_in_ship_or_gitignore_take_linear_time(pod: PodLayout) -> None:
+    """Both are the pod's to write; as a regex, ``*a*a*a*a*a*a*b`` took 1.2 s on one 60-letter name."""
+    stars = "*a" * 500 + "*b"
+    _write(pod.pod_dir, {"a" * 200 + ".txt": "x", ".gitignore": stars + "\n"})
+    (pod.pod_dir / "pod.toml").write_text(f'ship = ["{stars}", "{"*a" * 8}*b/**"]\n')
+    started = time.perf_counter()
+    rayship.pod_files(pod)
+    assert time.perf_counter() - started < 5
+    assert rayship.glob_match("*a*a*b", "xaya.b")
+    assert not rayship.glob_match("*a*a*b", "xa/ab")  # a star stays inside one path part
+    assert rayship.glob_match("**/x/*.csv", "d/e/x/f.csv")
+    assert rayship.glob_match("**/x/*.csv", "x/f.csv")
+    assert not rayship.glob_match("[!a]", "/")  # nor does a class (the regex's [^a] matched "/")

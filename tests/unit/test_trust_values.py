@@ -115,6 +115,24 @@ def test_a_class_of_builtin_behaviour_arrives_as_itself_with_every_attribute() -
     assert name.name == "mod"
 
 
+class Slotted(ValueError):
+    __slots__ = ("__private", "code")  # held beside the instance __dict__, not in it
+
+
+@pytest.mark.parametrize("trip", [bson_round_trip, fast_reply])
+def test_an_exceptions_slots_arrive_with_it(trip: Any) -> None:
+    slotted = Slotted("s")
+    slotted.code = 5
+    arrived = trip(slotted)
+    assert type(arrived) is Slotted
+    assert arrived.code == 5  # was: rebuilt as Slotted without it (AttributeError on .code)
+    unset = trip(Slotted("u"))
+    assert type(unset) is Slotted
+    assert not hasattr(unset, "code")  # never set there: not set here
+    slotted.code = object()  # cannot cross: then not the class, the documented fallback
+    assert type(trip(slotted)) is Exception
+
+
 def test_an_exception_with_an_attribute_that_cannot_cross_is_the_fallback() -> None:
     plain = Plain("k")
     plain.handle = object()  # type: ignore[attr-defined]
@@ -287,3 +305,20 @@ def test_a_pandas_value_with_a_broken_pyarrow_names_pyarrows_own_error(
     monkeypatch.delitem(sys.modules, "pyarrow", raising=False)
     with pytest.raises(EncodeError, match=r"pyarrow is installed on this side but failed to import: .*numpy>=2"):
         codec.encode({"v": frame})
+
+
+@pytest.mark.parametrize(
+    ("line", "installs"),
+    [
+        ("-e ../../mylib", True), ("-e../../mylib", True), ("-egit+https://example.org/x.git", True),
+        ("--editable=../lib", True), ("--editable ../lib", True), ("-r base.txt", True), ("-rbase.txt", True),
+        ("--requirement=base.txt", True), ("numpy>=2", True), ("./wheels/x.whl", True),
+        ("--no-index", False), ("--find-links ./wheels", False), ("-f ./wheels", False), ("-c constraints.txt", False),
+        ("--extra-index-url https://x", False), ("-i https://x", False),
+    ],
+)  # fmt: skip
+def test_which_requirement_lines_install_something(line: str, installs: bool) -> None:
+    """A line counted as an option, when it is the only one, means nothing is installed (pip's attached values too)."""
+    from pypods._env.builders import is_requirement
+
+    assert is_requirement(line) is installs

@@ -14,7 +14,7 @@ import click
 from .. import __version__
 from .._env.layout import check_platform
 from .._errors import PodError
-from .common import CliError, global_options
+from .common import CliError, echo, global_options
 
 __all__ = ["cli", "main"]
 
@@ -41,9 +41,9 @@ _register()
 
 
 def _error(message: str, hint: str = "") -> None:
-    click.echo(f"pypods: error: {message}", err=True)
+    echo(f"pypods: error: {message}", err=True)  # may quote a pod's error, or a folder name in its pods/
     if hint:
-        click.echo(f"hint: {hint}", err=True)
+        echo(f"hint: {hint}", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,7 +18,7 @@ from .._env import store, tools
 from .._env.layout import PodLayout, list_pods
 from .._errors import PodError, PodRemoteError
 from .._terminal import for_terminal
-from .common import CliError, Context, cached_functions, describe, emit, global_options, json_option
+from .common import CliError, Context, cached_functions, describe, echo, emit, global_options, json_option
 
 if TYPE_CHECKING:
     from .._env.progress import BuildReport
@@ -43,7 +43,7 @@ def _sync_one(ctx: Context, layout: PodLayout, report: BuildReport) -> dict[str,
 def sync(names: tuple[str, ...], jobs: int, as_json: bool) -> None:
     """Build or re-sync the environments of NAMES (all pods when none are named)."""
     ctx = Context()
-    layouts = [ctx.layout(name) for name in names] or [PodLayout.at(n, ctx.root) for n in list_pods(ctx.root)]
+    layouts = [ctx.layout(name) for name in names or list_pods(ctx.root)]  # each checked: the user's own
     if not layouts:
         ctx.note(f"no pods in {ctx.root / 'pods'} to sync")
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -51,7 +51,7 @@ def sync(names: tuple[str, ...], jobs: int, as_json: bool) -> None:
         results = list(pool.map(lambda layout: _sync_one(ctx, layout, ctx.report(layout.name, alone)), layouts))
     for result in results:
         if result["error"]:
-            click.echo(f"pypods: error: {result['error']}", err=True)
+            echo(f"pypods: error: {result['error']}", err=True)
     rows = [[r["name"], "ready" if r["ready"] else "failed", f"{r['seconds']:.2f}s"] for r in results]
     if results:
         emit(as_json, results, ["pod", "result", "time"], rows)
@@ -167,8 +167,10 @@ def _is_number(text: str) -> bool:
 def run(name: str, command: tuple[str, ...], create: bool) -> None:
     """Run COMMAND in pod NAME's environment, e.g. `pypods run geo -- python -i`.
 
-    The pod's venv/bin comes first on PATH, VIRTUAL_ENV names it, and pod.toml's [env] is set; the
-    command runs directly (no shell), in the current folder, and its exit code is pypods' exit code.
+    The pod's venv/bin comes first on PATH, VIRTUAL_ENV names it, pod.toml's [env] is set, and the
+    project folder is on PYTHONPATH (so `import pods.NAME.pod` works from any folder under the project,
+    or with --root); the command runs directly (no shell), in the current folder, and its exit code
+    is pypods' exit code.
     """
     ctx = Context()
     argv = list(command[1:] if command[0] == "--" else command)
@@ -179,6 +181,7 @@ def run(name: str, command: tuple[str, ...], create: bool) -> None:
     store.ensure_ready(layout, settings.python, ctx.report(name))
     env = tools.clean_environ(settings.env)
     env["VIRTUAL_ENV"] = str(layout.venv)
+    env["PYTHONPATH"] = str(layout.root)  # the caller's own PYTHONPATH never leaks in (clean_environ)
     env["PATH"] = os.pathsep.join([str(layout.venv_python.parent), env.get("PATH", os.defpath)])
     try:
         os.execvpe(argv[0], argv, env)
@@ -212,7 +215,7 @@ def stubs(names: tuple[str, ...], as_json: bool) -> None:
             ctx.note(f"skipped pod {name!r}: {str(exc).splitlines()[0]}")
     if names:  # keep the overloads of the pods not named this time
         for other in list_pods(root):
-            if other not in pods and (root / _stubs.PACKAGE / f"{other}.pyi").exists():
+            if other not in pods and (root / _stubs.PACKAGE / f"{other}.pyi").exists() and not ctx.distrusted(other):
                 cached = cached_functions(PodLayout.at(other, root))
                 if cached is not None:
                     pods[other] = cached

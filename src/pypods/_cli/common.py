@@ -17,9 +17,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from .._env import cache, store
-from .._env.layout import PodLayout, PodSettings, check_pods, chosen_root, ignored_folders, list_pods, resolve_root
+from .._env.layout import (
+    PodLayout,
+    PodSettings,
+    check_pods,
+    chosen_root,
+    distrust,
+    ignored_folders,
+    list_pods,
+    resolve_root,
+)
 from .._env.progress import BuildReport
 from .._errors import PodError
+from .._terminal import escape_controls, for_terminal
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -76,6 +86,13 @@ def json_option(function: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(function)
 
 
+class _TerminalFormatter(logging.Formatter):
+    """The ``-v`` log lines, escaped on a terminal: with ``log = "logging"`` they carry the pod's stderr."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return for_terminal(super().format(record), sys.stderr)
+
+
 class Context:
     """The resolved global options of this invocation."""
 
@@ -87,14 +104,16 @@ class Context:
         # Found rather than chosen (--root, $PYPODS_ROOT): each pod folder must be the user's own too.
         self.found = not meta.get("root") and chosen_root() is None
         if self.verbose:
-            logging.basicConfig(level=logging.DEBUG if self.verbose > 1 else logging.INFO, format="pypods: %(message)s")
+            handler = logging.StreamHandler()
+            handler.setFormatter(_TerminalFormatter("pypods: %(message)s"))
+            logging.basicConfig(level=logging.DEBUG if self.verbose > 1 else logging.INFO, handlers=[handler])
             how = "--root" if meta.get("root") else "$PYPODS_ROOT" if os.environ.get("PYPODS_ROOT") else "found"
             logging.getLogger("pypods").info("root: %s (%s)", self.root, how)
 
     def note(self, text: str) -> None:
         """A message for people (stderr), silenced by ``-q``."""
         if not self.quiet:
-            click.echo(text, err=True)
+            echo(text, err=True)
 
     def report(self, name: str, alone: bool = True) -> BuildReport:
         return BuildReport(name, False if self.quiet else None, installer=alone)
@@ -134,6 +153,11 @@ class Context:
         if self.found:
             check_pods(self.root, name)
 
+    def distrusted(self, name: str) -> str | None:
+        """Why pod *name*'s folder is refused (see ``check_trusted``), or None: for commands that list pods."""
+        folder = self.root / "pods" / name
+        return distrust(folder) if self.found and folder.is_dir() else None
+
     def settings(self, layout: PodLayout) -> PodSettings:
         try:
             return PodSettings.load(layout, {})
@@ -141,19 +165,29 @@ class Context:
             raise CliError(str(exc), hint=f"fix {layout.settings}") from exc
 
 
+def echo(text: str, err: bool = False) -> None:
+    """``click.echo`` of text that may hold a pod's (names, docstrings, errors): escaped on a terminal."""
+    click.echo(for_terminal(text, sys.stderr if err else sys.stdout), err=err)
+
+
 def emit(as_json: bool, records: Any, columns: list[str], rows: list[list[Any]], title: str = "") -> None:
-    """Print data: JSON, a rich table on a terminal, or tab-separated lines when piped."""
+    """Print data: JSON, a rich table on a terminal, or tab-separated lines when piped.
+
+    On the terminal every cell is a ``rich.text.Text`` of the escaped string: rich passes ESC through
+    and reads ``[link=...]`` markup in a plain ``str``, and a cell may be a pod's docstring.
+    """
     if as_json:
         click.echo(json.dumps(records, indent=2, default=str))
     elif sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(title=title or None, title_justify="left")
+        table = Table(title=Text(escape_controls(title)) if title else None, title_justify="left")
         for column in columns:
             table.add_column(column)
         for row in rows:
-            table.add_row(*(str(cell) for cell in row))
+            table.add_row(*(Text(escape_controls(str(cell))) for cell in row))
         Console(highlight=False).print(table)
     else:
         click.echo("\t".join(columns))

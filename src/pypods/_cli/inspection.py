@@ -20,6 +20,7 @@ from .common import (
     Context,
     cached_functions,
     describe as describe_pod,
+    echo,
     emit,
     global_options,
     human,
@@ -31,8 +32,15 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-def _pod_record(layout: PodLayout) -> dict[str, Any]:
-    """One pod's state from disk: its Python (as built, else as pinned), state and why, functions, size."""
+def _pod_record(ctx: Context, name: str) -> dict[str, Any]:
+    """One pod's state from disk: its Python (as built, else as pinned), state and why, functions, size.
+
+    A pod folder that is not the user's own under a found root is ``untrusted``: none of its files is read.
+    """
+    layout = PodLayout.at(name, ctx.root)
+    why = ctx.distrusted(name)
+    if why is not None:
+        return {"name": name, "python": "-", "state": "untrusted", "why": why, "functions": None, "size": 0}
     marker = store.read_marker(layout) or {}
     python = ".".join(map(str, marker.get("version", [])))
     try:
@@ -64,7 +72,7 @@ def _ignored_records(root: Path) -> list[dict[str, Any]]:
 def list_(as_json: bool) -> None:
     """List the pods under the root: Python, environment state, functions and disk size."""
     ctx = Context()
-    records = [_pod_record(PodLayout.at(name, ctx.root)) for name in list_pods(ctx.root)]
+    records = [_pod_record(ctx, name) for name in list_pods(ctx.root)]
     records += _ignored_records(ctx.root)
     if not records:
         if as_json:
@@ -123,7 +131,7 @@ def doctor(as_json: bool) -> None:
         "root": str(root),
         "uv": tools.uv_version(),
         "interpreters": [{"version": i.version_text, "path": i.path} for i in pythons.installed()],
-        "pods": [_pod_record(PodLayout.at(name, root)) for name in list_pods(root)],
+        "pods": [_pod_record(ctx, name) for name in list_pods(root)],
         "problems": [],
     }
     problems: list[str] = report["problems"]
@@ -132,7 +140,12 @@ def doctor(as_json: bool) -> None:
     if not (root / "pods").is_dir():
         problems.append(f"no pods/ folder at {root}. hint: cd to your project, give --root, or `pypods new NAME`")
     for pod in report["pods"]:
-        if pod["state"] != "ready":
+        if pod["state"] == "untrusted":
+            problems.append(
+                f"pods/{pod['name']}/ {pod['why']}: pypods will not use it. "
+                f"hint: if you trust it, give --root {root} (or PYPODS_ROOT); else remove it"
+            )
+        elif pod["state"] != "ready":
             why = f" ({pod['why']})" if pod["why"] else ""
             problems.append(f"pod {pod['name']} is {pod['state']}{why}. hint: pypods sync {pod['name']}")
     for name, why in ignored_folders(root).items():
@@ -148,8 +161,8 @@ def doctor(as_json: bool) -> None:
             *(f"  {i['version']:8} {i['path']}" for i in report["interpreters"]),
             *(f"pod {p['name']}: {p['state']}" + (f" ({p['why']})" if p["why"] else "") for p in report["pods"]),
         ]
-        click.echo("\n".join(lines))
-        click.echo("problems:\n" + "\n".join(f"  - {p}" for p in problems) if problems else "no problems found")
+        echo("\n".join(lines))  # pod.toml's python, a broken pod's error, pods/ folder names: escaped on a terminal
+        echo("problems:\n" + "\n".join(f"  - {p}" for p in problems) if problems else "no problems found")
     if problems:
         raise SystemExit(1)
 

@@ -14,7 +14,7 @@ from .._env.builders import requirement_lines
 from .._env.layout import PodLayout
 from .._env.settings import PodSettings
 from .._errors import PodError
-from .common import CliError, Context, emit, global_options, human, json_option, size_of
+from .common import CliError, Context, echo, emit, global_options, human, json_option, size_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -231,13 +231,13 @@ def _confirm(question: str) -> bool:
         raise
 
 
-def _garbage(root: Path) -> list[Path]:
-    """Environments and private state of pods whose ``pod.py`` is gone."""
+def _garbage(ctx: Context) -> list[Path]:
+    """Environments and private state of pods whose ``pod.py`` is gone (in folders of the user's own)."""
     found: list[Path] = []
-    pods_dir = root / "pods"
+    pods_dir = ctx.root / "pods"
     if pods_dir.is_dir():
         for folder in sorted(pods_dir.iterdir()):
-            if folder.is_dir() and not (folder / "pod.py").exists():
+            if folder.is_dir() and not (folder / "pod.py").exists() and ctx.distrusted(folder.name) is None:
                 found += [p for p in (folder / "venv", folder / ".pypods") if p.exists()]
     return found
 
@@ -250,7 +250,7 @@ def gc(dry_run: bool, as_json: bool) -> None:
     """Remove what nothing refers to: environments of deleted pods and uv's unused cache."""
     ctx = Context()
     removed: list[dict[str, Any]] = []
-    for path in _garbage(ctx.root):
+    for path in _garbage(ctx):
         size = size_of(path) if path.is_dir() else path.lstat().st_size
         if not dry_run:
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
@@ -266,7 +266,7 @@ def gc(dry_run: bool, as_json: bool) -> None:
         return
     verb = "would remove" if dry_run else "removed"
     for item in removed:
-        click.echo(f"{verb} {item['path']} ({human(item['size'])})")
+        echo(f"{verb} {item['path']} ({human(item['size'])})")
     if uv_said:
         ctx.note(f"uv cache prune: {uv_said}")
     total = f"would free {human(freed)}" if dry_run else f"freed {human(freed)}"

@@ -14,12 +14,14 @@ import asyncio
 import collections
 import copy
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
-from .._errors import PodClosedError, PodError, PodProtocolError
+from .._errors import PodClosedError, PodCrashedError, PodError, PodProtocolError, PodTimeoutError
 from .._worker import messages
 from .._worker.framing import FrameError, FrameReader
 from .._worker.sharedmem import SHM_TAG, SharedMemoryError, Upload
+from . import forking
 from .base import AsyncStream
 from .connection import DEFAULT_START_TIMEOUT, NotSentError, open_pidfd
 from .core import START, Outcome, StreamCursor, WorkerConnection
@@ -59,6 +61,28 @@ class AsyncProcessConnection(WorkerConnection):
             self._loop.add_reader(self._pidfd, self._on_exit)
         if self._sock is not None:
             self._loop.add_reader(self._sock, self._on_attachments)
+        forking.track(self)
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child (``forking.py``): the worker is the parent's. Drop our copies of its pipes
+        and pidfd, and never touch the inherited loop: its epoll set is shared with the parent's.
+
+        That loop may still watch the numbers, so they stay taken by ``/dev/null``: a callback it
+        still runs reads an end of file (and the connection, broken already, ignores it), never a
+        file that would otherwise get the number next.
+        """
+        self._broken = PodClosedError(f"pod {self.pod!r}: this worker belongs to the process that forked")
+        self._dying = True
+        self._tasks = set()
+        forget = getattr(self.worker, "_forget_after_fork", None)
+        if forget is not None:
+            forget()  # closes the pipes (once)
+        taken = {fd for fd in (self.worker.read_fd, self.worker.write_fd, self._pidfd, self._sock) if fd is not None}
+        devnull = os.open(os.devnull, os.O_RDONLY)  # may get one of those numbers itself: then it keeps it
+        for fd in taken - {devnull}:
+            os.dup2(devnull, fd, inheritable=False)
+        if devnull not in taken:
+            os.close(devnull)
 
     def _unwatch(self) -> None:
         """Stop watching the worker's fds (idempotent)."""
@@ -76,6 +100,14 @@ class AsyncProcessConnection(WorkerConnection):
                 remove(fd)
             except (ValueError, OSError):
                 pass
+
+    @property
+    def broken(self) -> PodError | None:
+        """As ``WorkerConnection.broken``, and already a crash once the worker's exit is seen (end of
+        file or pidfd), before its exit status is read: no call may be sent to it in that gap."""
+        if self._broken is None and self._dying:
+            return PodCrashedError(f"pod {self.pod!r}: worker (pid {self.worker.pid}) died")
+        return self._broken
 
     def _spawn_task(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = self._loop.create_task(coro)
@@ -215,11 +247,12 @@ class AsyncProcessConnection(WorkerConnection):
         """Send *data* (after its *attachments*) now if the pipe takes it (None); else queue it and
         return what to await. The frame is queued whole at once, so a cancelled caller never leaves
         half a frame behind."""
-        if self._broken is not None:
-            if isinstance(self._broken, PodClosedError):
-                raise copy.copy(self._broken)
+        broken = self.broken
+        if broken is not None:
+            if isinstance(broken, PodClosedError):
+                raise copy.copy(broken)
             # Another call ended this worker first: this frame was never sent (the pool resends it).
-            raise NotSentError(f"pod {self.pod!r}: the worker was lost before the call was sent ({self._broken})")
+            raise NotSentError(f"pod {self.pod!r}: the worker was lost before the call was sent ({broken})")
         upload = None if not attachments or self.channel is None else Upload(self.channel, attachments)
         if upload is None and not self._queue and not self._out:
             try:
@@ -348,16 +381,32 @@ class AsyncProcessConnection(WorkerConnection):
             self._break(exc)
             raise
 
-    async def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
-        """Send one call and await its reply; a generator's items come as an ``AsyncStream``."""
+    async def call(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        deadline: float | None = None,
+    ) -> Any:
+        """Send one call and await its reply; a generator's items come as an ``AsyncStream``.
+
+        *deadline* (``time.monotonic()``) is the caller's, else *timeout* from now.
+        """
         proto = self.proto
         # One deadline covers writing the request too: a worker busy with another call reads nothing.
-        deadline = self._deadline(timeout)
+        send_by = deadline if deadline is not None or timeout is None else time.monotonic() + timeout
+        deadline = None if send_by is None else self._loop.time() + (send_by - time.monotonic())  # the loop's clock
         registry = proto.registry_frame()
         if registry is not None:
             await self._sent(registry, timeout, name, deadline)
         call_id = proto.next_id()
-        data, attachments = proto.encode_call(call_id, name, args, kwargs, timeout)
+        # The worker bounds its own waits for this call by what is left of the deadline.
+        left = None if send_by is None else max(send_by - time.monotonic(), 0.0)
+        data, attachments = proto.encode_call(call_id, name, args, kwargs, left)
+        if send_by is not None and time.monotonic() >= send_by:  # passed while encoding (or before): send nothing
+            raise PodTimeoutError(f"pod {self.pod!r}, function {name!r}: no answer within {timeout}s "
+                                  "(it passed before sending, while encoding; nothing was sent)")  # fmt: skip
         self._calls[call_id] = asyncio.Queue()
         stream = False
         try:
@@ -416,6 +465,8 @@ class AsyncProcessConnection(WorkerConnection):
     async def aclose(self, kill: bool = False) -> None:
         """Stop the worker (killed if calls are in flight); calls still waiting get PodClosedError."""
         busy = self.in_flight() > 0
+        if self._dying and self._broken is None:
+            await self._crashed()  # it died first: calls in flight get its crash, not PodClosedError
         self._fail(PodClosedError(f"pod {self.pod!r} was closed"))
         self._unwatch()
         if kill or busy:

@@ -1,8 +1,8 @@
 """The seams of the client: what a worker, a connection and a pool must offer, and the stream types.
 
-The loader only talks to a ``Pool``; the pool only to ``Connection`` objects made by a ``spawn()``
-factory (a worker process, a Ray actor, a fake in tests). ``Pod`` and ``AsyncPod`` differ only in
-``await``: ``Connection``/``AsyncConnection`` and ``Pool``/``AsyncPool`` are twins.
+The loader holds a concrete ``pool.WorkerPool`` (or ``AsyncWorkerPool``); the pool talks only to
+``Connection`` objects made by a ``spawn()`` factory (a worker process, a Ray actor, a fake in
+tests). ``Pod`` and ``AsyncPod`` differ only in ``await``: ``Connection``/``AsyncConnection`` are twins.
 """
 
 from __future__ import annotations
@@ -16,10 +16,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AsyncConnection",
-    "AsyncPool",
     "AsyncStream",
     "Connection",
-    "Pool",
     "Stream",
     "WorkerHandle",
 ]
@@ -61,8 +59,16 @@ class Connection(Protocol):
     def in_flight(self) -> int:
         """Calls sent and not yet answered (the pool picks the least busy connection)."""
 
-    def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
-        """Run pod function *name*; return its value, or a ``Stream`` if it is a generator."""
+    def call(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        deadline: float | None = None,
+    ) -> Any:
+        """Run pod function *name* by *deadline* (``time.monotonic()``; default *timeout* from now);
+        return its value, or a ``Stream`` if it is a generator."""
 
     def close(self, kill: bool = False) -> None:
         """Stop the worker (at once with *kill*); calls still waiting get ``PodClosedError``."""
@@ -80,37 +86,15 @@ class AsyncConnection(Protocol):
     @property
     def broken(self) -> PodError | None: ...
     def in_flight(self) -> int: ...
-    async def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any: ...
+    async def call(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        deadline: float | None = None,
+    ) -> Any: ...
     async def aclose(self, kill: bool = False) -> None: ...
-
-
-class Pool(Protocol):
-    """What ``Pod`` runs calls on: every backend is one ``pool.WorkerPool`` over its connections."""
-
-    description: list[dict[str, Any]] | None
-
-    def start(self, count: int | None = None) -> None:
-        """Start workers now (all by default) rather than on the first call."""
-
-    def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
-        """Run *name* on the least busy worker."""
-
-    def pids(self) -> list[int]:
-        """Process ids of the live workers."""
-
-    def close(self) -> None:
-        """Stop every worker; later calls raise ``PodClosedError``."""
-
-
-class AsyncPool(Protocol):
-    """The asyncio twin of ``Pool``."""
-
-    description: list[dict[str, Any]] | None
-
-    async def start(self, count: int | None = None) -> None: ...
-    async def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any: ...
-    def pids(self) -> list[int]: ...
-    async def aclose(self) -> None: ...
 
 
 class Stream(Iterator[Any]):

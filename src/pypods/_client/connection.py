@@ -23,10 +23,11 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from .._errors import PodClosedError, PodCrashedError, PodError, PodProtocolError, PodWorkerError
+from .._errors import PodClosedError, PodCrashedError, PodError, PodProtocolError, PodTimeoutError, PodWorkerError
 from .._worker import messages
 from .._worker.framing import FrameError, FrameReader, PipeClosed
 from .._worker.sharedmem import SHM_TAG, SharedMemoryError, Upload
+from . import forking
 from .core import START, Outcome, StreamCursor, WorkerConnection
 from .pstream import ProcessStream
 
@@ -101,11 +102,24 @@ class ProcessConnection(WorkerConnection):
         self._deferred: list[bytearray] = []  # controls from finalizers, sent with the next write
         # Calls written and not yet answered, in the order the worker queues (and runs) them.
         self._unanswered: dict[int, None] = {}
+        forking.track(self)
         try:
             self._handshake(start_timeout)
         except BaseException:
             self.close(kill=True)
             raise
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child (``forking.py``): the worker is the parent's; new locks, our copies closed."""
+        _open.discard(self)
+        self._wlock = threading.Lock()
+        self._cv = threading.Condition(threading.Lock())
+        self._broken = PodClosedError(f"pod {self.pod!r}: this worker belongs to the process that forked")
+        self._reading, self._writers, self._closed = False, 0, True
+        self._deferred = []
+        _close_fd(self._wfd)
+        _close_fd(self._pidfd)
+        self._wfd = self._pidfd = None
 
     def _handshake(self, timeout: float | None) -> None:
         # 1. The worker speaks first: protocol version, pid, Python, and its functions (or why not).
@@ -125,12 +139,25 @@ class ProcessConnection(WorkerConnection):
 
     # -- calls ---------------------------------------------------------------------------------
 
-    def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
+    def call(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        deadline: float | None = None,
+    ) -> Any:
         """Send one call and wait for its reply (see ``Connection.call``)."""
         proto = self.proto
         call_id = proto.next_id()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        data, attachments = proto.encode_call(call_id, name, args, kwargs, timeout)
+        if deadline is None and timeout is not None:
+            deadline = time.monotonic() + timeout
+        # The worker bounds its own waits for this call by what is left of the deadline.
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        data, attachments = proto.encode_call(call_id, name, args, kwargs, left)
+        if deadline is not None and time.monotonic() >= deadline:  # passed while encoding (or before): send nothing
+            raise PodTimeoutError(f"pod {self.pod!r}, function {name!r}: no answer within {timeout}s "
+                                  "(it passed before sending, while encoding; nothing was sent)")  # fmt: skip
         with self._cv:
             self._calls[call_id] = collections.deque()
         stream = False

@@ -1,256 +1,204 @@
-"""N connections for one pod: least-busy pick, replacement, a crash brake, idle stop; sync and asyncio.
+"""N connections for one pod: least-busy pick, replacement, a crash brake, idle stop, drain; sync and asyncio.
 
-``Slots`` holds every rule (which slot to use, when a connection is dead, what counts as a crash);
-``WorkerPool`` and ``AsyncWorkerPool`` add only locking and the I/O of starting and stopping, as
-httpx keeps everything but ``send`` in its base client. Any backend plugs in through ``spawn()``.
+``slots.Slots`` holds every rule and the pool's ``PoolState``; ``WorkerPool`` and ``AsyncWorkerPool``
+add only locking and the I/O of starting and stopping. Any backend plugs in through ``spawn()``.
+Every wait of a call honours the one absolute ``deadline`` (``time.monotonic()``) the loader
+computed when the user called.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import copy
+import concurrent.futures
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union
+from typing import TYPE_CHECKING, Any
 
-from .._errors import PodClosedError, PodCrashedError, PodCrashLoopError, PodError
+from .._errors import PodClosedError, PodCrashedError, PodError
+from . import forking
 from .base import AsyncConnection, Connection
 from .connection import NotSentError
+from .slots import PoolRetired, PoolState, Slots, remaining
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-CRASH_LIMIT = 5
-CRASH_WINDOW = 10.0
+    from .brake import CrashBrake
 
-C = TypeVar("C", bound=Union[Connection, AsyncConnection])
+__all__ = ["AsyncWorkerPool", "PoolRetired", "PoolState", "WorkerPool"]
 
-
-class CrashBrake:
-    """Stop restarting a pod whose workers keep dying: CRASH_LIMIT crashes within CRASH_WINDOW seconds.
-
-    Only crashes count (a worker that died, also while starting); timeouts, protocol errors and
-    closes never do.
-    """
-
-    def __init__(self, pod: str) -> None:
-        self.pod = pod
-        self._crashes: collections.deque[tuple[float, str]] = collections.deque(maxlen=CRASH_LIMIT)
-
-    def note(self, error: PodError | None) -> PodCrashLoopError | None:
-        """Record a crash; return the error that stops restarting, or None to go on."""
-        now = time.monotonic()
-        first = str(error).split("\n", 1)[0] if error is not None else "died while idle"
-        self._crashes.append((now, first))
-        if len(self._crashes) == CRASH_LIMIT and now - self._crashes[0][0] < CRASH_WINDOW:
-            crashes = [text for _, text in self._crashes]
-            listed = "".join(f"\n  {i}. {text}" for i, text in enumerate(crashes, 1))
-            return PodCrashLoopError(
-                f"pod {self.pod!r}: its worker crashed {CRASH_LIMIT} times in {CRASH_WINDOW:.0f}s; not restarting "
-                f"it again. Fix the cause, then load the pod again. The crashes:{listed}",
-                crashes=crashes,
-            )
-        return None
-
-
-class Slots(Generic[C]):
-    """The pool's state and rules, without locks or I/O (shared by the sync and asyncio pools)."""
-
-    def __init__(self, pod: str, size: int, idle_timeout: float | None) -> None:
-        self.pod = pod
-        self._slots: list[C | None] = [None] * size
-        self._brake = CrashBrake(pod)
-        self._closed: PodError | None = None
-        self._idle_timeout = idle_timeout
-        self._last_used = time.monotonic()
-        self._pending: set[int] = set()  # slots whose worker is starting
-        self.description: list[dict[str, Any]] | None = None
-
-    @property
-    def size(self) -> int:
-        return len(self._slots)
-
-    def pids(self) -> list[int]:
-        return [conn.pid for conn in self._slots if conn is not None and conn.broken is None]
-
-    def in_flight(self) -> int:
-        return sum(conn.in_flight() for conn in self._slots if conn is not None)
-
-    def _check_open(self) -> None:
-        if self._closed is not None:
-            raise copy.copy(self._closed)
-
-    def _pick(self) -> tuple[int, C | None]:
-        """The slot to use: an idle live worker, else an empty slot (start one), else the least busy,
-        else a slot whose worker is starting (wait for it).
-
-        Returns the slot and its connection, or None when the caller must start one there (or
-        wait for the start under way).
-        """
-        self._last_used = time.monotonic()
-        free: int | None = None
-        starting: int | None = None
-        best, best_load = 0, -1
-        for index, conn in enumerate(self._slots):
-            if conn is None or conn.broken is not None:
-                if index in self._pending:
-                    starting = index if starting is None else starting
-                elif free is None:
-                    free = index
-                continue
-            load = conn.in_flight()
-            if load == 0:
-                return index, conn
-            if best_load < 0 or load < best_load:
-                best, best_load = index, load
-        if free is not None:
-            return free, None
-        if best_load < 0 and starting is not None:
-            return starting, None
-        return best, self._slots[best]
-
-    def _live(self, index: int) -> tuple[C | None, C | None]:
-        """Slot *index*'s connection if usable, else ``(None, the dead one to close or None)``."""
-        self._check_open()
-        conn = self._slots[index]
-        if conn is not None and conn.broken is None:
-            return conn, None
-        old = self._retire(index) if conn is not None else None
-        return None, old
-
-    def _start_failed(self, error: BaseException) -> None:
-        """A worker died while it started: that is a crash too (a pod that segfaults on import)."""
-        if isinstance(error, PodCrashedError) and self._closed is None:
-            stop = self._brake.note(error)
-            if stop is not None:
-                self._closed = stop
-
-    def _retire(self, index: int) -> C | None:
-        """Take a dead connection out of slot *index* (the caller closes it); a crash feeds the brake."""
-        conn = self._slots[index]
-        self._slots[index] = None
-        if conn is not None and isinstance(conn.broken, PodCrashedError):
-            stop = self._brake.note(conn.broken)
-            if stop is not None:
-                self._closed = stop
-        return conn
-
-    def _install(self, index: int, conn: C) -> bool:
-        """Put a fresh connection in slot *index*; False if the pool was closed while it started."""
-        if self._closed is not None:
-            return False  # the caller closes it and raises: no worker outlives close()
-        self._last_used = time.monotonic()  # a worker just started is not idle yet
-        self._slots[index] = conn
-        if self.description is None:
-            self.description = conn.description
-        return True
-
-    def _idle(self) -> list[C]:
-        """Connections to stop because the pod has been idle for ``idle_timeout``."""
-        if self._idle_timeout is None or time.monotonic() - self._last_used < self._idle_timeout:
-            return []
-        idle = []
-        for index, conn in enumerate(self._slots):
-            if conn is not None and conn.in_flight() == 0:
-                self._slots[index] = None
-                idle.append(conn)
-        return idle
-
-    def _idle_step(self) -> float:
-        assert self._idle_timeout is not None
-        return max(min(self._idle_timeout / 4, 5.0), 0.05)
-
-    def _close_all(self) -> list[C]:
-        if self._closed is None or not isinstance(self._closed, PodClosedError):
-            self._closed = PodClosedError(f"pod {self.pod!r} was closed")
-        slots, self._slots = self._slots, [None] * len(self._slots)
-        return [conn for conn in slots if conn is not None]
-
-
-def _resend_failed(pod: str, exc: NotSentError) -> PodCrashedError:
-    return PodCrashedError(
-        f"pod {pod!r}: a fresh worker was gone again before the call was sent: {exc}",
-        returncode=exc.returncode,
-        stderr=exc.stderr,
-    )
+DRAIN_STEP = 0.05  # seconds between two looks at a draining pool's open streams
 
 
 class WorkerPool(Slots[Connection]):
     """Serve one pod with ``size`` connections from ``spawn()``, started lazily and replaced when they die."""
 
     def __init__(
-        self, pod: str, spawn: Callable[[], Connection], size: int = 1, idle_timeout: float | None = None
+        self,
+        pod: str,
+        spawn: Callable[[], Connection],
+        size: int = 1,
+        idle_timeout: float | None = None,
+        brake: CrashBrake | None = None,
     ) -> None:
-        super().__init__(pod, size, idle_timeout)
+        super().__init__(pod, size, idle_timeout, brake)
         self._spawn = spawn
         self._lock = threading.Lock()  # held only for decisions, never while a worker starts
-        self._starting = [threading.Lock() for _ in range(size)]  # one start per slot at a time
+        self._starts: list[concurrent.futures.Future[Connection] | None] = [None] * size  # one start per slot
         self._stopped = threading.Event()  # set by close(): the idle reaper ends at once, not at its next look
         if idle_timeout is not None:
             threading.Thread(target=self._reap_idle, name=f"pypods-{pod}-idle", daemon=True).start()
+        forking.track(self)
 
-    def start(self, count: int | None = None) -> None:
-        """Start workers now (all of them by default) rather than on the first call."""
+    def _forget_after_fork(self) -> None:
+        """In a forked child (``forking.py``): locks anew (a parent's thread may have held one), no workers."""
+        self._lock = threading.Lock()
+        self._forget_slots()
+        self._starts = [None] * self.size  # the parent's start threads do not exist here
+        self._stopped = threading.Event()
+        if self._idle_timeout is not None and self._state is PoolState.OPEN:  # threads do not survive a fork
+            threading.Thread(target=self._reap_idle, name=f"pypods-{self.pod}-idle", daemon=True).start()
+
+    def start(self, count: int | None = None, deadline: float | None = None) -> None:
+        """Start workers now (all of them by default) rather than on the first call, waiting until *deadline*."""
         for index in range(count if count is not None else self.size):
-            self._ensure(index)
+            self._ensure(index, deadline, "(start)", None)
 
-    def _ensure(self, index: int) -> Connection:
-        """The live connection in slot *index*, starting or replacing it (close() does not wait for a start)."""
-        with self._starting[index]:
-            with self._lock:
-                conn, old = self._live(index)
+    def _ensure(self, index: int, deadline: float | None, name: str, timeout: float | None) -> tuple[Connection, bool]:
+        """The live connection in slot *index* and whether this call started it; a start runs in its own
+        thread (bounded by ``start_timeout``), so a call's deadline ends only its wait for it."""
+        with self._lock:
+            conn, old = self._live(index)
             if conn is not None:
-                return conn
+                return conn, False
+            refused = self._refused()
+            start = self._starts[index]
+            launch = start is None and refused is None
+            if launch:
+                start = self._starts[index] = concurrent.futures.Future()
+        if refused is not None:
             if old is not None:
                 old.close(kill=True)
-            self._check_open()  # the brake may have tripped on that one
-            with self._lock:
-                self._pending.add(index)
-            try:
-                fresh = self._spawn()
-            except BaseException as exc:
-                with self._lock:
-                    self._pending.discard(index)
-                    self._start_failed(exc)
-                raise
-            with self._lock:
-                self._pending.discard(index)
-                installed = self._install(index, fresh)
-            if not installed:
-                fresh.close(kill=True)
-                self._check_open()
-            return fresh
-
-    def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
-        """Run *name* on the least busy worker; a worker found dead before the send is replaced once."""
-        self._check_open()
-        with self._lock:  # the idle reaper decides under the same lock, after this pick's _last_used
-            index, conn = self._pick()
-        if conn is None:
-            conn = self._ensure(index)
+            raise refused
+        assert start is not None
+        if launch:
+            threading.Thread(
+                target=self._start, args=(index, start, old), name=f"pypods-{self.pod}-start", daemon=True
+            ).start()
         try:
-            return conn.call(name, args, kwargs, timeout)
-        except NotSentError:
-            conn = self._ensure(index)
-        try:
-            return conn.call(name, args, kwargs, timeout)
-        except NotSentError as exc:
-            self._ensure_retired(index)
-            raise _resend_failed(self.pod, exc) from exc
+            return start.result(remaining(deadline)), launch
+        except concurrent.futures.TimeoutError:
+            raise self._start_timeout(name, timeout) from None
 
-    def _ensure_retired(self, index: int) -> None:
+    def _start(self, index: int, start: concurrent.futures.Future[Connection], old: Connection | None) -> None:
+        try:
+            if old is not None:
+                old.close(kill=True)
+            fresh = self._spawn()
+        except BaseException as exc:
+            with self._lock:
+                self._starts[index] = None
+                self._start_failed(exc)
+            start.set_exception(exc)
+            return
         with self._lock:
-            old = self._retire(index)
+            self._starts[index] = None
+            installed = self._install(index, fresh)
+        if not installed:
+            fresh.close(kill=True)
+            start.set_exception(PodClosedError(f"pod {self.pod!r} was closed"))
+        else:
+            start.set_result(fresh)
+
+    def call(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        deadline: float | None = None,
+    ) -> Any:
+        """Run *name* on the least busy worker by *deadline* (default: *timeout* from now); a worker found
+        dead before the send is replaced once.
+
+        Raises:
+            PoolRetired: the pool is draining for a reload (internal: the loader uses the current pool).
+        """
+        if deadline is None and timeout is not None:
+            deadline = time.monotonic() + timeout
+        with self._lock:  # the idle reaper and drain decide under the same lock, after this pick
+            probe = self._admit()
+            index, conn = self._pick()
+        error: BaseException | None = None
+        try:
+            return self._run(index, conn, name, args, kwargs, timeout, deadline)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            with self._lock:
+                self._done(index)
+                self._ended(probe, error)
+
+    def _run(
+        self,
+        index: int,
+        conn: Connection | None,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        deadline: float | None,
+    ) -> Any:
+        fresh = False
+        for attempt in (1, 2):
+            if conn is None:
+                conn, fresh = self._ensure(index, deadline, name, timeout)
+            try:
+                return conn.call(name, args, kwargs, timeout, deadline=deadline)
+            except NotSentError as exc:
+                self._drop(index, conn, exc)
+                if attempt == 2:
+                    raise self._resend_failed(exc, fresh) from exc
+                conn = None
+            except PodCrashedError as exc:
+                self._drop(index, conn, exc)  # counted toward the brake now, not at the next pick
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _drop(self, index: int, conn: Connection, error: PodError) -> None:
+        with self._lock:
+            old = self._retire(index, conn, error)
         if old is not None:
             old.close(kill=True)
 
     def _reap_idle(self) -> None:
-        while not self._stopped.wait(self._idle_step()) and self._closed is None:
+        while not self._stopped.wait(self._idle_step()) and self._state is not PoolState.CLOSED:
             with self._lock:
                 idle = self._idle()
             for conn in idle:
                 conn.close()
+
+    def drain(self, then: Callable[[], None] | None = None) -> None:
+        """Take no more calls (they go to the pod's current pool); close once those in flight ended."""
+        with self._lock:
+            if self._state is not PoolState.CLOSED:
+                self._state = PoolState.DRAINING
+        if self.in_flight() == 0:
+            self._drained(then)
+        else:
+            threading.Thread(target=self._drained, args=(then,), name=f"pypods-{self.pod}-drain", daemon=True).start()
+
+    def _drained(self, then: Callable[[], None] | None) -> None:
+        while self.in_flight() > 0 and self._state is PoolState.DRAINING:
+            time.sleep(DRAIN_STEP)
+        with self._lock:  # a call that took this pool just before the reload still goes on (PoolRetired)
+            conns = self._close_all(PoolRetired())
+        self._stopped.set()
+        for conn in conns:
+            conn.close()
+        if then is not None:
+            then()
 
     def close(self) -> None:
         """Stop every worker; later calls raise PodClosedError."""
@@ -270,67 +218,125 @@ class AsyncWorkerPool(Slots[AsyncConnection]):
         spawn: Callable[[], Awaitable[AsyncConnection]],
         size: int = 1,
         idle_timeout: float | None = None,
+        brake: CrashBrake | None = None,
     ) -> None:
-        super().__init__(pod, size, idle_timeout)
+        super().__init__(pod, size, idle_timeout, brake)
         self._spawn = spawn
-        self._lock = asyncio.Lock()
-        self._starting = [asyncio.Lock() for _ in range(size)]  # one start per slot at a time
+        self._starts: list[asyncio.Task[AsyncConnection] | None] = [None] * size  # one start per slot
         self._tasks: set[asyncio.Task[Any]] = set()  # strong references: the loop keeps only weak ones
         if idle_timeout is not None:
             self._keep(asyncio.get_running_loop().create_task(self._reap_idle()))
+        forking.track(self)
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child (``forking.py``): no workers, and locks and tasks of no loop yet."""
+        self._forget_slots()
+        self._starts = [None] * self.size  # tasks of the parent's loop
+        self._tasks = set()  # the parent loop's (its idle reaper too: not restarted in the child)
 
     def _keep(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def start(self, count: int | None = None) -> None:
+    async def start(self, count: int | None = None, deadline: float | None = None) -> None:
         for index in range(count if count is not None else self.size):
-            await self._ensure(index)
+            await self._ensure(index, deadline, "(start)", None)
 
-    async def _ensure(self, index: int) -> AsyncConnection:
-        async with self._starting[index]:
-            conn, old = self._live(index)
-            if conn is not None:
-                return conn
+    async def _ensure(
+        self, index: int, deadline: float | None, name: str, timeout: float | None
+    ) -> tuple[AsyncConnection, bool]:
+        conn, old = self._live(index)
+        if conn is not None:
+            return conn, False
+        refused = self._refused()
+        if refused is not None:
             if old is not None:
                 await old.aclose(kill=True)
-            self._check_open()  # the brake may have tripped on that one
-            self._pending.add(index)
-            try:
-                fresh = await self._spawn()
-            except BaseException as exc:
-                self._start_failed(exc)
-                raise
-            finally:
-                self._pending.discard(index)
-            if not self._install(index, fresh):
-                await fresh.aclose(kill=True)
-                self._check_open()
-            return fresh
+            raise refused
+        start = self._starts[index]
+        launch = start is None
+        if start is None:
+            start = self._starts[index] = asyncio.get_running_loop().create_task(self._start(index, old))
+            start.add_done_callback(lambda task: task.cancelled() or task.exception())  # retrieved
+        try:
+            return await asyncio.wait_for(asyncio.shield(start), remaining(deadline)), launch
+        except asyncio.TimeoutError:
+            raise self._start_timeout(name, timeout) from None
 
-    async def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
-        self._check_open()
+    async def _start(self, index: int, old: AsyncConnection | None) -> AsyncConnection:
+        try:
+            if old is not None:
+                await old.aclose(kill=True)
+            fresh = await self._spawn()
+        except BaseException as exc:
+            self._start_failed(exc)
+            raise
+        finally:
+            self._starts[index] = None
+        if not self._install(index, fresh):
+            await fresh.aclose(kill=True)
+            raise PodClosedError(f"pod {self.pod!r} was closed")
+        return fresh
+
+    async def call(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        deadline: float | None = None,
+    ) -> Any:
+        if deadline is None and timeout is not None:
+            deadline = time.monotonic() + timeout
+        probe = self._admit()
         index, conn = self._pick()
-        if conn is None:
-            conn = await self._ensure(index)
+        error: BaseException | None = None
         try:
-            return await conn.call(name, args, kwargs, timeout)
-        except NotSentError:
-            conn = await self._ensure(index)
-        try:
-            return await conn.call(name, args, kwargs, timeout)
-        except NotSentError as exc:
-            async with self._lock:
-                old = self._retire(index)
-            if old is not None:
-                await old.aclose(kill=True)
-            raise _resend_failed(self.pod, exc) from exc
+            fresh = False
+            for attempt in (1, 2):
+                if conn is None:
+                    conn, fresh = await self._ensure(index, deadline, name, timeout)
+                try:
+                    return await conn.call(name, args, kwargs, timeout, deadline=deadline)
+                except NotSentError as exc:
+                    await self._drop(index, conn, exc)
+                    if attempt == 2:
+                        raise self._resend_failed(exc, fresh) from exc
+                    conn = None
+                except PodCrashedError as exc:
+                    await self._drop(index, conn, exc)
+                    raise
+            raise AssertionError("unreachable")  # pragma: no cover
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._done(index)
+            self._ended(probe, error)
+
+    async def _drop(self, index: int, conn: AsyncConnection, error: PodError) -> None:
+        old = self._retire(index, conn, error)
+        if old is not None:
+            await old.aclose(kill=True)
 
     async def _reap_idle(self) -> None:
-        while self._closed is None:
+        while self._state is not PoolState.CLOSED:
             await asyncio.sleep(self._idle_step())
             for conn in self._idle():
                 await conn.aclose()
+
+    def drain(self, then: Callable[[], None] | None = None) -> None:
+        """Take no more calls (they go to the pod's current pool); close once those in flight ended."""
+        if self._state is not PoolState.CLOSED:
+            self._state = PoolState.DRAINING
+        self._keep(asyncio.get_running_loop().create_task(self._drained(then)))
+
+    async def _drained(self, then: Callable[[], None] | None) -> None:
+        while self.in_flight() > 0 and self._state is PoolState.DRAINING:
+            await asyncio.sleep(DRAIN_STEP)
+        await self.aclose(cancel=False, retired=True)
+        if then is not None:
+            then()
 
     def abandon(self) -> None:
         """The pod was dropped without ``aclose()``: end its workers now, without awaiting."""
@@ -339,8 +345,11 @@ class AsyncWorkerPool(Slots[AsyncConnection]):
             if abandon is not None:
                 abandon()
 
-    async def aclose(self) -> None:
-        conns = self._close_all()
-        for task in list(self._tasks):
-            task.cancel()
+    async def aclose(self, cancel: bool = True, retired: bool = False) -> None:
+        conns = self._close_all(PoolRetired() if retired else None)
+        if cancel:
+            current = asyncio.current_task()
+            for task in list(self._tasks):
+                if task is not current:
+                    task.cancel()
         await asyncio.gather(*(conn.aclose() for conn in conns), return_exceptions=True)

@@ -24,7 +24,10 @@ from typing import TYPE_CHECKING
 from .._env.tools import clean_environ
 from .._terminal import for_terminal
 from .._worker import BOOTSTRAP
+from .._worker.reaper import end_tree
 from .._worker.sharedmem import FdChannel, open_pair
+from . import forking
+from .cgroups import WorkerCgroup
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -36,6 +39,14 @@ CUT_MARK = " [pypods: line cut]"
 WORKER_DIR = str(Path(__file__).resolve().parent.parent / "_worker")
 _output_lock = threading.Lock()  # one whole line at a time, whichever worker wrote it
 _live: weakref.WeakSet[WorkerProcess] = weakref.WeakSet()
+
+
+def _new_output_lock() -> None:
+    global _output_lock
+    _output_lock = threading.Lock()  # a parent's drain thread may have held it at the fork
+
+
+forking.on_fork(_new_output_lock)
 
 
 PIPE_SIZE = 1 << 18  # bytes each protocol pipe holds (Linux; the default 64 KiB splits 100 KiB frames)
@@ -80,6 +91,8 @@ class WorkerProcess:
     ) -> None:
         self.pod_name = pod_name
         self.codec = codec
+        self._owner = os.getpid()  # only this process ever signals the worker (not a forked child)
+        self._forgotten = 0  # the pid of the forked child that forgot this worker (_forget_after_fork)
         flag = "1" if describe else "0"
         pair = open_pair()
         self.channel: FdChannel | None = None if pair is None else pair[0]
@@ -110,6 +123,7 @@ class WorkerProcess:
         assert self.proc.stdout is not None
         assert self.proc.stderr is not None
         self.pid = self.proc.pid
+        self._cgroup = WorkerCgroup.enter(self.pid)  # None unless this user may make cgroups
         self.write_fd = self.proc.stdin.fileno()
         self.read_fd = self.proc.stdout.fileno()
         widen_pipes(self.write_fd, self.read_fd)
@@ -121,6 +135,26 @@ class WorkerProcess:
         self._drain = threading.Thread(target=self._forward, name=f"pypods-{pod_name}-log", daemon=True)
         self._drain.start()
         _live.add(self)
+        forking.track(self)
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: the worker is the parent's. Close our copies of its pipes, never signal it."""
+        if self._forgotten == os.getpid():
+            return  # idempotent: the asyncio connection calls it first
+        self._forgotten = os.getpid()
+        _live.discard(self)
+        self._cgroup = None  # the parent's to kill and remove
+        self._tail_lock = threading.Lock()
+        self.proc.returncode = 0  # as if reaped: Popen never waits for (nor warns about) a stranger's child
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                if stream is not None:
+                    stream.close()  # the child's copy only; the parent's stays open
+            except OSError:
+                pass
+        if self.channel is not None:
+            self.channel._lock = threading.Lock()
+            self.channel.close()
 
     def _forward(self) -> None:
         stream = self.proc.stderr
@@ -150,11 +184,11 @@ class WorkerProcess:
                 self._tail_bytes -= len(self.tail.popleft())
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self._owner == os.getpid() and self.proc.poll() is None
 
     def interrupt(self) -> None:
         """Pass a Ctrl-C on to the pod function (the worker turns it into an error reply)."""
-        if self.alive():
+        if self.alive():  # never in a forked child: the worker is the parent's
             try:
                 os.kill(self.pid, signal.SIGINT)
             except OSError:
@@ -209,17 +243,37 @@ class WorkerProcess:
         return True
 
     def _kill_group(self) -> None:
-        # The worker leads its group (start_new_session), so its pid is the group id. We signal
-        # before reaping the worker (a zombie keeps its pid), and afterwards only while the group
-        # has members, whose pgid the kernel does not hand out again: a stranger is never hit.
-        # Every member gets SIGKILL at once, and a fork racing with it fails.
+        # Never from a forked child: the worker is the parent's. Its descendants first, while it
+        # lives: the worker is their subreaper (``_worker/reaper.py``), so even those that left its
+        # group (setsid, setpgid, a double fork) are found by walking down from it; each is
+        # stopped, then all are killed. Then the worker's group: it leads it (start_new_session),
+        # so its pid is the group id. We signal before reaping the worker (a zombie keeps its pid),
+        # and afterwards only while the group has members, whose pgid the kernel does not hand out
+        # again: a stranger is never hit. Every member gets SIGKILL at once; a racing fork fails.
+        # Where the worker has a cgroup of its own, cgroup.kill ends all of it at once, also the
+        # orphans of a worker that died, which no walk can find (``cgroups.py``).
+        if self._owner != os.getpid():
+            return
+        if self._cgroup is not None and self._cgroup.kill():
+            pass
+        elif self.proc.returncode is None and not self._exited(0):  # once it died, its orphans left its tree
+            self._signal(signal.SIGSTOP)  # it cannot start one more while we walk
+            end_tree(self.pid)
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except OSError:
             pass
 
+    def _signal(self, signum: int) -> None:
+        try:
+            os.kill(self.pid, signum)
+        except OSError:
+            pass
+
     def _end(self) -> None:
         self._end_drain()
+        if self._cgroup is not None and self._owner == os.getpid():
+            self._cgroup.remove()
         if self.channel is not None:
             self.channel.close()
         _live.discard(self)

@@ -44,10 +44,17 @@ class AsyncRayConnection:
     def in_flight(self) -> int:
         return self._conn.in_flight()
 
-    async def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
+    async def call(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        deadline: float | None = None,
+    ) -> Any:
         """Await *name* on the actor (see ``RayConnection.call``); a generator gives an ``AsyncRayStream``."""
         try:
-            result = await asyncio.to_thread(self._conn.call, name, args, kwargs, timeout)
+            result = await asyncio.to_thread(self._conn.call, name, args, kwargs, timeout, deadline)
         except asyncio.CancelledError:
             self._conn._break(PodWorkerError(f"pod {self.pod!r}: a call to {name!r} was cancelled"))
             raise

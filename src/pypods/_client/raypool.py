@@ -16,6 +16,7 @@ import functools
 import os
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from .._errors import (
@@ -123,8 +124,15 @@ class RayConnection:
         with self._lock:
             self._in_flight += step
 
-    def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
-        """Run *name* on the actor: its value, or a ``RayStream`` for a generator function.
+    def call(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        deadline: float | None = None,
+    ) -> Any:
+        """Run *name* on the actor by *deadline* (else *timeout* from now): its value, or a ``RayStream``.
 
         Raises:
             PodRemoteError: the function raised.
@@ -137,6 +145,8 @@ class RayConnection:
         if self._broken is not None:
             raise NotSentError(f"pod {self.pod!r}: its Ray actor is gone: {self._broken}")
         request = self._encode(name, args, kwargs)
+        if deadline is not None:  # what is left of the caller's deadline (a timeout names that rest)
+            timeout = max(deadline - time.monotonic(), 0.0)
         if name in self._generators:
             refs = self.actor.stream.options(
                 num_returns="streaming", concurrency_group="streams", _generator_backpressure_num_objects=64

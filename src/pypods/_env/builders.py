@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import shutil
+import stat
 import subprocess
 from typing import TYPE_CHECKING, Protocol
 
@@ -27,7 +29,11 @@ log = logging.getLogger("pypods")
 LOCK_MARK = "# pypods-requirements-sha256: "
 _OPTION = re.compile(r"^\s*(--no-index|--index-url|-i\s|--extra-index-url|--find-links|-f\s)")
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
-_EDITABLE = re.compile(r"^(-e|--editable)(\s|=|\.|/|~|$)")
+# pip's short options take their value attached too (-e../lib, -egit+https://..., -rbase.txt).
+_EDITABLE = re.compile(r"^(-e|--editable(\s|=|$))")
+_INCLUDE = re.compile(r"^(-r|--requirement(\s|=|$))")  # -r base.txt: its requirements count
+_NESTED = re.compile(r"^(?:-r|--requirement|-c|--constraint)(?:\s+|=)?(\S.*)$")  # files a resolution reads
+MAX_NESTED = 20  # -r/-c files followed for the lock's digest
 
 
 class EnvBuilder(Protocol):
@@ -53,13 +59,54 @@ def is_requirement(line: str) -> bool:
 
     Every other line starting with ``-`` is an option (``--no-index``, ``--find-links ...``).
     """
-    return not line.startswith("-") or _EDITABLE.match(line) is not None
+    return not line.startswith("-") or _EDITABLE.match(line) is not None or _INCLUDE.match(line) is not None
 
 
 def requirements_digest(layout: PodLayout) -> str:
-    """What a lock was resolved from: the requirement lines only (a lock is universal, not per Python)."""
+    """What a lock was resolved from: the requirement lines only (a lock is universal, not per Python).
+
+    The lines of the files they include (``-r base.txt``, ``-c constraints.txt``, relative to the
+    file naming them, as pip and uv read them) count too, so an edit of ``base.txt`` re-resolves.
+    """
     text = layout.requirements.read_text(encoding="utf-8") if layout.requirements.exists() else ""
-    return hashlib.sha256("\n".join(requirement_lines(text)).encode()).hexdigest()
+    lines = requirement_lines(text) + included_lines(layout, requirement_lines(text))
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def included_lines(layout: PodLayout, lines: list[str]) -> list[str]:
+    """The meaningful lines of the files *lines* include (``-r``/``-c``, recursively, at most ``MAX_NESTED``)."""
+    found: list[str] = []
+    pending = [(layout.requirements.parent, line) for line in lines]
+    seen: set[str] = set()
+    while pending and len(seen) < MAX_NESTED:
+        folder, line = pending.pop(0)
+        match = _NESTED.match(line)
+        if match is None:
+            continue
+        path = (folder / os.path.expanduser(match.group(1).strip())).resolve()
+        if str(path) in seen:
+            continue
+        seen.add(str(path))
+        nested = requirement_lines(_read_nested(path))
+        found += [f"# {match.group(1).strip()}", *nested]
+        pending += [(path.parent, item) for item in nested]
+    return found
+
+
+def _read_nested(path: Path) -> str:
+    """An included requirements file: a regular file, its first MiB (a pod may point ``-r`` at a FIFO)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return "<unreadable>"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "<not a file>"
+        return os.read(fd, 1 << 20).decode("utf-8", "replace")
+    except OSError:
+        return "<unreadable>"
+    finally:
+        os.close(fd)
 
 
 def lock_stamp(digest: str, interpreter: Interpreter) -> str:

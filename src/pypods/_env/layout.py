@@ -101,10 +101,15 @@ GITIGNORE = "venv/\n.pypods/\n__pycache__/\n"
 
 @dataclasses.dataclass(frozen=True)
 class PodLayout:
-    """The paths of one pod; computing them touches no disk."""
+    """The paths of one pod; computing them touches no disk.
+
+    *found*: the root was found by the search (not ``root=`` / ``$PYPODS_ROOT``), so its folders
+    were checked to be the user's own, and are checked again before each worker starts (``recheck``).
+    """
 
     name: str
     root: Path
+    found: bool = dataclasses.field(default=False, compare=False)
 
     @classmethod
     def at(cls, name: str, root: str | os.PathLike[str] | None = None) -> PodLayout:
@@ -154,6 +159,22 @@ class PodLayout:
     def exists(self) -> bool:
         return self.pod_py.is_file()
 
+    def recheck(self) -> None:
+        """For a found root: check again that the root, ``pods/`` and the pod's folder are the user's own.
+
+        Called before each worker start: the check at load does not bind the path, so a folder
+        above the root that others can write to lets them swap the whole project for theirs later
+        (a worker restarted after a crash or an idle stop would then run their ``pod.py``).
+
+        Raises:
+            PodError: one of them is no longer the user's own (see ``distrust``).
+        """
+        if self.found:
+            why = distrust(self.root)
+            if why is not None:
+                raise _refuse(self.root, why)
+            check_pods(self.root, self.name)
+
     def create(self, python: str | None = None) -> bool:
         """Write the template files that are missing; return True if ``pod.py`` was new.
 
@@ -202,13 +223,21 @@ def _owners() -> set[int]:
     return owners
 
 
-def _private_group(gid: int) -> bool:
-    """Whether *gid* is the user's own group (a user-private group named after the user, as Debian makes)."""
+def _private_group(gid: int, owner: int) -> bool:
+    """Whether *gid* is the private group of *owner* (the folder's owner, one of ``_owners``).
+
+    A user-private group, as Debian makes them: *owner*'s primary group, named after *owner*, and
+    no other user a member of it (``usermod -aG alice bob`` makes alice's group-writable folders
+    bob's to write too). The owner's, not the process's: under ``sudo`` the user's umask-002
+    folders stay the user's own.
+    """
     try:
         import grp
         import pwd
 
-        return gid == os.getegid() and grp.getgrgid(gid).gr_name == pwd.getpwuid(os.geteuid()).pw_name
+        user = pwd.getpwuid(owner)
+        group = grp.getgrgid(gid)
+        return gid == user.pw_gid and group.gr_name == user.pw_name and set(group.gr_mem) <= {user.pw_name}
     except (ImportError, KeyError):  # pragma: no cover - no such group or user entry
         return False
 
@@ -217,7 +246,7 @@ def distrust(folder: Path) -> str | None:
     """Why *folder* is not the user's own (``None`` if it is): its owner, or who else may write to it.
 
     A folder is trusted when it is owned by the user (see ``_owners``) and nobody else can write to it:
-    not writable by others, and writable by its group only if that is the user's private group. A
+    not writable by others, and writable by its group only if that is its owner's private group. A
     folder others can write to is still trusted when it is the user's own and sticky: there the others
     may add entries but not rename or delete the user's. Symlinks are followed (the folder is what counts).
     """
@@ -227,7 +256,9 @@ def distrust(folder: Path) -> str | None:
         return f"cannot be checked ({exc.strerror})"
     if info.st_uid not in _owners():
         return f"is owned by {_user(info.st_uid)}, not by you ({_user(os.geteuid())})"
-    others = info.st_mode & stat.S_IWOTH or (info.st_mode & stat.S_IWGRP and not _private_group(info.st_gid))
+    others = info.st_mode & stat.S_IWOTH or (
+        info.st_mode & stat.S_IWGRP and not _private_group(info.st_gid, info.st_uid)
+    )
     if others and not info.st_mode & stat.S_ISVTX:
         return f"is writable by other users and not sticky (owner: {_user(info.st_uid)})"
     return None
@@ -297,11 +328,25 @@ def find_root(start: Path) -> Path | None:
     return None
 
 
+MAX_LOOKED_AT = 1000  # entries of a pods/ above the current folder looked at for a pod
+
+
 def _holds_a_pod(pods: Path) -> bool:
+    """Whether *pods* holds a pod, among its first ``MAX_LOOKED_AT`` entries.
+
+    Bounded: this runs on every load from below it, also for a ``/tmp/pods`` any user can fill
+    with a million folders; a pod folder of one's own is not that far down its ``pods/``.
+    """
     try:
-        return any((child / POD_FILE).is_file() for child in pods.iterdir())
+        with os.scandir(pods) as listing:
+            for index, entry in enumerate(listing):
+                if index >= MAX_LOOKED_AT:
+                    return False
+                if entry.is_dir() and os.path.isfile(os.path.join(entry.path, POD_FILE)):
+                    return True
     except OSError:
-        return False
+        pass
+    return False
 
 
 def _script_root() -> Path | None:
@@ -409,6 +454,7 @@ def open_layout(name: str, root: str | os.PathLike[str] | None, create: bool, py
     check_platform()
     layout = PodLayout.at(name, root)
     if root is None and chosen_root() is None:
+        layout = dataclasses.replace(layout, found=True)
         check_pods(layout.root, name)  # a found root: its pods/ and this pod's folder must be the user's own
     if layout.exists():
         return layout

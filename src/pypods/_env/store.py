@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from filelock import FileLock
 
 from . import pythons
-from .builders import EnvBuilder, default_builder, requirement_lines
+from .builders import EnvBuilder, default_builder, included_lines, requirement_lines
 from .pythons import Interpreter
 
 if TYPE_CHECKING:
@@ -47,12 +47,16 @@ def _read(path: os.PathLike[str]) -> str:
 
 def env_key(layout: PodLayout, interpreter: Interpreter) -> str:
     """Hash of everything the environment is built from."""
-    basis = {
+    requirements = requirement_lines(_read(layout.requirements))
+    basis: dict[str, Any] = {
         "format": ENV_FORMAT,
         "python": [interpreter.path, list(interpreter.version)],
-        "requirements": requirement_lines(_read(layout.requirements)),
+        "requirements": requirements,
         "lock": _read(layout.lock),
     }
+    included = included_lines(layout, requirements)
+    if included:  # -r base.txt: an edit there is a rebuild too (absent otherwise: existing keys unchanged)
+        basis["included"] = included
     return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()
 
 

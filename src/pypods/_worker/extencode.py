@@ -150,11 +150,35 @@ def _exception_attrs(obj: BaseException) -> Dict[Any, Any]:
                     attrs[name] = value
     if isinstance(obj, AttributeError) and getattr(obj, "name", None) is not None:
         attrs["name"] = obj.name  # not .obj: the object itself rarely crosses
+    attrs.update(_slot_values(obj))
     try:
         attrs.update(vars(obj))
     except TypeError:
         pass
     return attrs
+
+
+_MEMBER = type(OSError.__dict__["errno"])  # a __slots__ entry's descriptor (types.MemberDescriptorType)
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class statement's class (the builtins' own members are not slots)
+
+
+def _slot_values(obj: BaseException) -> Dict[str, Any]:
+    """The ``__slots__`` values set on *obj* by classes of its own (not in ``vars(obj)``, so sent apart).
+
+    ``class E(ValueError): __slots__ = ("code",)`` with ``e.code = 5``: without this, the receiver
+    would rebuild an ``E`` whose ``code`` raises AttributeError.
+    """
+    values: Dict[str, Any] = {}
+    for klass in type(obj).__mro__:
+        if not klass.__flags__ & _HEAPTYPE:
+            continue
+        for name, descriptor in klass.__dict__.items():
+            if type(descriptor) is _MEMBER and descriptor.__objclass__ is klass and name not in values:
+                try:
+                    values[name] = descriptor.__get__(obj, klass)
+                except AttributeError:
+                    pass  # never set here: not set there either
+    return values
 
 
 def _safe_text(render: Callable[[Any], str], obj: Any) -> str:

@@ -19,7 +19,7 @@ import time
 import types
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
-from . import fastcodec, messages
+from . import fastcodec, messages, reaper
 from .codec import Encoder, register
 from .decoding import DecodeError, Decoder
 from .exttypes import MissingLibrary, OutOfBand
@@ -66,6 +66,7 @@ def _watch_parent(parent: int) -> None:
 def _end_group() -> None:
     """Our client is gone: end the processes this pod started (our group), then ourselves."""
     if os.getpgrp() == os.getpid():  # we lead the group (start_new_session): never kill a foreign one
+        reaper.end_tree(os.getpid())
         try:
             os.killpg(os.getpid(), signal.SIGKILL)
         except OSError:
@@ -73,24 +74,14 @@ def _end_group() -> None:
 
 
 def _end_children() -> None:
-    """We are exiting: end every other process of our group, so none of the pod's outlives us.
+    """We are exiting: end every process the pod started, so none of it outlives us.
 
-    The client ends the group too, but it may have died first (its pipe closes before we are
-    reparented, so we cannot tell). Linux only (``/proc``); elsewhere the client's kill does it.
+    The client ends them too, but it may have died first (its pipe closes before we are
+    reparented, so we cannot tell). We are their subreaper (``main``), so those that left our
+    group are still our descendants. Linux only (``/proc``); elsewhere the client's kill does it.
     """
-    me = os.getpid()
-    if os.getpgrp() != me or not os.path.isdir("/proc"):
-        return
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        try:
-            with open("/proc/%s/stat" % entry, "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-            if int(fields[2]) == me:  # state, ppid, pgrp
-                os.kill(int(entry), signal.SIGKILL)
-        except (OSError, ValueError, IndexError):
-            continue
+    if os.getpgrp() == os.getpid():  # we lead the group (start_new_session): never a foreign one
+        reaper.end_tree(os.getpid())
 
 
 def _no_breakpoint(*args: Any, **kwargs: Any) -> None:
@@ -563,6 +554,7 @@ def main(argv: List[str]) -> int:
     describe = argv[4] != "0" if len(argv) > 4 else True
     channel_fd = int(argv[5]) if len(argv) > 5 else -1
     parent = os.getppid()
+    reaper.become_subreaper()  # what the pod starts stays our descendant (see _end_children)
     proto_in, proto_out = _guard_stdio()
     sys.breakpointhook = _no_breakpoint
     sys.path[:] = [p for p in sys.path if p not in ("", project_root)]

@@ -241,7 +241,7 @@ class FdChannel:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.sends = supported()  # this side can make memfds (receiving needs only the socket)
-        self._rlock = threading.Lock()
+        self._lock = threading.Lock()
 
     @classmethod
     def from_fd(cls, fd: int) -> FdChannel:
@@ -270,7 +270,7 @@ class FdChannel:
 
         Raises SharedMemoryError for a malformed message or a full inbox (a peer that floods it).
         """
-        with self._rlock:
+        with self._lock:
             for _ in range(most):  # bounded, so a flooding peer cannot keep us here
                 try:
                     data, ancillary, flags, _ = self.sock.recvmsg(_TOKEN.size + 1, _FD_SPACE, _RECV_FLAGS)
