@@ -19,8 +19,9 @@ import pypods
 from pypods._worker import codec, fastcodec, sharedmem
 from pypods._worker.codec import EncodeError
 from pypods._worker.decoding import DecodeError, Decoder
-from pypods._worker.exttypes import OutOfBand
 from unit.test_codec import same, texts, values
+
+from .shmpeer import Side
 
 RECORDS = [{"id": i, "name": f"item-{i}", "score": i * 0.5, "tags": ["a", "b"], "ok": i % 2 == 0} for i in range(200)]
 
@@ -165,7 +166,7 @@ def test_fast_request_sends_big_top_level_buffers_out_of_band() -> None:
     if pair is None:
         pytest.skip("no memfd here")
     sender, theirs = pair
-    big = OutOfBand(1024, sender)
+    big = Side(sender).out(1024)
     try:
         frame = fastcodec.encode_request(big, 1, "f", (b"x" * 4096,), {})
         assert len(frame) < 1024
@@ -182,17 +183,21 @@ def test_big_nested_buffers_and_float_vectors_go_out_of_band() -> None:
         pytest.skip("no memfd here")
     sender, theirs = pair
     receiver = sharedmem.FdChannel(theirs)
-    big = OutOfBand(1024, sender)
+    left, right = Side(sender), Side(receiver)
+    big = left.out(1024)
     try:
         nested = ({"blobs": [b"y" * 8192, bytearray(b"z" * 4096)]},)
         frame = fastcodec.encode_request(big, 1, "f", nested, {})
+        left.send(big, right)
         assert len(frame) < 1024  # the pickle itself went out of band
-        decoder = Decoder(OutOfBand(channel=receiver))
+        decoder = Decoder(right.oob())
         args, kwargs = fastcodec.decode_request(decoder.document(bytes(frame)), decoder)
         assert same(args, nested)
         assert kwargs == {}
         floats = [i / 3 for i in range(1000)]
         reply = fastcodec.encode_reply(big, 2, floats)
+        left.send(big, right)
+        right.receive()
         assert len(reply) < 1024
         assert fastcodec.reply_value(decoder.document(bytes(reply)), "value") == floats
     finally:
