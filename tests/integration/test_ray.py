@@ -178,12 +178,12 @@ def plant(path):
     return Planted(path)
 
 def hijack(path):
-    rayactor.encoded = lambda message: Planted(path)  # the actor now returns a pickled object
+    rayactor.encoded = lambda *message: Planted(path)  # the actor now returns a pickled object
 
 def broken_stream(path):
     yield 1
 
-    def explode(message):
+    def explode(*message):
         raise ValueError(Planted(path))
 
     rayactor.encoded = explode  # the stream task now fails with a pickled RayTaskError
@@ -289,3 +289,81 @@ def test_other_python_than_the_cluster_is_refused(make_pod, root: Path) -> None:
     _pod(make_pod, "py39", None)
     with pytest.raises(pypods.PodConfigError, match=r"option python='3.7' .* backend 'ray'.*cluster's Python"):
         pypods.load("py39", root=root, backend="ray", python="3.7")
+
+
+CORE_POD = """
+import functools, os
+from pods.{name}.model import Point
+
+
+def logged(function):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+@logged
+def rows(n):
+    yield from range(n)
+
+
+def shift(p, dx):
+    return Point(p.x + dx, p.y) if isinstance(p, Point) else {{"got": type(p).__name__}}
+
+
+def echo(value):
+    return value
+"""
+
+
+def _core_pod(make_pod, name: str) -> None:
+    pod_dir = make_pod(name, CORE_POD.format(name=name))
+    (pod_dir / "model.py").write_text(
+        "import dataclasses\n\n@dataclasses.dataclass\nclass Point:\n    x: int\n    y: int\n"
+    )
+
+
+def _connections(pod: pypods.Pod) -> list[object]:
+    return [conn for conn in object.__getattribute__(pod, "_pool")._slots if conn is not None]
+
+
+def test_a_decorated_generator_streams_on_ray(make_pod, root: Path) -> None:
+    _core_pod(make_pod, "wrapped")
+    with pypods.load("wrapped", root=root, backend="ray") as pod:
+        assert list(pod.rows(4)) == [0, 1, 2, 3]  # functools.wraps hides that it is a generator function
+        assert pod.echo(1) == 1
+
+
+def test_a_registered_dataclass_crosses_on_ray(make_pod, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _core_pod(make_pod, "shapes_ray")
+    monkeypatch.syspath_prepend(str(root))
+    from pods.shapes_ray.model import Point  # type: ignore[import-not-found]
+
+    with pypods.load("shapes_ray", root=root, backend="ray") as pod:
+        assert pod.shift(Point(1, 2), 1) == {"got": "dict"}  # unregistered: sent as its fields
+        pypods.register(Point)
+        assert pod.shift(Point(1, 2), 1) == Point(2, 2)
+        assert type(pod.shift(Point(1, 2), 1)) is Point
+
+
+def test_ray_uses_the_fast_encoding_and_values_are_exact(make_pod, root: Path) -> None:
+    _core_pod(make_pod, "fastray")
+    values = [
+        [0.1, 2.5, -0.0, float("inf"), 1e308],  # a float vector
+        [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}],  # records: fast2's columns
+        {"k": [1, 2**40, None, True], "s": "é\u2603"},
+        (1, 2),  # a tuple stays a tuple
+        [2**70, b"\x00\xff"],  # not JSON-exact: BSON inside the same connection
+        list(range(1000)),
+    ]
+    with pypods.load("fastray", root=root, backend="ray") as pod:
+        for value in values:
+            back = pod.echo(value)
+            assert back == value
+            assert type(back) is type(value)
+        assert [type(x) for x in pod.echo(values[4])] == [int, bytes]
+        [conn] = _connections(pod)
+        assert conn.proto.encoding == "fast2"  # type: ignore[attr-defined]
+        assert conn.hello["encodings"] == ["bson", "fast1", "fast2"]  # type: ignore[attr-defined]

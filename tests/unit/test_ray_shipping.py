@@ -11,6 +11,7 @@ import pytest
 
 import pypods
 from pypods._client import rayactor, rayship
+from pypods._client.core import CallProtocol, Outcome
 from pypods._env.layout import PodLayout, PodSettings
 from pypods._worker import messages
 from pypods._worker.codec import Encoder, decode
@@ -228,8 +229,28 @@ def test_the_actor_answers_in_bytes_of_our_codec_and_never_raises(actor: rayacto
     assert decode(actor.call(b"\x05\x00\x00\x00"))["ok"] is False  # a malformed request is an answer too
     pickled = Encoder().document({"id": 9, "op": "call", "name": "add", **messages.pack_pickle(((1, 2), {}))})
     assert _call_raw(actor, bytes(pickled))["error"]["type"] == "PermissionError"  # type: ignore[index]
-    items = [decode(b) for b in actor.stream(bytes(Encoder().request(8, "count", [3], {})))]
+    # A generator is found by what the call returns (as in the local worker); stream() then sends its items.
+    assert _call_raw(actor, bytes(Encoder().request(8, "count", [3], {}))) == {"id": 8, "ok": True, "stream": True}
+    items = [decode(b) for b in actor.stream(8)]
     assert items == [{"id": 8, "yield": 0}, {"id": 8, "yield": 1}, {"id": 8, "yield": 2}, {"id": 8, "end": True}]
+    assert decode(next(actor.stream(8)))["error"]["type"] == "LookupError"  # type: ignore[index]  # taken once
+
+
+def test_the_actor_speaks_the_core_protocol_and_the_encoding_the_client_chose(actor: rayactor.PodActor) -> None:
+    proto = CallProtocol("actorpod")
+    encoding = proto.choose_encoding(decode(actor.hello()))
+    assert proto.encoding == "fast2"
+    assert encoding is not None
+    assert proto.outcome("(start)", proto.decode(actor.setup(bytes(encoding)))).value is None
+    frame, attachments = proto.encode_call(3, "add", ([0.5, 2.0],), {"b": [0.25]})
+    assert attachments == []
+    reply = proto.decode(actor.call(bytes(frame)))
+    assert {"f", "j", "c"} & set(reply)  # fast1/fast2 fields (here JSON text), not a BSON value
+    assert proto.outcome("add", reply).value == [0.5, 2.0, 0.25]
+    frame, _ = proto.encode_call(4, "count", (2,), {})
+    assert proto.outcome("count", proto.decode(actor.call(bytes(frame)))).kind == Outcome.STREAM
+    items = [proto.stream_item("count", proto.decode(data)) for data in actor.stream(4)]
+    assert [(item.kind, item.value) for item in items] == [("item", 0), ("item", 1), ("end", None)]
 
 
 def test_the_actor_removes_its_staged_code(actor: rayactor.PodActor) -> None:

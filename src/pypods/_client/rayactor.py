@@ -1,14 +1,18 @@
 """The Ray side of a Ray pod: an actor that stages the pod's code, imports it and serves encoded calls.
 
-Everything the actor returns is ``bytes`` holding one message of the pod protocol (the same shapes as
-a local worker's replies, encoded with our BSON codec). Ray hands ``bytes`` to the client raw, without
-unpickling, so a pod's values, errors and description reach the client only through our decoder,
-which never runs code. For the same reason no method here lets an exception escape: Ray would pickle
-it into a ``RayTaskError`` that the client unpickles.
+It speaks the local worker's protocol (``_worker/serve.py``) over Ray calls instead of a pipe: the
+hello offers the same encodings, ``setup`` takes the client's ``encoding`` and ``register``
+messages, ``call`` takes a request the client's ``CallProtocol.encode_call`` made and answers with
+a value, an error, or (a generator, found when the function returns one, as the local worker does)
+``{"stream": true}``, after which ``stream`` sends that generator's items. Every reply is ``bytes``
+holding one message (fast1/fast2 when the client chose it, else BSON). Ray hands ``bytes`` to the
+client raw, without unpickling, so a pod's values, errors and description reach the client only
+through our decoder, which never runs code. For the same reason no method here lets an exception
+escape: Ray would pickle it into a ``RayTaskError`` that the client unpickles.
 
-Methods run in two Ray concurrency groups: ``calls`` (one thread: calls, hello and stop, one at a
-time, as in a local worker) and ``streams`` (generators), so a stream waiting for its consumer does
-not hold up other calls. This module needs no Ray import; ``raypool.py`` makes it a Ray actor.
+Methods run in two Ray concurrency groups: ``calls`` (one thread: calls, hello, setup and stop, one
+at a time, as in a local worker) and ``streams`` (generators), so a stream waiting for its consumer
+does not hold up other calls. This module needs no Ray import; ``raypool.py`` makes it a Ray actor.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ import types
 import weakref
 from typing import Any
 
-from .._worker import messages
-from .._worker.codec import Decoder, Encoder
+from .._worker import fastcodec, messages
+from .._worker.codec import Decoder, Encoder, register
+from .._worker.decoding import DecodeError
+from .._worker.exttypes import MissingLibrary
 
 CONCURRENCY_GROUPS = {"calls": 1, "streams": 16}
 STAGE_PREFIX = "pypods-ray-"  # temporary projects are <tmp>/pypods-ray-<pid>-<random>/pods/<name>/
@@ -63,13 +69,35 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def encoded(message: dict[str, Any]) -> bytes:
-    """One message as the bytes the client decodes; a value that cannot be encoded becomes an error."""
+def encoded(message: dict[str, Any], encoding: str = "") -> bytes:
+    """One message as the bytes the client decodes; a value that cannot be encoded becomes an error.
+
+    With *encoding* (``fast1``/``fast2``, what the client chose), a value or stream item goes as
+    the local worker sends it (``fastcodec.encode_reply``), everything else as BSON.
+    """
     try:
+        if encoding and "p" not in message and ("value" in message or "yield" in message):
+            key = "value" if "value" in message else "yield"
+            return bytes(fastcodec.encode_reply(None, message["id"], message[key], key, encoding))
         return bytes(Encoder().document(message))
     except Exception as exc:  # any failure to encode (EncodeError, RecursionError, a raising __str__)
         error = {"kind": "serialization", "message": f"the result cannot be sent: {_describe(exc)}"}
         return bytes(Encoder().document({"id": message.get("id", 0), "ok": False, "error": error}))
+
+
+def register_classes(names: list[Any]) -> None:
+    """Rebuild the client's registered classes here too, where this pod can import them (as serve.py)."""
+    import importlib
+
+    for name in names:
+        module_name, _, qualname = str(name).partition(":")
+        try:
+            obj: Any = importlib.import_module(module_name)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+            register(obj)
+        except Exception:
+            continue
 
 
 def _describe(exc: BaseException) -> str:
@@ -105,6 +133,9 @@ class PodActor:
         self.import_error: dict[str, Any] | None = None
         self.functions: dict[str, Any] = {}
         self.loop: Any = None
+        self.fast = ""  # the encoding the client chose for replies: "fast1", "fast2" or "" (BSON)
+        self.decoder = Decoder(stdlib_imports=True)  # the pod trusts its client; used by the calls thread only
+        self.generators: dict[int, Any] = {}  # call id -> a generator a call returned, until stream() takes it
         sys.path.insert(0, self.project)  # holds only pods/<name>: shadows nothing but a package named "pods"
         try:
             module = importlib.import_module(f"pods.{pod_name}.pod")
@@ -124,8 +155,9 @@ class PodActor:
         ray.actor.exit_actor()  # type: ignore[no-untyped-call]
 
     def hello(self, describe: bool = True) -> bytes:
-        """The worker hello of the protocol: who we are, and the functions or the import error."""
+        """The worker hello of the protocol: who we are, the encodings, and the functions or the import error."""
         message = messages.hello_header()
+        message["encodings"] = fastcodec.ENCODINGS
         try:
             if self.import_error is not None:
                 message["error"] = self.import_error
@@ -135,6 +167,19 @@ class PodActor:
             message["error"] = messages.error_info(exc, "import")
         return encoded(message)
 
+    def setup(self, frame: bytes) -> bytes:
+        """Apply an ``encoding`` or ``register`` message (the client waits for this before its next call)."""
+        try:
+            message = Decoder().document(frame)
+            op = message.get("op")
+            if op == "encoding":
+                self.fast = fastcodec.chosen(message.get("name"))
+            elif op == "register":
+                register_classes(message.get("classes") or [])
+            return encoded({"id": 0, "ok": True, "value": None})
+        except BaseException as exc:
+            return _error(0, exc, "decode")
+
     def _invoke(self, message: dict[str, Any]) -> Any:
         """Run a decoded call request; return its result or raise what the pod function raised."""
         if self.import_error is not None:
@@ -143,7 +188,10 @@ class PodActor:
         function = self.functions.get(name) if isinstance(name, str) else None
         if function is None:
             raise AttributeError(f"pod {self.pod_name!r} has no function {name!r}")
-        args, kwargs = message.get("args", ()), message.get("kwargs", {})
+        try:
+            args, kwargs = fastcodec.decode_request(message, self.decoder)  # fast1's "a", or BSON's fields
+        except (DecodeError, MissingLibrary) as exc:
+            raise _Undecodable(exc) from exc
         if "p" in message:
             if not self.pickle:
                 raise PermissionError(f"pod {self.pod_name!r} does not accept pickled arguments (codec is bson)")
@@ -158,30 +206,38 @@ class PodActor:
         return result
 
     def _reply(self, call_id: Any, value: Any, key: str) -> bytes:
-        return encoded(messages.result_message(call_id, value, key, self.pickle))
+        return encoded(messages.result_message(call_id, value, key, self.pickle), self.fast)
 
     def call(self, request: bytes) -> bytes:
-        """Run one call; the reply message (value or error), encoded. Never raises."""
+        """Run one call; the reply message (value, error, or the start of a stream), encoded. Never raises.
+
+        Whether a call streams is decided here, by what the function returned (a decorated
+        generator function looks like a plain one until it runs), as in the local worker.
+        """
         call_id: Any = 0
         try:
-            message = Decoder(stdlib_imports=True).document(request)  # the pod trusts its client
-            call_id = message.get("id", 0)
+            call_id = messages.peek_id(request)
+            message = self.decoder.document(request)  # the pod trusts its client
+            call_id = message.get("id", call_id)
             result = self._invoke(message)
-            if isinstance(result, types.GeneratorType):
-                result.close()
-                raise TypeError("a generator function was called as a plain call")
-            return self._reply(call_id, result, "value")
+        except _Undecodable as exc:
+            return _error(call_id, exc.cause, "decode")
+        except (DecodeError, MissingLibrary) as exc:
+            return _error(call_id, exc, "decode")
         except BaseException as exc:  # every failure, even SystemExit, goes back as a message
             return _error(call_id, exc, "remote")
+        if isinstance(result, types.GeneratorType):
+            self.generators[call_id] = result  # the client starts stream(call_id) at once
+            return encoded({"id": call_id, "ok": True, "stream": True})
+        return self._reply(call_id, result, "value")
 
-    def stream(self, request: bytes) -> Any:
-        """Run a generator call: its items as ``yield`` messages, then one ``end`` or error message."""
-        call_id: Any = 0
-        generator: Any = None
+    def stream(self, call_id: int) -> Any:
+        """Send the items of the generator call *call_id* returned: ``yield`` messages, then ``end`` or an error."""
+        generator = self.generators.pop(call_id, None) if type(call_id) is int else None
         try:
-            message = Decoder(stdlib_imports=True).document(request)  # the pod trusts its client
-            call_id = message.get("id", 0)
-            generator = self._invoke(message)
+            if generator is None:
+                call_id = call_id if type(call_id) is int else 0
+                raise LookupError(f"no stream for call {call_id!r}")
             for item in generator:
                 yield self._reply(call_id, item, "yield")
             yield encoded({"id": call_id, "end": True})
@@ -190,5 +246,13 @@ class PodActor:
         except BaseException as exc:
             yield _error(call_id, exc, "remote")
         finally:
-            if isinstance(generator, types.GeneratorType):
+            if generator is not None:
                 generator.close()  # the pod generator's own finally runs now, not at some later GC
+
+
+class _Undecodable(Exception):
+    """The arguments of a call cannot be received here (a ``decode`` error, as in the local worker)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause

@@ -3,9 +3,12 @@
 A ``RayConnection`` is one actor created with the pod's ``runtime_env`` (its requirements through
 Ray's ``uv`` field, ``pod.toml``'s ``env`` as ``env_vars``; see ``rayship``) and given the pod's code
 files, which it stages in a temporary project (Ray uploads local ``working_dir`` folders only for a
-whole job, not per actor). Calls and replies cross as ``bytes`` of our codec, and replies are read
-only as raw bytes (``rayobjects``), so the client never unpickles anything a pod produced; the
-meaning of a reply (value, stream item, error) comes from the protocol core, as for a local worker.
+whole job, not per actor). It speaks the local worker's protocol through the same core
+(``CallProtocol``: the encodings of the hello, the class registry, ``encode_call``, ``decode``, the
+reply's outcome), over Ray calls instead of a pipe and with every buffer in band (an actor may run
+on another machine). Replies are read only as raw bytes (``rayobjects``), so the client never
+unpickles anything a pod produced. Whether a call streams is what its first reply says, as for a
+local worker: a ``stream`` reply starts a Ray streaming generator over the one the call returned.
 The pool gives Ray pods what it gives local ones: least-busy pick, replacement, the crash brake,
 ``idle_timeout``. Ray is imported only here, and only for ``backend="ray"``.
 """
@@ -26,11 +29,7 @@ from .._errors import (
     PodCrashedError,
     PodError,
     PodProtocolError,
-    PodSerializationError,
 )
-from .._worker import messages
-from .._worker.codec import Encoder
-from .._worker.decoding import Decoder
 from . import rayactor, rayobjects, rayship
 from .base import Stream
 from .connection import NotSentError
@@ -87,8 +86,11 @@ class RayConnection:
     def __init__(self, ray: Any, actor_class: Any, layout: PodLayout, settings: PodSettings) -> None:
         self.pod = layout.name
         self.ray = ray
-        self.proto = CallProtocol(self.pod, settings.codec)
+        self.proto = CallProtocol(self.pod, settings.codec)  # no inbox: every buffer in band
         self._lock = threading.Lock()
+        # Held while a ``register`` message is on its way: a call that needs the classes waits for it
+        # (Ray runs a threaded actor's calls in no guaranteed order, so the message must land first).
+        self._setup_lock = threading.Lock()
         self._in_flight = 0
         self._broken: PodError | None = None
         self.hello: dict[str, Any] = {}
@@ -98,15 +100,18 @@ class RayConnection:
         ).remote(self.pod, rayship.pod_files(layout), settings.codec)
         try:
             start_timeout: float | None = getattr(settings, "start_timeout", None)  # None: Ray's own default
-            self.hello = self._decode(self._get(self.actor.hello.remote(), start_timeout or START_TIMEOUT, START))
+            start_timeout = start_timeout or START_TIMEOUT
+            self.hello = self._decode(self._get(self.actor.hello.remote(), start_timeout, START))
             self.description = check_hello(self.pod, self.hello)
+            encoding = self.proto.choose_encoding(self.hello)  # fast2 unless the codec or PYPODS_ENCODING say not
+            if encoding is not None:
+                self._setup(encoding, start_timeout, START)
         except PodCrashedError as exc:
             self.close(kill=True)
             raise PodBuildError(f"pod {self.pod!r}: its Ray actor could not start: {exc}") from exc
         except BaseException:
             self.close(kill=True)
             raise
-        self._generators = {info.get("name") for info in self.description if info.get("generator")}
 
     @property
     def pid(self) -> int:
@@ -144,34 +149,40 @@ class RayConnection:
         """
         if self._broken is not None:
             raise NotSentError(f"pod {self.pod!r}: its Ray actor is gone: {self._broken}")
-        request = self._encode(name, args, kwargs)
+        call_id = self.proto.next_id()
+        frame, attachments = self.proto.encode_call(call_id, name, args, kwargs)  # PodSerializationError
+        if attachments:  # cannot happen without an inbox; a shared-memory token would reach nobody
+            raise self._protocol_error("an out-of-band buffer on a connection without shared memory")
         if deadline is not None:  # what is left of the caller's deadline (a timeout names that rest)
             timeout = max(deadline - time.monotonic(), 0.0)
-        if name in self._generators:
-            refs = self.actor.stream.options(
-                num_returns="streaming", concurrency_group="streams", _generator_backpressure_num_objects=64
-            ).remote(request)
-            return RayStream(self, refs, name, timeout)
         self._count(1)
         try:
-            reply = self._decode(self._get(self.actor.call.remote(request), timeout, name))
+            timeout = self._send_registry(name, timeout)
+            reply = self._decode(self._get(self.actor.call.remote(bytes(frame)), timeout, name))
             outcome = self._meaning(self.proto.outcome, name, reply)
+            if outcome.kind == Outcome.STREAM:  # the function returned a generator: read its items
+                refs = self.actor.stream.options(
+                    num_returns="streaming", concurrency_group="streams", _generator_backpressure_num_objects=64
+                ).remote(call_id)
+                return RayStream(self, refs, name, timeout)
         finally:
             self._count(-1)
-        if outcome.kind != Outcome.VALUE:
-            raise self._protocol_error(f"a stream reply to the plain call {name!r}")
         return outcome.value
 
-    def _encode(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-        """The call request as bytes, all in band (an actor may run on another machine: no shared memory)."""
-        call_id = self.proto.next_id()
-        try:
-            if self.proto.codec != "pickle":
-                return bytes(Encoder().request(call_id, name, args, kwargs))
-            packed = messages.pack_pickle((args, kwargs))
-            return bytes(Encoder().document({"id": call_id, "op": "call", "name": name, **packed}))
-        except Exception as exc:  # EncodeError (any failure), or pickling with the opt-in codec
-            raise PodSerializationError(f"pod {self.pod!r}, function {name!r}: {exc}") from exc
+    def _send_registry(self, name: str, timeout: float | None) -> float | None:
+        """Send classes registered since the last call and wait until the actor has them; the time left."""
+        with self._setup_lock:  # uncontended but for the rare call that sends classes
+            frame = self.proto.registry_frame()
+            if frame is None:
+                return timeout
+            began = time.monotonic()
+            self._setup(frame, timeout, name)
+        return None if timeout is None else max(timeout - (time.monotonic() - began), 0.0)
+
+    def _setup(self, frame: bytearray, timeout: float | None, what: str) -> None:
+        """Send an ``encoding`` or ``register`` message and wait for the actor's answer."""
+        reply = self._decode(self._get(self.actor.setup.remote(bytes(frame)), timeout, what))
+        self._meaning(self.proto.outcome, what, reply)
 
     def _get(self, ref: Any, timeout: float | None, what: str) -> bytes:
         """Wait for one reply object (see ``_wait``)."""
@@ -205,14 +216,12 @@ class RayConnection:
             raise
 
     def _decode(self, data: bytes) -> dict[str, Any]:
-        """One message, decoded without out-of-band buffers: an actor has no shared memory with us."""
+        """One message, through the core's decoder (no inbox: an actor has no shared memory with us)."""
         try:
-            message = Decoder().document(data)
-        except Exception as exc:
-            raise self._protocol_error(exc) from exc
-        if type(message.get("id")) is not int:
-            raise self._protocol_error("a message without an integer id")
-        return message
+            return self.proto.decode(data)
+        except PodProtocolError as exc:
+            self._break(exc)
+            raise
 
     def _meaning(self, read: Callable[[str, dict[str, Any]], Outcome], name: str, reply: dict[str, Any]) -> Outcome:
         """What the core makes of a reply; a malformed one breaks this connection too."""
