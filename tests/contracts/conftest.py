@@ -82,6 +82,8 @@ class AsyncDriver:
 
     def stream(self, function: str, *args: Any) -> Iterator[Any]:
         lazy = getattr(self.pod, function)(*args)
+        if not hasattr(lazy, "__anext__"):  # a generator its description could not tell (a decorated one)
+            lazy = self.run(self._await(lazy))  # is a coroutine function whose call gives the stream
         while True:
             try:
                 yield self.run(lazy.__anext__())
@@ -233,6 +235,23 @@ def interpreter():
 @functools.lru_cache(maxsize=None)
 def cached(x):
     return x * 2
+
+
+def _logged(function):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+@_logged
+def wrapped_countdown(n):
+    yield from range(n, 0, -1)
+
+
+def buffers(n, size):
+    return [bytes([i % 256]) * size for i in range(n)]
 '''
 
 
@@ -245,12 +264,15 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def open_pod(backend: str, make_pod: PodFactory, root: Path) -> Iterator[Callable[..., Any]]:
-    """``open_pod(**options)``: the contract pod on this backend, as a driver; closed after the test."""
+    """``open_pod(**options)``: the contract pod on this backend, as a driver; closed after the test.
+
+    ``open_pod(name, source, **options)`` opens another pod (made from *source*) the same way.
+    """
     opened: list[Any] = []
 
-    def open_(**options: Any) -> Any:
-        make_pod("contract", CONTRACT_POD)
-        driver = BACKENDS[backend](make_pod, "contract", root, **options)
+    def open_(name: str = "contract", source: str = CONTRACT_POD, **options: Any) -> Any:
+        make_pod(name, source)
+        driver = BACKENDS[backend](make_pod, name, root, **options)
         opened.append(driver)
         return driver
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import gc
 import http
+import os
+import signal
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -156,3 +158,63 @@ def test_close_fails_waiting_calls_with_closed_at_once(open_pod: Callable[..., A
     assert time.monotonic() - started < 3  # no grace period waited for a busy worker
     assert len(errors) == 1
     assert isinstance(errors[0], pypods.PodClosedError), errors
+
+
+# -- issue #19: each defect a contract on every backend --------------------------------------------------------
+
+SLOW_IMPORT = "import time\ntime.sleep(3)\n\n\ndef ping():\n    return 'pong'\n"
+
+
+def test_one_deadline_covers_the_start_a_first_call_waits_for(open_pod: Callable[..., Any]) -> None:
+    pod = open_pod("slowimport", SLOW_IMPORT, idle_timeout=1.0)
+    deadline = time.monotonic() + 30
+    while pod.pids() and time.monotonic() < deadline:  # the worker that described it stops when idle
+        time.sleep(0.2)
+    assert pod.pids() == []
+    began = time.monotonic()
+    with pytest.raises(pypods.PodTimeoutError):
+        pod.timed(1.0, "ping")  # the worker's start (a 3 s import) counts against the call's 1 s
+    assert time.monotonic() - began < 2.0
+    assert pod.timed(30, "ping") == "pong"
+
+
+def test_many_big_buffers_in_one_reply(open_pod: Callable[..., Any], backend: str) -> None:
+    pod = open_pod()
+    count = 300 if backend != "ray" else 32  # Ray carries them in band, in a 200 MiB object store per node
+    size = 1024 * 1024
+    back = pod.call("buffers", count, size)
+    assert len(back) == count
+    for index, buffer in enumerate(back):
+        assert type(buffer) is bytes
+        assert buffer == bytes([index % 256]) * size
+
+
+def test_a_killed_workers_calls_in_flight_are_crashed_never_closed(open_pod: Callable[..., Any]) -> None:
+    pod = open_pod(start="eager")
+    [pid] = pod.pids()
+    outcomes: list[BaseException | None] = []
+
+    def waiting() -> None:
+        try:
+            pod.call("sleep", 30)
+            outcomes.append(None)
+        except BaseException as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=waiting) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)  # the calls are in the worker (one runs, the others wait behind it)
+    os.kill(pid, signal.SIGKILL)
+    for thread in threads:
+        thread.join(60)
+    assert len(outcomes) == 4
+    assert all(isinstance(outcome, pypods.PodCrashedError) for outcome in outcomes), outcomes
+    assert not any(isinstance(outcome, pypods.PodClosedError) for outcome in outcomes), outcomes
+    assert pod.call("add", 1, 2) == 3
+
+
+def test_a_decorated_generator_streams(open_pod: Callable[..., Any]) -> None:
+    pod = open_pod()  # functools.wraps hides from the description that it is a generator function
+    assert list(pod.stream("wrapped_countdown", 3)) == [3, 2, 1]
+    assert pod.call("add", 1, 1) == 2
