@@ -192,6 +192,9 @@ def actor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[rayactor.
         "def evil():\n    return Evil()\n"
         "def deep():\n    x = []\n    for _ in range(5000):\n        x = [x]\n    return x\n"
         "def count(n):\n    yield from range(n)\n"
+        "import functools\n"
+        "def _logged(f):\n    @functools.wraps(f)\n    def w(*a):\n        return f(*a)\n    return w\n"
+        "@_logged\ndef wrapped(n):\n    yield from range(n)\n"
         "def where():\n    return os.path.dirname(os.path.abspath(__file__))\n"
     )
     made = rayactor.PodActor("actorpod", {"pod.py": source.encode()})
@@ -251,6 +254,18 @@ def test_the_actor_speaks_the_core_protocol_and_the_encoding_the_client_chose(ac
     assert proto.outcome("count", proto.decode(actor.call(bytes(frame)))).kind == Outcome.STREAM
     items = [proto.stream_item("count", proto.decode(data)) for data in actor.stream(4)]
     assert [(item.kind, item.value) for item in items] == [("item", 0), ("item", 1), ("end", None)]
+    frame, _ = proto.encode_call(5, "wrapped", (1,), {})  # functools.wraps: still found at run time
+    assert proto.outcome("wrapped", proto.decode(actor.call(bytes(frame)))).kind == Outcome.STREAM
+    assert [proto.stream_item("wrapped", proto.decode(data)).value for data in actor.stream(5)] == [0, None]
+
+
+def test_the_actor_closes_the_oldest_stream_that_never_began(
+    actor: rayactor.PodActor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rayactor, "MAX_WAITING_STREAMS", 2)
+    for call_id in (1, 2, 3):
+        assert _call_raw(actor, bytes(Encoder().request(call_id, "count", [2], {})))["stream"] is True
+    assert sorted(actor.generators) == [2, 3]
 
 
 def test_the_actor_removes_its_staged_code(actor: rayactor.PodActor) -> None:

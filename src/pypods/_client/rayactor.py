@@ -31,6 +31,9 @@ from .._worker.decoding import DecodeError
 from .._worker.exttypes import MissingLibrary
 
 CONCURRENCY_GROUPS = {"calls": 1, "streams": 16}
+# Generators a call returned whose stream() has not begun: the client starts it at once, but a stream
+# closed before Ray ran it never begins. The oldest beyond this many is closed (it never ran a line).
+MAX_WAITING_STREAMS = 1024
 STAGE_PREFIX = "pypods-ray-"  # temporary projects are <tmp>/pypods-ray-<pid>-<random>/pods/<name>/
 
 
@@ -227,6 +230,8 @@ class PodActor:
         except BaseException as exc:  # every failure, even SystemExit, goes back as a message
             return _error(call_id, exc, "remote")
         if isinstance(result, types.GeneratorType):
+            if len(self.generators) >= MAX_WAITING_STREAMS:  # streams a client dropped before they began
+                self.generators.pop(next(iter(self.generators))).close()
             self.generators[call_id] = result  # the client starts stream(call_id) at once
             return encoded({"id": call_id, "ok": True, "stream": True})
         return self._reply(call_id, result, "value")
