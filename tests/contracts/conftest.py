@@ -192,6 +192,15 @@ def closed():
     return CLOSED
 
 
+def unsendable(n):
+    try:
+        yield 1
+        while True:
+            yield object()  # no encoding carries it: the stream ends with that error
+    finally:
+        CLOSED.append(-n)
+
+
 def fetch(url, timeout=1):
     return [url, timeout]
 

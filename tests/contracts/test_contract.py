@@ -218,3 +218,15 @@ def test_a_decorated_generator_streams(open_pod: Callable[..., Any]) -> None:
     pod = open_pod()  # functools.wraps hides from the description that it is a generator function
     assert list(pod.stream("wrapped_countdown", 3)) == [3, 2, 1]
     assert pod.call("add", 1, 1) == 2
+
+
+def test_a_stream_item_that_cannot_cross_ends_the_generator_in_the_pod(open_pod: Callable[..., Any]) -> None:
+    pod = open_pod()
+    rows = pod.stream("unsendable", 7)
+    assert next(rows) == 1
+    with pytest.raises(pypods.PodSerializationError):
+        next(rows)
+    deadline = time.monotonic() + 20
+    while -7 not in pod.call("closed") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert -7 in pod.call("closed")  # not left running (or waiting for credit) in the pod

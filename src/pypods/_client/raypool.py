@@ -278,7 +278,7 @@ class RayStream(Stream):
             reply = conn._decode(conn._wait(read, self._timeout, self._name, self._refs))
             outcome = conn._meaning(conn.proto.stream_item, self._name, reply)
         except BaseException:
-            self._finish()
+            self.close()  # an error ends the stream here: stop the generator in the actor too
             raise
         if outcome.kind == Outcome.ITEM:
             return outcome.value
