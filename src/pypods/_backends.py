@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 # Options of load()/Pod()/aload() that pod.toml may also set (None means "not given").
 SETTING_OPTIONS = (
     "python", "workers", "timeout", "env", "start", "idle_timeout", "codec", "log", "backend", "start_timeout",
+    "memory",
 )  # fmt: skip
 # Settings each backend honours; any other one set to a non-default value is refused at load.
 BACKEND_OPTIONS = {"local": frozenset(f.name for f in dataclasses.fields(PodSettings)) - {"address"}}
@@ -115,6 +116,7 @@ def new_worker(layout: PodLayout, settings: PodSettings, describe: bool = True) 
         log=settings.log,
         codec=settings.codec,
         describe=describe,
+        memory=settings.memory,
     )
 
 

@@ -164,6 +164,9 @@ class Pod(PodBase):
             own ``timeout`` parameter is passed to it untouched; set a call's deadline with
             ``pod.call(name, ..., timeout=)`` or ``pod.f.with_options(timeout=)``); ``start_timeout``
             bounds a worker's start (default 60 s).
+        memory: the most memory one worker (with every process it started) may use, in bytes or as
+            a size such as ``"2GB"``; a worker past it is killed and the call raises
+            ``PodCrashedError`` saying so (docs/limits.md). Linux only; elsewhere ``PodConfigError``.
         reload: serve the next call from the new code after ``pod.py`` or a module of the pod's
             folder changed (default: on in interactive sessions, off otherwise).
 
@@ -192,6 +195,7 @@ class Pod(PodBase):
         log: str | None = None,
         backend: str | None = None,
         start_timeout: float | None = None,
+        memory: int | str | None = None,
         progress: bool | None = None,
         reload: bool | None = None,
     ) -> None:
@@ -206,6 +210,7 @@ class Pod(PodBase):
             "log": log,
             "backend": backend,
             "start_timeout": start_timeout,
+            "memory": memory,
         }
         self._functions = {}
         self._setup(prepare(name, root, create, options, progress), reload)

@@ -162,6 +162,9 @@ class ThreadWorker:
         self._thread.join(wait)
         return self.returncode, "fake worker ended"
 
+    def exit_note(self, code: int | None) -> str:
+        return ""
+
     def kill(self) -> None:
         self.killed = True
         self.pod.gate.set()

@@ -108,7 +108,7 @@ class AsyncProcessConnection(WorkerConnection):
                     await self._write(encoding)
                 except NotSentError:  # it died right after its hello: a crash at start, not a retry
                     code, tail = await asyncio.to_thread(self.worker.exit_report)
-                    raise self.proto.crash_error(self.worker.pid, code, tail) from None
+                    raise self.proto.crash_error(self.worker.pid, code, tail, self.worker.exit_note(code)) from None
         except BaseException:
             await self.aclose(kill=True)
             raise
@@ -175,7 +175,7 @@ class AsyncProcessConnection(WorkerConnection):
 
     async def _crashed(self) -> None:
         code, tail = await asyncio.to_thread(self.worker.exit_report)
-        self._fail(self.proto.crash_error(self.worker.pid, code, tail))
+        self._fail(self.proto.crash_error(self.worker.pid, code, tail, self.worker.exit_note(code)))
 
     def _break(self, error: PodError) -> None:
         """End the connection with *error* and kill the worker (in a thread: never block the loop)."""

@@ -389,7 +389,7 @@ class ProcessConnection(WorkerConnection):
         """The worker died: fail every call in flight now, with its exit status and last stderr lines."""
         if self._broken is None:
             code, tail = self.worker.exit_report()
-            self._set_broken(self.proto.crash_error(self.worker.pid, code, tail))
+            self._set_broken(self.proto.crash_error(self.worker.pid, code, tail, self.worker.exit_note(code)))
         assert self._broken is not None
         return copy.copy(self._broken)
 

@@ -227,8 +227,9 @@ class CallProtocol:
     def flooded(self, call_id: int) -> PodProtocolError:
         return self.protocol_error(f"more than {MAX_PENDING} unread replies to call {call_id} (stream credit ignored)")
 
-    def crash_error(self, pid: int, code: int | None, tail: str) -> PodCrashedError:
+    def crash_error(self, pid: int, code: int | None, tail: str, note: str = "") -> PodCrashedError:
         text = f"pod {self.pod!r}: worker (pid {pid}) died: {describe_exit(code)}"
+        text += f"; {note}" if note else ""  # who ended it, the limit, the peak RSS (process.py exit_note)
         if tail:
             text += "\nLast lines it wrote to stderr:\n" + tail
         return PodCrashedError(text, returncode=code, stderr=tail)

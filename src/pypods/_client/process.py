@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._env.tools import clean_environ
+from .._errors import describe_exit
 from .._terminal import for_terminal
 from .._worker import BOOTSTRAP
 from .._worker.reaper import end_tree
 from .._worker.sharedmem import FdChannel, open_pair
-from . import forking
+from . import forking, limits
 from .cgroups import WorkerCgroup
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ class WorkerProcess:
         log: str = "stderr",
         codec: str = "bson",
         describe: bool = True,
+        memory: int | None = None,
     ) -> None:
         self.pod_name = pod_name
         self.codec = codec
@@ -123,7 +125,8 @@ class WorkerProcess:
         assert self.proc.stdout is not None
         assert self.proc.stderr is not None
         self.pid = self.proc.pid
-        self._cgroup = WorkerCgroup.enter(self.pid)  # None unless this user may make cgroups
+        self._cgroup = WorkerCgroup.enter(self.pid, memory)  # None unless this user may make cgroups
+        self._init_limits(memory)
         self.write_fd = self.proc.stdin.fileno()
         self.read_fd = self.proc.stdout.fileno()
         widen_pipes(self.write_fd, self.read_fd)
@@ -137,12 +140,73 @@ class WorkerProcess:
         _live.add(self)
         forking.track(self)
 
+    def _init_limits(self, memory: int | None) -> None:
+        """Cap the worker at *memory* bytes: the kernel's memory.max where its cgroup took it, else a watch."""
+        self.memory = memory
+        self._killed_by = ""  # why pypods ended the worker, if it did ("limit", "close", "kill")
+        self._peak_rss: int | None = None  # from the reaped worker's rusage
+        self._note = ""
+        self._peak: limits.Peak | None = None
+        if memory is not None and (self._cgroup is None or self._cgroup.memory is None):
+            self._peak = limits.watch(self, memory)
+
+    def over_limit(self, seen: int) -> None:
+        """Called by the memory watch (its thread) once the worker's tree passed its limit: kill it all now."""
+        if not self._killed_by:
+            self._killed_by = "limit"
+        self._kill_group()
+
+    def exit_note(self, code: int | None) -> str:
+        """After ``exit_report``: who ended the worker and why as far as known, and its peak RSS."""
+        return self._note
+
+    def _diagnose(self, code: int | None) -> str:
+        peaks = [self._peak_rss]
+        if self._peak is not None:
+            peaks.append(self._peak.value)
+        cgroup_peak = None if self._cgroup is None else self._cgroup.peak()
+        peaks.append(cgroup_peak)
+        known = [p for p in peaks if p]
+        peak = f"peak RSS {limits.human(max(known))}" if known else "peak RSS unknown"
+        limit = limits.human(self.memory)
+        if self._cgroup is not None and self._cgroup.memory is not None and self._cgroup.oom_killed():
+            return (f"it exceeded its memory limit of {limit} (memory setting, enforced as the cgroup's "
+                    f"memory.max): the kernel killed it; {peak}")  # fmt: skip
+        if self._killed_by == "limit":
+            seen = self._peak.killed_at if self._peak is not None else None
+            return (f"it exceeded its memory limit of {limit} (memory setting): pypods killed it at "
+                    f"{limits.human(seen)}; {peak}")  # fmt: skip
+        if self._killed_by == "close":
+            return f"pypods killed it while closing the pod; {peak}"
+        if self._killed_by:
+            return f"pypods killed it (a call timed out, or the worker broke the protocol); {peak}"
+        if code is not None and code < 0:
+            if -code in _FAULTS:
+                return (
+                    f"the worker crashed by itself ({describe_exit(code)}: a fault in native code or an abort); {peak}"
+                )
+            return f"killed from outside the client (for example by the kernel's OOM killer); {peak}"
+        return peak
+
+    def _reap(self) -> int:
+        """Reap the exited worker, keeping its peak RSS from the kernel's rusage (Linux: ru_maxrss in KiB)."""
+        if self.proc.returncode is None and hasattr(os, "wait4"):
+            try:
+                _, status, usage = os.wait4(self.pid, 0)
+            except ChildProcessError:
+                pass
+            else:
+                self.proc.returncode = os.waitstatus_to_exitcode(status)
+                self._peak_rss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        return self.proc.wait()
+
     def _forget_after_fork(self) -> None:
         """In a forked child: the worker is the parent's. Close our copies of its pipes, never signal it."""
         if self._forgotten == os.getpid():
             return  # idempotent: the asyncio connection calls it first
         self._forgotten = os.getpid()
         _live.discard(self)
+        self._peak = None  # the parent's watch; the child has none
         self._cgroup = None  # the parent's to kill and remove
         self._tail_lock = threading.Lock()
         self.proc.returncode = 0  # as if reaped: Popen never waits for (nor warns about) a stranger's child
@@ -184,7 +248,8 @@ class WorkerProcess:
                 self._tail_bytes -= len(self.tail.popleft())
 
     def alive(self) -> bool:
-        return self._owner == os.getpid() and self.proc.poll() is None
+        # Never reaps (unlike Popen.poll): exit_report reaps, and keeps the rusage that reaping gives.
+        return self._owner == os.getpid() and not self._exited(0)
 
     def interrupt(self) -> None:
         """Pass a Ctrl-C on to the pod function (the worker turns it into an error reply)."""
@@ -199,23 +264,27 @@ class WorkerProcess:
         code = None
         if self._exited(wait):
             self._kill_group()  # the worker died: what it started goes with it (and frees the pipes)
-            code = self.proc.wait()
+            code = self._reap()
+        if not self._note:
+            self._note = self._diagnose(code)
         self._drain.join(timeout=0.5)
         with self._tail_lock:
             return code, "\n".join(self.tail)
 
     def kill(self) -> None:
         """End the worker and every process of its group now (SIGKILL), and reap it."""
+        if not self._killed_by:
+            self._killed_by = "kill"
         self._kill_group()
         self._close_pipes()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # pragma: no cover - a kill that did not take
-            pass
+        if self._exited(5):  # else a kill that did not take
+            self._reap()
         self._end()
 
     def stop(self, grace: float = 2.0) -> None:
         """Ask the worker to finish (close its input), then kill its group; the worker gets *grace* s."""
+        if not self._killed_by:
+            self._killed_by = "close"
         self._close_pipes()
         self._exited(grace)
         self.kill()  # the worker, if still there, and whatever it started
@@ -271,6 +340,7 @@ class WorkerProcess:
             pass
 
     def _end(self) -> None:
+        limits.unwatch(self)
         self._end_drain()
         if self._cgroup is not None and self._owner == os.getpid():
             self._cgroup.remove()
@@ -299,6 +369,13 @@ class WorkerProcess:
                 self.proc.stdout.close()
         except OSError:
             pass
+
+
+_FAULTS = {
+    getattr(signal, name)
+    for name in ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT", "SIGSYS", "SIGTRAP")
+    if hasattr(signal, name)
+}
 
 
 def bounded_lines(fd: int, limit: int | None = None) -> Iterator[bytes]:
