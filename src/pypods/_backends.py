@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import weakref
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._client.connection import DEFAULT_START_TIMEOUT, ProcessConnection
 from ._client.pool import WorkerPool
 from ._client.process import WorkerProcess
+from ._client.templates import Template, TemplateSource
 from ._env import cache, pythons, store
 from ._env.layout import PodLayout, PodSettings, open_layout
 from ._env.progress import BuildReport
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
 # Options of load()/Pod()/aload() that pod.toml may also set (None means "not given").
 SETTING_OPTIONS = (
     "python", "workers", "timeout", "env", "start", "idle_timeout", "codec", "log", "backend", "start_timeout",
-    "memory",
+    "memory", "template",
 )  # fmt: skip
 # Settings each backend honours; any other one set to a non-default value is refused at load.
 BACKEND_OPTIONS = {"local": frozenset(f.name for f in dataclasses.fields(PodSettings)) - {"address"}}
@@ -89,10 +91,34 @@ def open_pool(layout: PodLayout, settings: PodSettings, env_key: str, describe: 
         ray_spawn = raypool.open_ray(layout, settings)
         return WorkerPool(layout.name, ray_spawn, settings.workers, settings.idle_timeout, brake)
 
-    def spawn() -> ProcessConnection:
-        return spawn_process(layout, settings, env_key, describe)
+    source = open_template(layout, settings) if settings.template else None
 
-    return WorkerPool(layout.name, spawn, settings.workers, settings.idle_timeout, brake)
+    def spawn() -> ProcessConnection:
+        return spawn_process(layout, settings, env_key, describe, source)
+
+    pool = WorkerPool(layout.name, spawn, settings.workers, settings.idle_timeout, brake)
+    if source is not None:
+        weakref.finalize(pool, source.close)  # a reload's new pool makes a new template
+    return pool
+
+
+def open_template(layout: PodLayout, settings: PodSettings) -> TemplateSource:
+    """The pool's template (made at the first worker's start) that forks its workers (``templates.py``)."""
+
+    def make() -> Template:
+        layout.recheck()  # as for every worker start (docs/security.md)
+        return Template(
+            str(layout.venv_python),
+            layout.name,
+            str(layout.pod_dir),
+            str(layout.root),
+            settings.env,
+            settings.log,
+            start_deadline(settings),
+        )
+
+    make.pod_name = layout.name  # type: ignore[attr-defined]
+    return TemplateSource(make)
 
 
 def start_deadline(settings: PodSettings) -> float:
@@ -100,13 +126,20 @@ def start_deadline(settings: PodSettings) -> float:
     return settings.start_timeout if settings.start_timeout is not None else DEFAULT_START_TIMEOUT
 
 
-def new_worker(layout: PodLayout, settings: PodSettings, describe: bool = True) -> WorkerProcess:
-    """Start a worker process for the pod (its connection is made by the caller).
+def new_worker(
+    layout: PodLayout, settings: PodSettings, describe: bool = True, source: TemplateSource | None = None
+) -> WorkerProcess:
+    """Start a worker process for the pod (its connection is made by the caller): a fork of the
+    pod's template where *source* gives one, else a fresh interpreter.
 
     Raises:
         PodError: the pod's folder, under a root pypods found, is no longer the user's own.
     """
     layout.recheck()  # the folders may have been swapped since the load (docs/security.md)
+    if source is not None:
+        forked = source.fork(settings.codec, describe, settings.log, settings.memory)
+        if forked is not None:
+            return forked
     return WorkerProcess(
         str(layout.venv_python),
         layout.name,
@@ -126,9 +159,11 @@ def remember(layout: PodLayout, env_key: str, hello: dict[str, Any], description
         cache.store(layout, env_key, [f for f in hello.get("files") or [] if isinstance(f, str)], description)
 
 
-def spawn_process(layout: PodLayout, settings: PodSettings, env_key: str, describe: bool) -> ProcessConnection:
+def spawn_process(
+    layout: PodLayout, settings: PodSettings, env_key: str, describe: bool, source: TemplateSource | None = None
+) -> ProcessConnection:
     """Start one worker for the pod under the start deadline; a failed start leaves nothing running."""
-    conn = ProcessConnection(new_worker(layout, settings, describe), start_deadline(settings))
+    conn = ProcessConnection(new_worker(layout, settings, describe, source), start_deadline(settings))
     remember(layout, env_key, conn.hello, conn.description)
     logging.getLogger("pypods").info(
         "pod %r: worker %r started (%s)",

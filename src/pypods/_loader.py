@@ -167,6 +167,8 @@ class Pod(PodBase):
         memory: the most memory one worker (with every process it started) may use, in bytes or as
             a size such as ``"2GB"``; a worker past it is killed and the call raises
             ``PodCrashedError`` saying so (docs/limits.md). Linux only; elsewhere ``PodConfigError``.
+        template: import ``pod.py`` once in a template process and fork every worker from it
+            (default False; docs/limits.md says when it is safe and why it is off by default).
         reload: serve the next call from the new code after ``pod.py`` or a module of the pod's
             folder changed (default: on in interactive sessions, off otherwise).
 
@@ -196,6 +198,7 @@ class Pod(PodBase):
         backend: str | None = None,
         start_timeout: float | None = None,
         memory: int | str | None = None,
+        template: bool | None = None,
         progress: bool | None = None,
         reload: bool | None = None,
     ) -> None:
@@ -211,6 +214,7 @@ class Pod(PodBase):
             "backend": backend,
             "start_timeout": start_timeout,
             "memory": memory,
+            "template": template,
         }
         self._functions = {}
         self._setup(prepare(name, root, create, options, progress), reload)

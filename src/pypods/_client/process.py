@@ -31,7 +31,7 @@ from . import forking, limits
 from .cgroups import WorkerCgroup
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 MAX_LINE = 64 * 1024  # bytes of one stderr line forwarded; the rest of a longer line is dropped
 TAIL_BYTES = 16 * 1024  # bytes of the last stderr lines kept for a crash report
@@ -121,6 +121,10 @@ class WorkerProcess:
         finally:
             if pair is not None:
                 pair[1].close()  # the worker holds it now
+        self._adopt(log, memory)
+
+    def _adopt(self, log: str, memory: int | None) -> None:
+        """The worker runs (``self.proc``): its cgroup and limit, its pipes, the thread forwarding its stderr."""
         assert self.proc.stdin is not None
         assert self.proc.stdout is not None
         assert self.proc.stderr is not None
@@ -134,8 +138,8 @@ class WorkerProcess:
         self._tail_bytes = 0
         self._tail_lock = threading.Lock()  # the drain thread appends while a crash report reads
         self._log_mode = log
-        self._logger = logging.getLogger(f"pypods.pod.{pod_name}")
-        self._drain = threading.Thread(target=self._forward, name=f"pypods-{pod_name}-log", daemon=True)
+        self._logger = logging.getLogger(f"pypods.pod.{self.pod_name}")
+        self._drain = threading.Thread(target=self._forward, name=f"pypods-{self.pod_name}-log", daemon=True)
         self._drain.start()
         _live.add(self)
         forking.track(self)
@@ -223,20 +227,7 @@ class WorkerProcess:
     def _forward(self) -> None:
         stream = self.proc.stderr
         assert stream is not None
-        for raw in bounded_lines(stream.fileno()):
-            line = raw.decode("utf-8", "backslashreplace")
-            if line.endswith("\r"):
-                line = line[:-1]  # a CRLF line end, not a control to show
-            self._keep(line)
-            if self._log_mode == "logging":
-                self._logger.info("%s", line)
-            else:
-                with _output_lock:
-                    try:  # escape sequences only as text: a pod must not drive the user's terminal
-                        sys.stderr.write(f"[{self.pod_name}] {for_terminal(line, sys.stderr)}\n")
-                        sys.stderr.flush()
-                    except (OSError, ValueError):
-                        pass
+        forward_lines(stream.fileno(), self.pod_name, self._log_mode, self._logger, self._keep)
 
     def _keep(self, line: str) -> None:
         """Remember *line* for a crash report, within TAIL_LINES lines and about TAIL_BYTES."""
@@ -369,6 +360,27 @@ class WorkerProcess:
                 self.proc.stdout.close()
         except OSError:
             pass
+
+
+def forward_lines(
+    fd: int, pod_name: str, log_mode: str, logger: logging.Logger, keep: Callable[[str], None] | None
+) -> None:
+    """Forward what a pod process writes to *fd*, line by line, to the client's stderr or *logger*, until EOF."""
+    for raw in bounded_lines(fd):
+        line = raw.decode("utf-8", "backslashreplace")
+        if line.endswith("\r"):
+            line = line[:-1]  # a CRLF line end, not a control to show
+        if keep is not None:
+            keep(line)
+        if log_mode == "logging":
+            logger.info("%s", line)
+        else:
+            with _output_lock:
+                try:  # escape sequences only as text: a pod must not drive the user's terminal
+                    sys.stderr.write(f"[{pod_name}] {for_terminal(line, sys.stderr)}\n")
+                    sys.stderr.flush()
+                except (OSError, ValueError):
+                    pass
 
 
 _FAULTS = {

@@ -54,6 +54,7 @@ class PodSettings:
     address: str | None = None
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     ship: tuple[str, ...] = ()  # backend "ray": data files to send besides the Python modules (rayship.py)
+    template: bool = False  # fork workers from a process that imported pod.py once (docs/limits.md)
     memory: int | None = None  # bytes one worker (with all it started) may use; killed past it (limits.py)
 
     @classmethod
@@ -154,6 +155,10 @@ def _check(key: str, value: Any, source: str) -> Any:
     if key in CHOICES:
         if not isinstance(value, str) or value not in CHOICES[key]:
             raise bad("one of " + ", ".join(repr(c) for c in CHOICES[key]))
+        return value
+    if key == "template":
+        if not isinstance(value, bool):
+            raise bad("true or false")
         return value
     if key == "memory":
         return _check_memory(value, _where(source, key))
