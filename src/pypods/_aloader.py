@@ -12,7 +12,15 @@ import functools
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from ._backends import Prepared, new_worker, prepare, remember, start_deadline
+from ._backends import (
+    Prepared,
+    TemplatedAsyncPool,
+    new_worker,
+    open_template,
+    prepare,
+    remember,
+    start_deadline,
+)
 from ._client.aconnection import AsyncProcessConnection
 from ._client.pool import AsyncWorkerPool, PoolRetired
 from ._env import cache
@@ -72,8 +80,10 @@ class AsyncPod(PodBase):
         description = None if describe or settings.backend != "local" else cache.load(layout, env_key)
         describe = description is None
 
+        source = open_template(layout, settings) if settings.template and settings.backend == "local" else None
+
         async def spawn() -> AsyncProcessConnection:
-            worker = await asyncio.to_thread(new_worker, layout, settings, describe)
+            worker = await asyncio.to_thread(new_worker, layout, settings, describe, source)
             conn = AsyncProcessConnection(worker)
             await conn.start(start_deadline(settings))
             remember(layout, env_key, conn.hello, conn.description)
@@ -84,7 +94,8 @@ class AsyncPod(PodBase):
             from ._client.rayasync import open_ray_async
 
             spawner = await open_ray_async(layout, settings)
-        pool = AsyncWorkerPool(self._name, spawner, settings.workers, settings.idle_timeout, self._brake)
+        args = (self._name, spawner, settings.workers, settings.idle_timeout, self._brake)
+        pool = AsyncWorkerPool(*args) if source is None else TemplatedAsyncPool(source, *args)
         old, self._pool = self._pool, pool
         self._held.append(pool)
         if old is not None:

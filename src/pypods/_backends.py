@@ -7,13 +7,14 @@ setting that backend would not honour.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import weakref
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._client.connection import DEFAULT_START_TIMEOUT, ProcessConnection
-from ._client.pool import WorkerPool
+from ._client.pool import AsyncWorkerPool, WorkerPool
 from ._client.process import WorkerProcess
 from ._client.templates import Template, TemplateSource
 from ._env import cache, pythons, store
@@ -23,6 +24,7 @@ from ._errors import PodConfigError
 
 if TYPE_CHECKING:
     import os
+    from collections.abc import Callable
 
     from ._client.brake import CrashBrake
     from ._env.pythons import Interpreter
@@ -91,15 +93,56 @@ def open_pool(layout: PodLayout, settings: PodSettings, env_key: str, describe: 
         ray_spawn = raypool.open_ray(layout, settings)
         return WorkerPool(layout.name, ray_spawn, settings.workers, settings.idle_timeout, brake)
 
-    source = open_template(layout, settings) if settings.template else None
+    if not settings.template:
 
-    def spawn() -> ProcessConnection:
+        def spawn() -> ProcessConnection:
+            return spawn_process(layout, settings, env_key, describe)
+
+        return WorkerPool(layout.name, spawn, settings.workers, settings.idle_timeout, brake)
+    source = open_template(layout, settings)
+
+    def fork() -> ProcessConnection:
         return spawn_process(layout, settings, env_key, describe, source)
 
-    pool = WorkerPool(layout.name, spawn, settings.workers, settings.idle_timeout, brake)
-    if source is not None:
-        weakref.finalize(pool, source.close)  # a reload's new pool makes a new template
-    return pool
+    return TemplatedPool(source, layout.name, fork, settings.workers, settings.idle_timeout, brake)
+
+
+class TemplatedPool(WorkerPool):
+    """A pool whose workers are forks of its own template, which ends with the pool (a reload's pool has its own)."""
+
+    def __init__(self, source: TemplateSource, *args: Any) -> None:
+        super().__init__(*args)
+        self.template = source
+        weakref.finalize(self, source.close)  # also when the pool is dropped unclosed
+
+    def close(self) -> None:
+        super().close()
+        self.template.close()
+
+    def drain(self, then: Callable[[], None] | None = None) -> None:
+        def ended() -> None:
+            self.template.close()
+            if then is not None:
+                then()
+
+        super().drain(ended)
+
+
+class TemplatedAsyncPool(AsyncWorkerPool):
+    """The asyncio twin of ``TemplatedPool``."""
+
+    def __init__(self, source: TemplateSource, *args: Any) -> None:
+        super().__init__(*args)
+        self.template = source
+        weakref.finalize(self, source.close)
+
+    async def aclose(self, cancel: bool = True, retired: bool = False) -> None:
+        await super().aclose(cancel, retired)
+        await asyncio.to_thread(self.template.close)
+
+    def abandon(self) -> None:
+        super().abandon()
+        self.template.close()
 
 
 def open_template(layout: PodLayout, settings: PodSettings) -> TemplateSource:

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import pytest
 
 import pypods
-
-if TYPE_CHECKING:
-    from pathlib import Path
+from conftest import _children
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or not sys.platform.startswith("linux"), reason="fork")
 
@@ -115,3 +114,40 @@ def test_a_forked_worker_over_its_memory_limit_is_killed_and_forked_anew(make_po
         assert "peak RSS" in str(info.value)
         assert pod.hog(50) == 5
         assert pod.who()[1] == template
+
+
+def _templates() -> set[int]:
+    return {pid for pid in _children() if b"_pypods_worker.template" in Path(f"/proc/{pid}/cmdline").read_bytes()}
+
+
+def test_the_template_ends_with_the_pod_and_a_reload_makes_a_new_one(make_pod, root: Path) -> None:
+    pod_dir = make_pod("quick", "import os\nSTAMP = 1\ndef who():\n    return os.getpid(), os.getppid(), STAMP\n")
+    with pypods.load("quick", root=root, template=True, reload=True) as pod:
+        _, first, stamp = pod.who()
+        assert stamp == 1
+        assert _templates() == {first}
+        (pod_dir / "pod.py").write_text(
+            "import os\nSTAMP = 22\ndef who():\n    return os.getpid(), os.getppid(), STAMP\n"
+        )
+        time.sleep(0.6)  # the source is looked at no more than every half second
+        _, second, stamp = pod.who()
+        assert stamp == 22
+        assert second != first
+        deadline = time.monotonic() + 5
+        while _templates() != {second} and time.monotonic() < deadline:
+            time.sleep(0.05)  # the old pool drains, then its template ends
+        assert _templates() == {second}
+    assert _templates() == set()
+
+
+def test_asyncio_pods_fork_from_a_template_too(make_pod, root: Path) -> None:
+    make_pod("slow", SLOW)
+
+    async def main() -> tuple[int, int]:
+        async with await pypods.aload("slow", root=root, template=True) as pod:
+            pid, imported, _ = await pod.who()
+            return pid, imported
+
+    pid, imported = asyncio.run(main())
+    assert pid != imported
+    assert _templates() == set()
