@@ -56,22 +56,21 @@ class Template:
         self.pod_dir = pod_dir
         self.control = control
         self.buffer = b""
-        self.sending = False
-        self.deferred: List[Dict[str, Any]] = []
 
     def send(self, message: Dict[str, Any]) -> None:
-        if self.sending:  # a SIGCHLD arrived in the middle of a send: after it, not inside it
-            self.deferred.append(message)
-            return
-        self.sending = True
+        # One line per send() call (each under 4 KiB, so one syscall), and SIGCHLD blocked meanwhile:
+        # the handler's exit notice (also sent from the main thread) never lands inside a reply.
+        data = json.dumps(message).encode() + b"\n"
+        blocked = hasattr(signal, "pthread_sigmask")
+        if blocked:
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
         try:
-            self.control.sendall(json.dumps(message).encode() + b"\n")
-            while self.deferred:
-                self.control.sendall(json.dumps(self.deferred.pop(0)).encode() + b"\n")
+            self.control.sendall(data)
         except OSError:
             pass
         finally:
-            self.sending = False
+            if blocked:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def receive(self) -> Tuple[Optional[Dict[str, Any]], List[int]]:
         """The next request and the fds that came with it; (None, []) at end of file."""
