@@ -14,6 +14,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._client.connection import DEFAULT_START_TIMEOUT, ProcessConnection
+from ._client.debugrelay import at_terminal
 from ._client.pool import AsyncWorkerPool, WorkerPool
 from ._client.process import WorkerProcess
 from ._client.templates import Template, TemplateSource
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 # Options of load()/Pod()/aload() that pod.toml may also set (None means "not given").
 SETTING_OPTIONS = (
     "python", "workers", "timeout", "env", "start", "idle_timeout", "codec", "log", "backend", "start_timeout",
-    "memory", "template",
+    "memory", "template", "debug",
 )  # fmt: skip
 # Settings each backend honours; any other one set to a non-default value is refused at load.
 BACKEND_OPTIONS = {"local": frozenset(f.name for f in dataclasses.fields(PodSettings)) - {"address"}}
@@ -179,8 +180,9 @@ def new_worker(
         PodError: the pod's folder, under a root pypods found, is no longer the user's own.
     """
     layout.recheck()  # the folders may have been swapped since the load (docs/security.md)
+    debug = at_terminal() if settings.debug is None else settings.debug
     if source is not None:
-        forked = source.fork(settings.codec, describe, settings.log, settings.memory)
+        forked = source.fork(settings.codec, describe, settings.log, settings.memory, debug)
         if forked is not None:
             return forked
     return WorkerProcess(
@@ -193,6 +195,7 @@ def new_worker(
         codec=settings.codec,
         describe=describe,
         memory=settings.memory,
+        debug=debug,
     )
 
 

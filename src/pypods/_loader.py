@@ -169,6 +169,8 @@ class Pod(PodBase):
             ``PodCrashedError`` saying so (docs/limits.md). Linux only; elsewhere ``PodConfigError``.
         template: import ``pod.py`` once in a template process and fork every worker from it
             (default False; docs/limits.md says when it is safe and why it is off by default).
+        debug: ``breakpoint()`` or ``pdb.set_trace()`` in a pod function gives a pdb prompt at your
+            terminal (default: on when stdin and stdout are terminals); False: only a notice.
         reload: serve the next call from the new code after ``pod.py`` or a module of the pod's
             folder changed (default: on in interactive sessions, off otherwise).
 
@@ -199,6 +201,7 @@ class Pod(PodBase):
         start_timeout: float | None = None,
         memory: int | str | None = None,
         template: bool | None = None,
+        debug: bool | None = None,
         progress: bool | None = None,
         reload: bool | None = None,
     ) -> None:
@@ -215,6 +218,7 @@ class Pod(PodBase):
             "start_timeout": start_timeout,
             "memory": memory,
             "template": template,
+            "debug": debug,
         }
         self._functions = {}
         self._setup(prepare(name, root, create, options, progress), reload)

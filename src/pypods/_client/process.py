@@ -25,10 +25,12 @@ from .._env.tools import clean_environ
 from .._errors import describe_exit
 from .._terminal import for_terminal
 from .._worker import BOOTSTRAP
+from .._worker.debugger import ENV as DEBUG_ENV
 from .._worker.reaper import end_tree
 from .._worker.sharedmem import FdChannel, open_pair
 from . import forking, limits
 from .cgroups import WorkerCgroup
+from .debugrelay import open_relay
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -48,6 +50,10 @@ def _new_output_lock() -> None:
 
 
 forking.on_fork(_new_output_lock)
+
+
+def _current_output_lock() -> threading.Lock:
+    return _output_lock
 
 
 PIPE_SIZE = 1 << 18  # bytes each protocol pipe holds (Linux; the default 64 KiB splits 100 KiB frames)
@@ -90,6 +96,7 @@ class WorkerProcess:
         codec: str = "bson",
         describe: bool = True,
         memory: int | None = None,
+        debug: bool = False,
     ) -> None:
         self.pod_name = pod_name
         self.codec = codec
@@ -100,16 +107,22 @@ class WorkerProcess:
         self.channel: FdChannel | None = None if pair is None else pair[0]
         theirs = -1 if pair is None else pair[1].fileno()
         argv = [python, "-I", "-c", BOOTSTRAP, WORKER_DIR, pod_name, pod_dir, project_root, codec, flag, str(theirs)]
+        environ = clean_environ(env)
+        debug_end = None
+        if debug:  # breakpoint() in the pod: a pdb prompt here (debugrelay.py), over a socket of its own
+            debug_end, _ = open_relay(pod_name, _current_output_lock)
+            environ[DEBUG_ENV] = str(debug_end.fileno())
+        passed = tuple(fd for fd in (theirs, -1 if debug_end is None else debug_end.fileno()) if fd >= 0)
         try:
             self.proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env=clean_environ(env),
+                env=environ,
                 bufsize=0,
                 close_fds=True,
-                pass_fds=(theirs,) if theirs >= 0 else (),
+                pass_fds=passed,
                 # A session (and process group) of its own: Ctrl-C in the client's terminal must not
                 # reach the worker, and killing the group ends every process the pod started.
                 start_new_session=True,
@@ -121,6 +134,8 @@ class WorkerProcess:
         finally:
             if pair is not None:
                 pair[1].close()  # the worker holds it now
+            if debug_end is not None:
+                debug_end.close()  # likewise; the relay ends when the worker does
         self._adopt(log, memory)
 
     def _adopt(self, log: str, memory: int | None) -> None:

@@ -30,7 +30,8 @@ from .._env.tools import clean_environ
 from .._worker import TEMPLATE_BOOTSTRAP
 from .._worker.sharedmem import open_pair
 from . import forking, limits
-from .process import WORKER_DIR, WorkerProcess, forward_lines, widen_pipes
+from .debugrelay import open_relay
+from .process import WORKER_DIR, WorkerProcess, _current_output_lock, forward_lines, widen_pipes
 
 _log = logging.getLogger("pypods")
 FORK_TIMEOUT = 10.0  # seconds the template may take to fork (it takes milliseconds)
@@ -155,16 +156,19 @@ class Template:
                 self._exited.wait(left)
             return self._exits[pid]
 
-    def fork(self, codec: str, describe: bool, log: str, memory: int | None) -> ForkedWorker:
+    def fork(self, codec: str, describe: bool, log: str, memory: int | None, debug: bool = False) -> ForkedWorker:
         """Ask the template for one more worker; raises TemplateError where it cannot give one."""
         to_worker = os.pipe()
         from_worker = os.pipe()
         err = os.pipe()
         pair = open_pair()
+        debug_end = open_relay(self.pod_name, _current_output_lock)[0] if debug else None
         theirs = [to_worker[0], from_worker[1], err[1]] + ([] if pair is None else [pair[1].fileno()])
+        theirs += [] if debug_end is None else [debug_end.fileno()]
         mine = [to_worker[1], from_worker[0], err[0]]
         try:
-            request = json.dumps({"op": "fork", "codec": codec, "describe": describe}).encode() + b"\n"
+            fields = {"op": "fork", "codec": codec, "describe": describe, "channel": pair is not None, "debug": debug}
+            request = json.dumps(fields).encode() + b"\n"
             with self._lock:
                 try:
                     self._sock.sendmsg(
@@ -187,6 +191,8 @@ class Template:
                 os.close(fd)
             if pair is not None:
                 pair[1].close()
+            if debug_end is not None:
+                debug_end.close()
         if "pid" not in reply:
             for fd in mine:
                 os.close(fd)
@@ -311,7 +317,7 @@ class TemplateSource:
         self._closed = False
         forking.track(self)
 
-    def fork(self, codec: str, describe: bool, log: str, memory: int | None) -> ForkedWorker | None:
+    def fork(self, codec: str, describe: bool, log: str, memory: int | None, debug: bool) -> ForkedWorker | None:
         """A forked worker, or None: start it fresh (a notice said why, once)."""
         with self._lock:
             if self._closed or self._refused:
@@ -325,7 +331,7 @@ class TemplateSource:
                     return None
             template = self._template
         try:
-            return template.fork(codec, describe, log, memory)
+            return template.fork(codec, describe, log, memory, debug)
         except TemplateError as exc:
             with self._lock:
                 if self._template is template:

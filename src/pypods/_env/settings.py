@@ -54,6 +54,7 @@ class PodSettings:
     address: str | None = None
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     ship: tuple[str, ...] = ()  # backend "ray": data files to send besides the Python modules (rayship.py)
+    debug: bool | None = None  # None: a pdb prompt for breakpoint() when the client is at a terminal
     template: bool = False  # fork workers from a process that imported pod.py once (docs/limits.md)
     memory: int | None = None  # bytes one worker (with all it started) may use; killed past it (limits.py)
 
@@ -119,6 +120,12 @@ def _checked(values: dict[str, Any], source: str, *, from_file: bool) -> dict[st
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise PodConfigError(f"{source}: unknown setting {key!r}{hint} (known: {', '.join(KNOWN)})")
     checked = {key: _check(key, value, source) for key, value in values.items()}
+    if from_file and checked.get("debug") is True:
+        raise PodConfigError(
+            f"{source}: debug = true is not allowed in pod.toml: it lets the pod read lines typed at your terminal "
+            "(only false is: never a prompt). It is on by default when your program runs at a terminal; "
+            "pypods.load(name, debug=False) turns it off"
+        )
     if from_file and checked.get("codec") == "pickle":
         raise PodConfigError(
             f'{source}: codec = "pickle" is not allowed in pod.toml: the pickle codec runs code in the client '
@@ -156,7 +163,7 @@ def _check(key: str, value: Any, source: str) -> Any:
         if not isinstance(value, str) or value not in CHOICES[key]:
             raise bad("one of " + ", ".join(repr(c) for c in CHOICES[key]))
         return value
-    if key == "template":
+    if key in ("template", "debug"):
         if not isinstance(value, bool):
             raise bad("true or false")
         return value

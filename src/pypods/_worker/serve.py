@@ -439,7 +439,9 @@ def main(argv: List[str]) -> int:
     parent = os.getppid()
     reaper.become_subreaper()  # what the pod starts stays our descendant (see _end_children)
     proto_in, proto_out = _guard_stdio()
-    sys.breakpointhook = _no_breakpoint
+    from .debugger import install  # #23: breakpoint() at the client's terminal, where it has one
+
+    sys.breakpointhook = install() or _no_breakpoint
     sys.path[:] = [p for p in sys.path if p not in ("", project_root)]
     pods_error: Optional[BaseException] = None
     try:

@@ -32,11 +32,11 @@ import socket
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import reaper, serve
+from . import debugger, reaper, serve
 from .framing import FrameError, PipeClosed
 from .sharedmem import FdChannel
 
-MAX_FDS = 4
+MAX_FDS = 5
 MAX_LINE = 4096
 
 
@@ -131,7 +131,10 @@ class Template:
         template = os.getppid()
         self.control.close()
         proto_in, proto_out, err = fds[:3]
-        channel_fd = fds[3] if len(fds) > 3 else -1
+        rest = fds[3:]
+        channel_fd = rest.pop(0) if request.get("channel") and rest else -1
+        if request.get("debug") and rest:
+            debugger.attach(rest.pop(0))
         os.dup2(err, 2)
         os.dup2(err, 1)  # what the pod prints lands in its log, as in _guard_stdio
         os.close(err)
