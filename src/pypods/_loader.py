@@ -166,9 +166,9 @@ class Pod(PodBase):
             bounds a worker's start (default 60 s).
         memory: the most memory one worker (with every process it started) may use, in bytes or as
             a size such as ``"2GB"``; a worker past it is killed and the call raises
-            ``PodCrashedError`` saying so (docs/limits.md). Linux only; elsewhere ``PodConfigError``.
+            ``PodCrashedError`` saying so (docs/heavy-pods.md). Linux only; elsewhere ``PodConfigError``.
         template: import ``pod.py`` once in a template process and fork every worker from it
-            (default False; docs/limits.md says when it is safe and why it is off by default).
+            (default False; docs/heavy-pods.md says when it is safe and why it is off by default).
         debug: ``breakpoint()`` or ``pdb.set_trace()`` in a pod function gives a pdb prompt at your
             terminal (default: on when stdin and stdout are terminals); False: only a notice.
         reload: serve the next call from the new code after ``pod.py`` or a module of the pod's

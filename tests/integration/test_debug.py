@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 import pypods
+from conftest import pythons
+from pypods._env.settings import toml_string
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -116,3 +118,13 @@ def test_pod_toml_may_not_turn_debug_on(make_pod, root: Path) -> None:
     make_pod("dbg", POD, toml="debug = true\n")
     with pytest.raises(pypods.PodConfigError, match="debug"):
         pypods.load("dbg", root=root)
+
+
+@pytest.mark.parametrize("version", sorted(pythons()), ids=lambda v: f"py{v}")
+def test_breakpoint_on_each_python(make_pod, root: Path, version: str) -> None:
+    make_pod("dbg", POD, toml=f"python = {toml_string(pythons()[version])}\n")
+    with pypods.load("dbg", root=root, progress=False):
+        pass
+    shown = _session(root, "f", "auto", ["p y * 10", "c"])
+    assert "420" in shown, shown
+    assert "RESULT 42" in shown, shown

@@ -55,7 +55,7 @@ class PodSettings:
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     ship: tuple[str, ...] = ()  # backend "ray": data files to send besides the Python modules (rayship.py)
     debug: bool | None = None  # None: a pdb prompt for breakpoint() when the client is at a terminal
-    template: bool = False  # fork workers from a process that imported pod.py once (docs/limits.md)
+    template: bool = False  # fork workers from a process that imported pod.py once (docs/heavy-pods.md)
     memory: int | None = None  # bytes one worker (with all it started) may use; killed past it (limits.py)
 
     @classmethod
