@@ -126,3 +126,25 @@ def test_cgroup_note_reads_memory_events(tmp_path: Path) -> None:
     group = cgroups.WorkerCgroup(tmp_path, memory=200_000_000)
     assert group.oom_killed()
     assert group.peak() == 209715200
+
+
+def test_a_cgroup_that_took_the_limit_is_not_watched_and_its_oom_kill_is_named(
+    hog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cgroup path end to end, on a stand-in cgroup folder: the kernel's kill is played by the test."""
+    base = tmp_path / "cgroup"
+    base.mkdir()
+    monkeypatch.setattr(cgroups, "_base", base)
+    monkeypatch.setattr(cgroups, "_memory", True)
+    with pypods.load("hog", root=hog, memory="200MB") as pod:
+        victim = pod.pid()
+        group = base / str(victim)
+        assert (group / "memory.max").read_text() == "200000000\n"
+        assert (group / "memory.oom.group").read_text() == "1\n"
+        (group / "memory.events").write_text("oom 1\noom_kill 1\n")
+        (group / "memory.peak").write_text("200000000\n")
+        threading.Timer(0.3, os.kill, (victim, signal.SIGKILL)).start()
+        with pytest.raises(pypods.PodCrashedError) as info:
+            pod.sleep(30)  # under the limit: only the (played) kernel kills it, never the watch
+        assert "the cgroup's memory.max): the kernel killed it" in str(info.value)
+        assert "peak RSS 200 MB" in str(info.value)

@@ -98,7 +98,7 @@ class Template:
         self._sock.settimeout(start)
         try:
             hello = self._read()
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError) as exc:  # it died importing pod.py (a fresh worker says how)
             self.close()
             raise TemplateError(f"the template did not start ({exc})") from exc
         if not hello.get("ready"):
