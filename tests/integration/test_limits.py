@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -148,3 +149,17 @@ def test_a_cgroup_that_took_the_limit_is_not_watched_and_its_oom_kill_is_named(
             pod.sleep(30)  # under the limit: only the (played) kernel kills it, never the watch
         assert "the cgroup's memory.max): the kernel killed it" in str(info.value)
         assert "peak RSS 200 MB" in str(info.value)
+
+
+def test_asyncio_pods_get_the_diagnosis_too(hog: Path, watch_only: None) -> None:
+    async def main() -> tuple[str, int]:
+        async with await pypods.aload("hog", root=hog, memory="200MB") as pod:
+            try:
+                await pod.hog(3000)
+            except pypods.PodCrashedError as exc:
+                return str(exc), await pod.hog(50)
+        raise AssertionError("no crash")
+
+    text, after = asyncio.run(main())
+    assert "exceeded its memory limit of 200 MB" in text
+    assert after == 5
