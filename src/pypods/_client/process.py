@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._env.tools import clean_environ
-from .._errors import describe_exit
 from .._terminal import for_terminal
 from .._worker import BOOTSTRAP
 from .._worker.debugger import ENV as DEBUG_ENV
@@ -31,6 +30,7 @@ from .._worker.sharedmem import FdChannel, open_pair
 from . import forking, limits
 from .cgroups import WorkerCgroup
 from .debugrelay import open_relay
+from .diagnosis import explain
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -180,32 +180,19 @@ class WorkerProcess:
         return self._note
 
     def _diagnose(self, code: int | None) -> str:
-        peaks = [self._peak_rss]
-        if self._peak is not None:
-            peaks.append(self._peak.value)
-        cgroup_peak = None if self._cgroup is None else self._cgroup.peak()
-        peaks.append(cgroup_peak)
-        known = [p for p in peaks if p]
-        peak = f"peak RSS {limits.human(max(known))}" if known else "peak RSS unknown"
-        limit = limits.human(self.memory)
-        if self._cgroup is not None and self._cgroup.memory is not None and self._cgroup.oom_killed():
-            return (f"it exceeded its memory limit of {limit} (memory setting, enforced as the cgroup's "
-                    f"memory.max): the kernel killed it; {peak}")  # fmt: skip
-        if self._killed_by == "limit":
-            seen = self._peak.killed_at if self._peak is not None else None
-            return (f"it exceeded its memory limit of {limit} (memory setting): pypods killed it at "
-                    f"{limits.human(seen)}; {peak}")  # fmt: skip
-        if self._killed_by == "close":
-            return f"pypods killed it while closing the pod; {peak}"
-        if self._killed_by:
-            return f"pypods killed it (a call timed out, or the worker broke the protocol); {peak}"
-        if code is not None and code < 0:
-            if -code in _FAULTS:
-                return (
-                    f"the worker crashed by itself ({describe_exit(code)}: a fault in native code or an abort); {peak}"
-                )
-            return f"killed from outside the client (for example by the kernel's OOM killer); {peak}"
-        return peak
+        cgroup = self._cgroup
+        return explain(
+            code,
+            self._killed_by,
+            self.memory,
+            [
+                self._peak_rss,
+                None if self._peak is None else self._peak.value,
+                None if cgroup is None else cgroup.peak(),
+            ],
+            cgroup is not None and cgroup.memory is not None and cgroup.oom_killed(),
+            None if self._peak is None else self._peak.killed_at,
+        )
 
     def _reap(self) -> int:
         """Reap the exited worker, keeping its peak RSS from the kernel's rusage (Linux: ru_maxrss in KiB)."""
@@ -396,13 +383,6 @@ def forward_lines(
                     sys.stderr.flush()
                 except (OSError, ValueError):
                     pass
-
-
-_FAULTS = {
-    getattr(signal, name)
-    for name in ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT", "SIGSYS", "SIGTRAP")
-    if hasattr(signal, name)
-}
 
 
 def bounded_lines(fd: int, limit: int | None = None) -> Iterator[bytes]:
