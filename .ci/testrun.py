@@ -12,9 +12,9 @@
 3. Afterwards the run fails if the suite left anything: a process that carries this run's marker
    in its environment (workers, Ray's daemons: they start their own sessions but inherit it; each
    is killed and named), a file in its ``TMPDIR`` other than pytest's own ``pytest-of-*`` folder,
-   a new entry in ``/dev/shm``, anything created or changed in the real home, or a ``~/.ray`` in
-   the suite's own home (a Ray cluster started without a token of its own). Then the run folder
-   is removed.
+   a new entry in ``/dev/shm``, a worker cgroup (``pypods-*``), anything created or changed in the
+   real home, or a ``~/.ray`` in the suite's own home (a Ray cluster started without a token of its
+   own). Then the run folder is removed.
 
 ``PYPODS_TEST_HOME_IGNORE`` (colon-separated paths relative to the home) lists home folders that
 something else on a developer's machine writes while the suite runs (an editor's state, say);
@@ -133,6 +133,21 @@ def shm_entries() -> set[str]:
         return set()
 
 
+def cgroup_entries() -> set[str]:
+    """The ``pypods-*`` cgroups under ours (pypods puts workers there where it may; Linux cgroup v2)."""
+    try:
+        ours = next(line[3:] for line in Path("/proc/self/cgroup").read_text().splitlines() if line[:3] == "0::")
+        mount = next(
+            fields[4]
+            for fields in (line.split() for line in Path("/proc/self/mountinfo").read_text().splitlines())
+            if "-" in fields and fields[fields.index("-") + 1] == "cgroup2"
+        )
+        folder = Path(mount) / ours.strip().lstrip("/")
+        return {str(entry) for entry in folder.iterdir() if entry.name.startswith("pypods-")}
+    except (OSError, StopIteration, IndexError):
+        return set()
+
+
 def hermetic_environ(run: Path, token: str) -> dict[str, str]:
     """The suite's environment: this one with an empty home and temp folder of its own."""
     home = run / "home"
@@ -162,6 +177,7 @@ def main() -> int:
     home = Path.home()
     watch = HomeWatch(home, os.environ.get("PYPODS_TEST_HOME_IGNORE", "").split(":"))
     shm_before = shm_entries()
+    cgroups_before = cgroup_entries()
     run = Path(tempfile.mkdtemp(prefix="ppt-"))  # short: Ray's socket paths under it must fit in 107 bytes
     env = hermetic_environ(run, token)
     started = time.monotonic()
@@ -202,6 +218,7 @@ def main() -> int:
     problems = leftover_processes(token)
     problems += [f"left in the suite's temp folder: {path}" for path in leftover_files(run / "t")]
     problems += [f"left in /dev/shm: {name}" for name in sorted(shm_entries() - shm_before)]
+    problems += [f"cgroup left behind: {path}" for path in sorted(cgroup_entries() - cgroups_before)]
     problems += [f"changed in the real home: {change}" for change in watch.changes()]
     if (run / "home" / ".ray").exists():
         problems.append("Ray wrote a token into the suite's home (~/.ray): a cluster was started without its own")

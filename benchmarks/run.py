@@ -10,6 +10,7 @@ Peers that are not installed (``pip install -e .[bench]``) are left out with a n
 from __future__ import annotations
 
 import os
+import pickle
 import select
 import shutil
 import struct
@@ -29,7 +30,9 @@ from contenders import Peers
 
 import pypods
 from pypods._client import connection
-from pypods._worker import codec
+from pypods._client.core import CallProtocol
+from pypods._worker import codec, fastcodec, messages
+from pypods._worker.decoding import Decoder
 
 if TYPE_CHECKING:
     import argparse
@@ -148,6 +151,21 @@ def without_client_spin(call: Callable[[], object]) -> Callable[[], object]:
     return unspun
 
 
+def without_msgspec(call: Callable[[], object]) -> Callable[[], object]:
+    """The client reading JSON replies with the standard ``json`` module only (as without the msgspec extra)."""
+    plain = fastcodec._json_decoder(fastcodec._UNLIMITED_TEXT_INTS)
+
+    def unaccelerated() -> object:
+        saved = fastcodec._json_decode
+        fastcodec._json_decode = plain
+        try:
+            return call()
+        finally:
+            fastcodec._json_decode = saved
+
+    return unaccelerated
+
+
 def table_of(samples: dict[str, list[float]], base_name: str, baselines: dict[str, str]) -> str:
     """Median, p99 and ratios to pypods and to each baseline (``{column label: contender}``)."""
     base_median = median(samples[base_name])
@@ -210,16 +228,25 @@ def heavy(args: argparse.Namespace, base: Path, others: Peers) -> str:
     """Calls that carry data: the 200-record echo and a dict of 10,000 floats, every contender alike."""
     make_project(base, "bench", POD)
     pod = load_with("bench", base)
+    fast1_pod = load_with("bench", base, PYPODS_ENCODING="fast1")
     bson_pod = load_with("bench", base, PYPODS_ENCODING="bson")
     pickled = load_with("bench", base, "pickle")
     unspun = load_with("bench", base, PYPODS_SPIN_US="0")
     sections = []
     for label, payload in (("echo(200 records)", RECORDS), ("echo(dict of 10,000 floats)", FLOATS)):
+        codec_alone = f"pickle alone, in-process: dumps + loads of the call and of the reply ({label})"
+        messages_alone = f"pypods pickle-codec messages alone, in-process, no I/O ({label})"
         contenders: dict[str, Callable[[], object]] = {
             f"pypods {label}": lambda payload=payload: pod.echo(payload),  # type: ignore[misc]
+            f"pypods {label}, fast1 encoding": lambda payload=payload: fast1_pod.echo(payload),  # type: ignore[misc]
+            f"pypods {label}, fast1 encoding, json only (no msgspec)": without_msgspec(
+                lambda payload=payload: fast1_pod.echo(payload)
+            ),  # type: ignore[misc]
             f"pypods {label}, BSON encoding": lambda payload=payload: bson_pod.echo(payload),  # type: ignore[misc]
             f"pypods {label}, pickle codec (trusts the pod)": lambda payload=payload: pickled.echo(payload),  # type: ignore[misc]
             f"pypods {label}, spinning off": without_client_spin(lambda payload=payload: unspun.echo(payload)),  # type: ignore[misc]
+            codec_alone: lambda payload=payload: pickle_alone(payload),  # type: ignore[misc]
+            messages_alone: lambda payload=payload: pickle_messages_alone(payload),  # type: ignore[misc]
         }
         contenders.update(others.contenders(label, "echo", payload))
         for name, call in contenders.items():
@@ -231,10 +258,46 @@ def heavy(args: argparse.Namespace, base: Path, others: Peers) -> str:
             "executor": f"ProcessPoolExecutor(1) {label}",
         }
         sections.append(table_of(samples, f"pypods {label}", baselines))
+        sections.append(around_pickle(samples, label, codec_alone, messages_alone))
         sections.append(f"\n{rounds} interleaved rounds of {batch} calls each.\n")
-    for each in (pod, bson_pod, pickled, unspun):
+    for each in (pod, fast1_pod, bson_pod, pickled, unspun):
         each.close()
     return "\n".join(sections)
+
+
+def pickle_alone(value: object) -> object:
+    """The codec work of one pickled echo, in one process: the call ``("echo", (value,))`` and the reply."""
+    pickle.loads(pickle.dumps(("echo", (value,)), protocol=5))
+    return pickle.loads(pickle.dumps(value, protocol=5))
+
+
+_PICKLE_PROTOCOL = CallProtocol("bench", "pickle")
+_DECODER = Decoder()
+
+
+def pickle_messages_alone(value: object) -> object:
+    """One pickle-codec echo through pypods' own messages, both sides, in one process: no pipe, no wait."""
+    frame, _ = _PICKLE_PROTOCOL.encode_call(1, "echo", (value,), {})
+    args, _kwargs = messages.unpack_pickle(_DECODER.document(bytes(frame)))
+    reply = codec.Encoder().document(messages.result_message(1, args[0], "value", True))
+    return _PICKLE_PROTOCOL.value_of(_PICKLE_PROTOCOL.decode(bytes(reply)), "value")
+
+
+def around_pickle(samples: dict[str, list[float]], label: str, codec_alone: str, messages_alone: str) -> str:
+    """What pypods (pickle codec) and a bare Pipe + pickle add around the same pickling: median minus codec."""
+    codec_time = median(samples[codec_alone])
+    rows = []
+    for name in (
+        f"pypods {label}, pickle codec (trusts the pod)",
+        messages_alone,
+        f"multiprocessing.Pipe + pickle {label}",
+    ):
+        if name in samples:
+            added = median(samples[name]) - codec_time
+            rows.append([name, fmt_time(median(samples[name])), fmt_time(codec_time), fmt_time(added)])
+    return "\n" + table(
+        ["around pickle", "median", "pickle alone", "added (messages, framing, wake-ups, copies)"], rows
+    )
 
 
 def startup(args: argparse.Namespace, base: Path) -> str:

@@ -174,6 +174,10 @@ def test_arrow_bombs_are_refused(hostile: Path, make: Any) -> None:
         {"j": "[1]", "k": '["a"]'},
         {"value": [1, 2], "k": '["a", "b"]'},  # keys without floats
         {"f": b"\x00" * 16, "k": '["a", "a"]'},  # two floats, one key twice: the dict would lose one
+        {"c": b"V\xff\xff\xff\xffn\x00\x00\x00\x00"},  # fast2: 2^32 Nones declared in 10 bytes
+        {"c": b"R\x08\x00\x00\x00\x02\x00\x00\x00s\x04\x00\x00\x00a\x00a\x00" + bytes(200)},  # a key twice
+        {"c": "not binary"},
+        {"c": b"V\x01\x00\x00\x00n\x01\x00\x00\x00\x00", "j": "[1]"},  # two carriers
     ],
 )
 def test_malformed_fast1_fields_are_protocol_errors(hostile: Path, fields: dict[str, Any]) -> None:
@@ -238,6 +242,9 @@ def seed_frames() -> list[bytes]:
     frames.append(bytes(fastcodec.encode_reply(None, 8, records)))
     frames.append(bytes(fastcodec.encode_reply(None, 9, [0.5] * 20)))
     frames.append(bytes(fastcodec.encode_reply(None, 10, {f"k{i}": 0.5 for i in range(20)})))
+    many = [{"id": i, "name": f"n{i}", "score": i * 0.5, "tags": ["a"] * (i % 3), "ok": True} for i in range(9)]
+    frames.append(bytes(fastcodec.encode_reply(None, 11, many, encoding="fast2")))  # fast2 columns
+    frames.append(bytes(fastcodec.encode_reply(None, 12, {f"k{i}": i for i in range(20)}, encoding="fast2")))
     return frames
 
 
@@ -269,11 +276,11 @@ def mutate(rng: random.Random, frame: bytes) -> bytes:
 
 
 def decode_like_the_client(frame: bytes) -> None:
-    """What the client does with a frame: decode it, then read the value the way fast1 replies say."""
+    """What the client does with a frame: decode it, then read the value the way fast1/fast2 replies say."""
     message = Decoder().document(frame)
     for key in ("value", "yield"):
         if key in message:
-            fastcodec.reply_value(message, key)
+            fastcodec.reply_value(message, key, "fast2")
 
 
 def fuzz(seconds: float, seed: int) -> int:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pypods._client.connection import ProcessConnection
 from pypods._client.pool import WorkerPool
+from pypods._worker import sharedmem
 from pypods._worker.framing import FrameError, PipeClosed
 from pypods._worker.serve import Worker
 
@@ -124,9 +125,11 @@ class Pod:
 class ThreadWorker:
     """A worker on a socketpair in a thread: ``base.WorkerHandle`` for tests."""
 
-    def __init__(self, pod_name: str = "fake", codec: str = "bson", pod: Pod | None = None) -> None:
+    def __init__(self, pod_name: str = "fake", codec: str = "bson", pod: Pod | None = None, shm: bool = False) -> None:
         self.pod_name = pod_name
         self.codec = codec
+        pair = sharedmem.open_pair() if shm else None  # big buffers as sealed memfds, as a real worker
+        self.channel: sharedmem.FdChannel | None = None if pair is None else pair[0]
         self.pid = 4_000_000 + next(_pids)  # no such process: no pidfd; liveness comes from alive()
         self.pod = pod or Pod()
         self._client, self._server = socket.socketpair()
@@ -135,6 +138,8 @@ class ThreadWorker:
         self.killed = False
         self.worker = Worker(pod_name, "/nonexistent", self._server.fileno(), self._server.fileno(), codec)
         self.worker.functions = self.pod.functions()
+        if pair is not None:
+            self.worker.attach(sharedmem.FdChannel(pair[1]))
         self.pod.worker = self.worker
         self._thread = threading.Thread(target=self._serve, name=f"fake-{pod_name}", daemon=True)
         self._thread.start()
@@ -176,12 +181,16 @@ class ThreadWorker:
         self._thread.join(5)
 
     def crash(self) -> None:
-        """Die as a crash would: the socket closes under a call (not through kill())."""
-        self.pod.gate.set()
+        """Die as a crash would: the socket closes under a call (not through kill()).
+
+        The socket goes first, then the blocked function is released: released first, it could
+        answer before the crash and the call under it would succeed.
+        """
         try:
             self._server.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        self.pod.gate.set()
         self._thread.join(5)
 
     def stop(self, grace: float = 2.0) -> None:
@@ -196,6 +205,10 @@ class ThreadWorker:
     def release(self) -> None:
         self._client.close()
         self._server.close()
+        if self.channel is not None:
+            self.channel.close()
+        if self.worker.channel is not None:
+            self.worker.channel.close()
 
 
 def connect(**options: Any) -> ProcessConnection:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from pypods._worker import codec, sharedmem
-from pypods._worker.sharedmem import OutOfBand, open_pair
+from pypods._worker.sharedmem import open_pair
+
+from .shmpeer import Side, encode_and_send
 
 np = pytest.importorskip("numpy")
 
@@ -60,10 +62,11 @@ def test_large_arrays_are_mapped_in_place_from_shared_memory() -> None:
         pytest.skip("no memfd here")
     sender, theirs = pair
     receiver = sharedmem.FdChannel(theirs)
+    left, right = Side(sender), Side(receiver)
     array = np.random.default_rng(1).random((512, 256))
-    data = bytes(codec.Encoder(OutOfBand(1 << 16, sender)).document({"v": array}))
+    data = bytes(encode_and_send(lambda big: codec.Encoder(big).document({"v": array}), left, right, 1 << 16))
     assert len(data) < 1000  # the payload went out of band
-    back = codec.Decoder(OutOfBand(channel=receiver)).document(data)["v"]
+    back = codec.Decoder(right.oob()).document(data)["v"]
     np.testing.assert_array_equal(back, array)
     back[0, 0] = -1.0  # writable, and private to the receiver
     sender.close()

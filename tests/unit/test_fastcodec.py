@@ -19,8 +19,9 @@ import pypods
 from pypods._worker import codec, fastcodec, sharedmem
 from pypods._worker.codec import EncodeError
 from pypods._worker.decoding import DecodeError, Decoder
-from pypods._worker.exttypes import OutOfBand
 from unit.test_codec import same, texts, values
+
+from .shmpeer import Side
 
 RECORDS = [{"id": i, "name": f"item-{i}", "score": i * 0.5, "tags": ["a", "b"], "ok": i % 2 == 0} for i in range(200)]
 
@@ -165,7 +166,7 @@ def test_fast_request_sends_big_top_level_buffers_out_of_band() -> None:
     if pair is None:
         pytest.skip("no memfd here")
     sender, theirs = pair
-    big = OutOfBand(1024, sender)
+    big = Side(sender).out(1024)
     try:
         frame = fastcodec.encode_request(big, 1, "f", (b"x" * 4096,), {})
         assert len(frame) < 1024
@@ -182,17 +183,21 @@ def test_big_nested_buffers_and_float_vectors_go_out_of_band() -> None:
         pytest.skip("no memfd here")
     sender, theirs = pair
     receiver = sharedmem.FdChannel(theirs)
-    big = OutOfBand(1024, sender)
+    left, right = Side(sender), Side(receiver)
+    big = left.out(1024)
     try:
         nested = ({"blobs": [b"y" * 8192, bytearray(b"z" * 4096)]},)
         frame = fastcodec.encode_request(big, 1, "f", nested, {})
+        left.send(big, right)
         assert len(frame) < 1024  # the pickle itself went out of band
-        decoder = Decoder(OutOfBand(channel=receiver))
+        decoder = Decoder(right.oob())
         args, kwargs = fastcodec.decode_request(decoder.document(bytes(frame)), decoder)
         assert same(args, nested)
         assert kwargs == {}
         floats = [i / 3 for i in range(1000)]
         reply = fastcodec.encode_reply(big, 2, floats)
+        left.send(big, right)
+        right.receive()
         assert len(reply) < 1024
         assert fastcodec.reply_value(decoder.document(bytes(reply)), "value") == floats
     finally:
@@ -253,6 +258,9 @@ def test_float_vectors_keep_every_bit() -> None:
     ("hello", "codec_name", "env", "chosen"),
     [
         ({"encodings": ["bson", "fast1"]}, "bson", None, "fast1"),
+        ({"encodings": ["bson", "fast1", "fast2"]}, "bson", None, "fast2"),
+        ({"encodings": ["bson", "fast1", "fast2"]}, "bson", "fast1", "fast1"),
+        ({"encodings": ["bson", "fast2"]}, "bson", "fast1", "bson"),
         ({}, "bson", None, "bson"),  # a peer that does not negotiate gets BSON
         ({"encodings": ["bson"]}, "bson", None, "bson"),
         ({"encodings": "fast1"}, "bson", None, "bson"),  # malformed: ignored
@@ -269,9 +277,9 @@ def test_the_client_chooses_fast1_only_when_offered_and_allowed(
         monkeypatch.setenv("PYPODS_ENCODING", env)
     proto = CallProtocol("p", codec_name)
     frame = proto.choose_encoding(hello)
-    if chosen == "fast1":
+    if chosen in ("fast1", "fast2"):
         assert frame is not None
-        assert codec.decode(bytes(frame)) == {"id": 0, "op": "encoding", "name": "fast1"}
+        assert codec.decode(bytes(frame)) == {"id": 0, "op": "encoding", "name": chosen}
         assert b"\x05a\x00" in proto.encode_call(1, "f", (1,), {})[0]
     else:
         assert frame is None

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from .._errors import PodError
+    from .._worker.sharedmem import FdChannel
 
 __all__ = [
     "AsyncConnection",
@@ -30,6 +31,7 @@ class WorkerHandle(Protocol):
     pid: int
     read_fd: int
     write_fd: int
+    channel: FdChannel | None  # the shared-memory socket (sealed memfds), None where buffers go inline
 
     def alive(self) -> bool: ...
     def interrupt(self) -> None: ...

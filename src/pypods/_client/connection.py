@@ -2,9 +2,13 @@
 
 Reading is leader/follower: the first caller that needs a reply reads the pipe itself and hands
 other callers' replies to them, so a call from one thread costs one write and one read, with no
-thread hop, and many threads can still have calls in flight. Every wait has a deadline covering the
-whole frame; the worker's death is seen at once through a pidfd polled beside the pipe (a forked
-child that keeps the pipe open cannot hide it), and every call in flight then fails together.
+thread hop, and many threads can still have calls in flight. Replies are handed over as raw frames,
+routed by their leading id, and each caller decodes its own: an interrupted leader never loses or
+delays another thread's reply. Writing is full duplex: a writer waiting for room on the pipe or the
+shared-memory socket leads the read loop meanwhile (a worker blocked writing replies reads nothing).
+Every wait is a ``poll`` with a deadline covering the whole frame; the worker's death is seen at once
+through a pidfd polled beside the pipe (a forked child that keeps the pipe open cannot hide it), and
+every call in flight then fails together.
 """
 
 from __future__ import annotations
@@ -20,16 +24,22 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from .._errors import PodClosedError, PodCrashedError, PodError, PodProtocolError, PodTimeoutError, PodWorkerError
+from .._worker import messages
 from .._worker.framing import FrameError, FrameReader, PipeClosed
+from .._worker.sharedmem import SHM_TAG, SharedMemoryError, Upload
 from . import forking
-from .core import MAX_PENDING, START, Outcome, WorkerConnection
+from .core import START, Outcome, StreamCursor, WorkerConnection
 from .pstream import ProcessStream
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .base import WorkerHandle
+    from .core import Attachments
 
 SPIN = float(os.environ.get("PYPODS_SPIN_US", "100")) / 1e6  # see FrameReader.spin
 POLL_STEP = 0.5  # without a pidfd: how often a waiting reader checks that the worker still lives
+WRITE_STEP = 0.05  # a writer waiting for room while another thread leads: how often it looks to lead
 DEFAULT_START_TIMEOUT = 60.0
 
 
@@ -67,7 +77,7 @@ def _close_inputs() -> None:
 class ProcessConnection(WorkerConnection):
     """Calls to one worker process; any number of threads may use it at once."""
 
-    _calls: dict[int, collections.deque[dict[str, Any]]]  # replies for each call in flight
+    _calls: dict[int, collections.deque[bytes | dict[str, Any]]]  # raw replies for each call in flight
 
     def __init__(self, worker: WorkerHandle, start_timeout: float | None = DEFAULT_START_TIMEOUT) -> None:
         super().__init__(worker)
@@ -82,13 +92,12 @@ class ProcessConnection(WorkerConnection):
         _open.add(self)
         self._writers = 0  # threads writing on _wfd (under _cv)
         self._pidfd = open_pidfd(worker.pid)
-        self._poll = select.poll()
-        self._poll.register(worker.read_fd, select.POLLIN)
-        if self._pidfd is not None:
-            self._poll.register(self._pidfd, select.POLLIN)
+        self._sock = None if self.channel is None else self.channel.fileno()
+        self._waiter = self._poll()
         self._wlock = threading.Lock()
         self._cv = threading.Condition(threading.Lock())
-        self._reading = False
+        self._reading = False  # a thread leads the read loop (a caller waiting for a reply, or a writer)
+        self._routed: bytes | None = None  # the last frame handed to its call (see _deliver)
         self._closed = False  # close() was called: the last reader or writer releases the descriptors
         self._deferred: list[bytearray] = []  # controls from finalizers, sent with the next write
         # Calls written and not yet answered, in the order the worker queues (and runs) them.
@@ -118,7 +127,7 @@ class ProcessConnection(WorkerConnection):
             self._calls[0] = collections.deque()
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            hello = self._receive(0, deadline, START, timeout)
+            hello = self._decoded(self._receive(0, deadline, START, timeout))
         finally:
             self._abandon(0)
         encoding = self._started(hello)
@@ -143,19 +152,18 @@ class ProcessConnection(WorkerConnection):
         call_id = proto.next_id()
         if deadline is None and timeout is not None:
             deadline = time.monotonic() + timeout
-        data, big = proto.encode_call(call_id, name, args, kwargs, deadline)
+        # The worker bounds its own waits for this call by what is left of the deadline.
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        data, attachments = proto.encode_call(call_id, name, args, kwargs, left)
         if deadline is not None and time.monotonic() >= deadline:  # passed while encoding (or before): send nothing
-            big.discard()
             raise PodTimeoutError(f"pod {self.pod!r}, function {name!r}: no answer within {timeout}s "
                                   "(it passed before sending, while encoding; nothing was sent)")  # fmt: skip
         with self._cv:
             self._calls[call_id] = collections.deque()
         stream = False
         try:
-            self._write(data, deadline, name, timeout, call_id)
-            big.sent()  # the frame is out: its buffers are the worker's now, nothing to forget
-            reply = self._receive(call_id, deadline, name, timeout)
-            outcome = self._checked(proto.outcome, name, reply)
+            self._write(data, deadline, name, timeout, call_id, attachments)
+            outcome = self._outcome(call_id, deadline, name, timeout, proto.outcome)
             stream = outcome.kind == Outcome.STREAM
         except KeyboardInterrupt:
             # The pod function gets the Ctrl-C too (SIGINT if it runs, cancel if not yet started);
@@ -168,20 +176,70 @@ class ProcessConnection(WorkerConnection):
                 self.worker.interrupt()
             raise
         finally:
-            big.discard()
             if not stream:
                 self._abandon(call_id)
         if stream:
-            return ProcessStream(self, call_id, name, timeout)
+            return ProcessStream(self, StreamCursor(call_id, name, timeout, proto.window))
         return outcome.value
 
-    def _checked(self, step: Any, name: str, reply: dict[str, Any]) -> Outcome:
-        """Apply a core step to a reply; a malformed reply breaks the connection (it is replaced)."""
+    def next_item(self, cursor: StreamCursor) -> tuple[bool, Any]:
+        """Wait for a stream's next reply: ``(True, item)``, or ``(False, None)`` at its end."""
+        deadline = None if cursor.timeout is None else time.monotonic() + cursor.timeout
         try:
-            return step(name, reply)  # type: ignore[no-any-return]
-        except PodProtocolError as exc:
+            outcome = self._outcome(cursor.call_id, deadline, cursor.name, cursor.timeout, self.proto.stream_item)
+            more, item, grant = cursor.advance(outcome)
+        except PodError:
+            cursor.done = True  # the generator ended in the pod, or the worker did
+            self._abandon(cursor.call_id)
+            raise
+        except BaseException:
+            self.cancel_stream(cursor)  # interrupted while waiting (Ctrl-C): stop the generator in the pod too
+            raise
+        if grant is not None:
+            self.send_control(grant)
+        if not more:
+            self._abandon(cursor.call_id)
+        return more, item
+
+    def cancel_stream(self, cursor: StreamCursor) -> None:
+        """End a stream here and cancel its generator; never blocks (see ``ProcessStream.close``)."""
+        cancel = cursor.cancel()
+        if cancel is not None:
+            self._abandon(cursor.call_id)
+            self.send_control(cancel, deferred=True)
+
+    def _outcome(
+        self, call_id: int, deadline: float | None, name: str, timeout: float | None, step: Callable[..., Outcome]
+    ) -> Outcome:
+        """Wait for *call_id*'s next reply, decode it in this thread, and apply a core *step* to it."""
+        reply = self._decoded(self._receive(call_id, deadline, name, timeout))
+        try:
+            return step(name, reply)
+        except PodProtocolError as exc:  # a malformed reply breaks the connection (it is replaced)
             self._break(exc, kill=True)
             raise
+
+    def _decoded(self, item: bytes | dict[str, Any]) -> dict[str, Any]:
+        """A reply as a message: decoded here, by its own caller, with the attachments sent before it."""
+        if isinstance(item, dict):  # decoded already by the reader (its id was not where we peek)
+            return item
+        if SHM_TAG in item:  # its buffers were sent before it: they are all on the socket now
+            self._take_attachments()
+        try:
+            return self.proto.decode(item)
+        except PodProtocolError as exc:
+            raise self._break(exc, kill=True) from exc
+
+    def _take_attachments(self) -> None:
+        """Move the buffers waiting on the shared-memory socket into the inbox (never blocks)."""
+        if self.channel is None or self.inbox is None:
+            return
+        try:
+            self.channel.receive(self.inbox, self.inbox.limit + 1)
+        except SharedMemoryError as exc:
+            raise self._break(self.proto.protocol_error(exc), kill=True) from exc
+
+    # -- writing -------------------------------------------------------------------------------
 
     def _write(
         self,
@@ -190,8 +248,10 @@ class ProcessConnection(WorkerConnection):
         name: str,
         timeout: float | None,
         call_id: int | None = None,
+        attachments: Attachments | None = None,
     ) -> None:
-        """Write one whole frame, or break the connection: a pipe is never left with half a frame."""
+        """Send a frame's attachments, then the whole frame, or break the connection: a pipe is never
+        left with half a frame. While it waits for room, it reads and routes replies (full duplex)."""
         with self._wlock:
             fd = self._enter_write()
             view = memoryview(data)
@@ -202,15 +262,20 @@ class ProcessConnection(WorkerConnection):
                 registry = self.proto.registry_frame()
                 if registry is not None:
                     deferred.append(registry)
+            upload = None if not attachments or self.channel is None else Upload(self.channel, attachments)
             try:
                 for control in deferred:
                     self._write_frame(fd, memoryview(control), deadline, name, timeout)
+                if upload is not None:
+                    self._upload(upload, deadline, name, timeout)
                 self._write_frame(fd, view, deadline, name, timeout)
                 if call_id is not None:
                     with self._cv:
                         self._unanswered[call_id] = None  # under _wlock: in the order written
             except BaseException:
-                if self._broken is None:  # interrupted mid-frame (Ctrl-C): this pipe is out of step
+                if upload is not None and not upload.finished:
+                    upload.abort()  # the frame never started: the worker forgets what went
+                elif self._broken is None:  # interrupted mid-frame (Ctrl-C): this pipe is out of step
                     self._break(PodWorkerError(f"pod {self.pod!r}: a call was interrupted while sent"), kill=True)
                 raise
             finally:
@@ -234,12 +299,22 @@ class ProcessConnection(WorkerConnection):
             self._writers -= 1
             self._release_unused()
 
+    def _upload(self, upload: Upload, deadline: float | None, name: str, timeout: float | None) -> None:
+        """Send a frame's attachments as the socket takes them, reading replies while it is full."""
+        while True:
+            try:
+                if upload.pump():
+                    return
+            except OSError as exc:  # the worker's end of the socket is gone: so is the worker
+                self._fail(exc)
+                raise NotSentError(f"pod {self.pod!r}: worker was gone before the call was sent") from exc
+            assert self._sock is not None
+            self._wait_io(deadline, name, timeout, self._sock, partial=False)
+
     def _write_frame(self, fd: int, view: memoryview, deadline: float | None, name: str, timeout: float | None) -> None:
         # The write fd is non-blocking: a worker that stops reading cannot hold us past the deadline,
-        # and its death (the pidfd) wakes us even if a child of it keeps the pipe open. poll, not
-        # select: a busy client may have descriptors above 1024, which select refuses.
+        # and its death (the pidfd) wakes us even if a child of it keeps the pipe open.
         written = 0
-        waiter: select.poll | None = None
         while written < len(view):
             try:
                 written += os.write(fd, view[written:])
@@ -251,20 +326,56 @@ class ProcessConnection(WorkerConnection):
                     raise self._fail(exc) from exc
                 self._fail(exc)
                 raise NotSentError(f"pod {self.pod!r}: worker was gone before the call was sent") from exc
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise self._timed_out(name, timeout)
-            if waiter is None:
-                waiter = select.poll()
-                waiter.register(fd, select.POLLOUT)
-                if self._pidfd is not None:
-                    waiter.register(self._pidfd, select.POLLIN)
-            events = dict(waiter.poll(None if remaining is None else remaining * 1000))
-            if self._pidfd is not None and self._pidfd in events:
-                if self._broken is not None or written:
+            self._wait_io(deadline, name, timeout, fd, partial=written > 0)
+
+    def _wait_io(self, deadline: float | None, name: str, timeout: float | None, out: int, partial: bool) -> None:
+        """Wait until *out* takes bytes; meanwhile lead the read loop if nobody does (full duplex).
+
+        A worker blocked writing replies (a stream's items) reads nothing until they are read: a
+        writer that only waited for room would wait for ever. poll, not select: a busy client may
+        have descriptors above 1024, which select refuses.
+        """
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise self._timed_out(name, timeout)
+        with self._cv:
+            lead = not self._reading
+            if lead:
+                self._reading = True
+        try:
+            masks: dict[int, int] = {out: select.POLLOUT}
+            if lead:
+                masks[self.worker.read_fd] = select.POLLIN
+                if self._sock is not None:
+                    masks[self._sock] = masks.get(self._sock, 0) | select.POLLIN
+            if self._pidfd is not None:
+                masks[self._pidfd] = select.POLLIN
+            waiter = select.poll()
+            for fd, mask in masks.items():
+                waiter.register(fd, mask)
+            # Not leading: look again soon, to take over the reading when its leader leaves.
+            step = remaining if lead and self._pidfd is not None else min(remaining or POLL_STEP, WRITE_STEP)
+            events = dict(waiter.poll(None if step is None else max(step, 0) * 1000))
+            if lead:
+                if events.get(self.worker.read_fd):
+                    self._fill()
+                    self._route_all()
+                if self._sock is not None and events.get(self._sock, 0) & select.POLLIN:
+                    self._take_attachments()
+            gone = (self._pidfd is not None and self._pidfd in events) or (
+                self._pidfd is None and not self.worker.alive()
+            )
+            if gone:
+                if self._broken is not None or partial:
                     raise self._fail(PipeClosed("the worker exited"))
                 self._fail(PipeClosed("the worker exited"))
                 raise NotSentError(f"pod {self.pod!r}: worker was gone before the call was sent")
+        finally:
+            if lead:
+                with self._cv:
+                    self._reading = False
+                    self._release_unused()
+                    self._cv.notify_all()
 
     def send_control(self, message: bytearray, deferred: bool = False) -> None:
         """Send a message that expects no reply (credit, cancel).
@@ -304,8 +415,12 @@ class ProcessConnection(WorkerConnection):
             self._calls.pop(call_id, None)
             self._unanswered.pop(call_id, None)
 
-    def _receive(self, call_id: int, deadline: float | None, name: str, timeout: float | None) -> dict[str, Any]:
-        """Wait for the next reply to *call_id*, reading the pipe ourselves if nobody else is."""
+    # -- reading -------------------------------------------------------------------------------
+
+    def _receive(
+        self, call_id: int, deadline: float | None, name: str, timeout: float | None
+    ) -> bytes | dict[str, Any]:
+        """Wait for the next raw reply to *call_id*, reading the pipe ourselves if nobody else is."""
         cv = self._cv
         with cv:
             while True:
@@ -332,47 +447,80 @@ class ProcessConnection(WorkerConnection):
                 self._release_unused()
                 cv.notify_all()
 
-    def _lead(self, call_id: int, deadline: float | None, name: str, timeout: float | None) -> dict[str, Any]:
-        reader = self._reader
-        proto = self.proto
+    def _lead(self, call_id: int, deadline: float | None, name: str, timeout: float | None) -> bytes | dict[str, Any]:
         while True:
-            try:
-                frame = reader.pop()
-            except FrameError as exc:
-                raise self._break(proto.protocol_error(exc), kill=True) from exc
-            if frame is None:
+            if self._reader.peek() is None:
                 self._wait_readable(deadline, name, timeout)
-                continue
-            try:
-                reply = proto.decode(frame)
-            except PodProtocolError as exc:
-                raise self._break(exc, kill=True) from exc
-            reply_id = reply["id"]
+            self._route_all()
             with self._cv:
-                self._unanswered.pop(reply_id, None)
-                if reply_id == call_id:
-                    return reply
-                box = self._calls.get(reply_id)
-                if box is not None:
-                    box.append(reply)
-                    self._cv.notify_all()
-                # else: a reply to an abandoned call (interrupted, closed stream) or a stray id: dropped.
-            if box is not None and len(box) > MAX_PENDING:
-                raise self._break(proto.flooded(reply_id), kill=True)
+                box = self._calls.get(call_id)
+                if box:
+                    return box.popleft()
             if deadline is not None and time.monotonic() > deadline:
                 raise self._timed_out(name, timeout)  # a flood of other frames cannot stretch it
 
+    def _route_all(self) -> None:
+        """Hand every whole frame read so far to its call, undecoded: each caller decodes its own.
+
+        The frame stays in the reader until it is in its call's box (peek, deliver, drop), so an
+        interruption of the leader (Ctrl-C) never loses another thread's reply.
+        """
+        reader = self._reader
+        while True:
+            try:
+                frame = reader.peek()
+            except FrameError as exc:
+                raise self._break(self.proto.protocol_error(exc), kill=True) from exc
+            if frame is None:
+                return
+            self._deliver(frame)
+            reader.drop()
+
+    def _deliver(self, frame: bytes) -> None:
+        reply_id = messages.peek_id(frame)
+        item: bytes | dict[str, Any] = frame
+        if reply_id == 0 and 0 not in self._calls:
+            # Not where every reply has its id: decode it here, to refuse it if it is malformed.
+            item = self._decoded(frame)
+            reply_id = item["id"]
+        with self._cv:
+            if frame is self._routed:
+                return  # handed over already, just before an interruption
+            self._unanswered.pop(reply_id, None)
+            box = self._calls.get(reply_id)
+            if box is not None:
+                box.append(item)
+                self._cv.notify_all()
+            self._routed = frame
+            # else: a reply to an abandoned call (interrupted, closed stream) or a stray id: dropped.
+        if box is not None and len(box) > self.proto.max_pending:
+            raise self._break(self.proto.flooded(reply_id), kill=True)
+
+    def _fill(self) -> None:
+        try:
+            self._reader.fill()
+        except BlockingIOError:
+            pass
+        except (PipeClosed, OSError) as exc:
+            raise self._fail(exc) from exc
+
     def _wait_readable(self, deadline: float | None, name: str, timeout: float | None) -> None:
-        """Block until bytes arrive and read them once; raise at the deadline or when the worker died."""
+        """Block until bytes arrive and read them once; raise at the deadline or when the worker died.
+
+        The shared-memory socket is drained whenever it is readable, so a peer may send any number
+        of buffers before their frame."""
         self._reader.spin(SPIN)
+        poll = self._waiter
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise self._timed_out(name, timeout)
             step = remaining if self._pidfd is not None else min(remaining or POLL_STEP, POLL_STEP)
-            events = dict(self._poll.poll(None if step is None else max(step, 0) * 1000))
+            events = dict(poll.poll(None if step is None else max(step, 0) * 1000))
             if self._broken is not None:
                 raise copy.copy(self._broken)
+            if self._sock is not None and events.get(self._sock):
+                self._take_attachments()
             if events.get(self.worker.read_fd):
                 try:
                     self._reader.fill()
@@ -384,6 +532,15 @@ class ProcessConnection(WorkerConnection):
             if (self._pidfd is not None and self._pidfd in events) or (self._pidfd is None and not self.worker.alive()):
                 # The worker is gone; whatever it wrote before dying is read above first.
                 raise self._fail(PipeClosed("the worker exited"))
+
+    def _poll(self) -> select.poll:
+        """What the read loop waits on: the output pipe, the worker's pidfd, the shared-memory socket."""
+        poll = select.poll()
+        poll.register(self.worker.read_fd, select.POLLIN)
+        for fd in (self._pidfd, self._sock):
+            if fd is not None:
+                poll.register(fd, select.POLLIN)
+        return poll
 
     def _fail(self, cause: BaseException) -> PodError:
         """The worker died: fail every call in flight now, with its exit status and last stderr lines."""
@@ -438,11 +595,14 @@ class ProcessConnection(WorkerConnection):
             self._release()
 
     def _release(self) -> None:
-        """Close our pipes and the pidfd; only when no thread can be polling them (hold ``_cv``)."""
+        """Close our pipes, the pidfd and the buffers no frame claimed; only when no thread can be
+        polling them (hold ``_cv``)."""
         self._close_input()
         self.worker.release()
         _close_fd(self._pidfd)
         self._pidfd = None
+        if self.inbox is not None:
+            self.inbox.clear()
 
 
 def _close_fd(fd: int | None) -> None:

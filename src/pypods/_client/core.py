@@ -1,14 +1,17 @@
 """The pod protocol without I/O: ids, encoding a call, decoding a frame, and a reply's outcome.
 
 The sync connection, the asyncio connection and (where it applies) the Ray backend all use this one
-module, as h11 is HTTP without sockets: the I/O layers only read, write and wait. Everything a pod
-may send is checked here, and anything wrong becomes a typed ``PodError`` (``PodProtocolError`` for
-a malformed frame or field), never a raw ``TypeError``/``AttributeError``.
+module, as h11 is HTTP without sockets: the I/O layers only read, write and wait. Encoding returns a
+frame plus its attachments (the big buffers, which the shell sends before the frame); decoding takes
+the attachments the shell already received (an ``Inbox``). No descriptor, syscall or clock here.
+Everything a pod may send is checked here, and anything wrong becomes a typed ``PodError``
+(``PodProtocolError`` for a malformed frame or field), never a raw ``TypeError``/``AttributeError``.
 """
 
 from __future__ import annotations
 
 import itertools
+import struct
 from typing import TYPE_CHECKING, Any
 
 from .._env.settings import encoding_from_environ
@@ -27,34 +30,36 @@ from .._worker import codec, fastcodec, messages
 from .._worker.codec import Encoder
 from .._worker.decoding import DecodeError, Decoder
 from .._worker.exttypes import DEFAULT_THRESHOLD, MissingLibrary, OutOfBand
+from .._worker.sharedmem import Inbox
 
 if TYPE_CHECKING:
+    from .._worker.sharedmem import FdChannel
     from .base import WorkerHandle
 
 START = "(start)"  # the name a start handshake waits under
-STREAM_WINDOW = 64  # stream items the worker may send ahead of the consumer (the "window" of a call)
+# Stream items the worker may send ahead of the consumer (the "window" of a call). Sent in every
+# call request; a worker that finds none (an older client) uses this same default.
+STREAM_WINDOW = 64
 # Replies one call may have waiting unread: a window of items and an end, with room to spare. A pod
 # that sends more ignores flow control (it is hostile) and would otherwise grow client memory forever.
 MAX_PENDING = 2 * STREAM_WINDOW
-
-
-def new_out_of_band(worker: WorkerHandle | None, threshold: int = DEFAULT_THRESHOLD) -> OutOfBand:
-    """The one place a client-side ``OutOfBand`` is made: it sends and receives through the worker's channel."""
-    return OutOfBand(threshold, getattr(worker, "channel", None))
+Attachments = list[tuple[int, memoryview]]  # a frame's big buffers by token, sent before the frame
+_I32, _F64 = struct.Struct("<i"), struct.Struct("<d")
 
 
 class StreamCredit:
     """The client's half of stream flow control: after every half window of items taken, grant more."""
 
-    __slots__ = ("unacked",)
+    __slots__ = ("unacked", "window")
 
-    def __init__(self) -> None:
+    def __init__(self, window: int = STREAM_WINDOW) -> None:
         self.unacked = 0
+        self.window = window
 
     def take(self, call_id: int) -> dict[str, Any] | None:
         """Count one item taken; return the ``more`` message to send now, if one is due."""
         self.unacked += 1
-        if self.unacked < STREAM_WINDOW // 2:
+        if self.unacked < max(self.window // 2, 1):
             return None
         granted, self.unacked = self.unacked, 0
         return {"id": call_id, "op": "more", "n": granted}
@@ -65,12 +70,12 @@ class StreamCursor:
 
     __slots__ = ("call_id", "credit", "done", "name", "timeout")
 
-    def __init__(self, call_id: int, name: str, timeout: float | None) -> None:
+    def __init__(self, call_id: int, name: str, timeout: float | None, window: int = STREAM_WINDOW) -> None:
         self.call_id = call_id
         self.name = name
         self.timeout = timeout
         self.done = False
-        self.credit = StreamCredit()
+        self.credit = StreamCredit(window)
 
     def advance(self, outcome: Outcome) -> tuple[bool, Any, bytearray | None]:
         """``(True, item, credit frame to send or None)`` for an item; ``(False, None, None)`` at the end."""
@@ -102,31 +107,41 @@ class Outcome:
 
 
 class CallProtocol:
-    """One connection's protocol state: ids, the class registry it sent, its codec and decoder."""
+    """One connection's protocol state: ids, the class registry it sent, its codec and decoder.
 
-    def __init__(self, pod: str, codec_name: str = "bson", worker: WorkerHandle | None = None) -> None:
+    *inbox* holds the attachments the shell received (None: no shared-memory channel, so every
+    buffer travels inline both ways).
+    """
+
+    def __init__(
+        self, pod: str, codec_name: str = "bson", inbox: Inbox | None = None, window: int = STREAM_WINDOW
+    ) -> None:
         self.pod = pod
         self.codec = codec_name
-        self.worker = worker
+        self.inbox = inbox
+        self.window = window  # sent in every call request (the worker's default is the same 64)
         self._ids = itertools.count(1)
         self._registered = 0  # the class registry version the worker knows
-        self._decoder = Decoder(new_out_of_band(worker))
-        self.encoding = "bson"  # "fast1" once chosen in choose_encoding (docs/encoding.md)
+        self._decoder = Decoder(OutOfBand(DEFAULT_THRESHOLD, inbox))
+        self.encoding = "bson"  # "fast1"/"fast2" once chosen in choose_encoding (docs/encoding.md)
 
     def choose_encoding(self, hello: dict[str, Any]) -> bytearray | None:
-        """Pick fast1 if the worker offers it (and neither codec="pickle" nor PYPODS_ENCODING=bson says
-        otherwise); return the ``encoding`` message to send before the first call, if any."""
+        """Pick fast2 (fast1 if PYPODS_ENCODING says so or the worker offers no more) unless codec="pickle"
+        or PYPODS_ENCODING=bson; return the ``encoding`` message to send before the first call, if any."""
         wanted = encoding_from_environ()  # PodConfigError for an unknown value
-        offered = hello.get("encodings")
-        if self.codec == "pickle" or wanted != fastcodec.NAME or not isinstance(offered, list):
+        name = fastcodec.choose(wanted, hello.get("encodings"))  # fast2: fast1 or fast2, None for BSON
+        if self.codec == "pickle" or name is None:
             return None
-        if fastcodec.NAME not in offered:
-            return None
-        self.encoding = fastcodec.NAME
-        return Encoder().document({"id": 0, "op": "encoding", "name": fastcodec.NAME})
+        self.encoding = name
+        return Encoder().document({"id": 0, "op": "encoding", "name": name})
 
     def next_id(self) -> int:
         return next(self._ids)
+
+    @property
+    def max_pending(self) -> int:
+        """Replies one call may have waiting unread (a window of items and an end, with room to spare)."""
+        return 2 * self.window
 
     def registry_frame(self) -> bytearray | None:
         """The ``register`` message to send before the next call, if the client registered classes since."""
@@ -137,22 +152,24 @@ class CallProtocol:
         return Encoder().document({"id": 0, "op": "register", "classes": sorted(codec.REGISTERED.values())})
 
     def encode_call(
-        self, call_id: int, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], deadline: float | None = None
-    ) -> tuple[bytearray, OutOfBand]:
-        """Encode a call (and its out-of-band buffers), or raise PodSerializationError: nothing was sent.
+        self, call_id: int, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None = None
+    ) -> tuple[bytearray, Attachments]:
+        """Encode a call: its frame and attachments, or PodSerializationError (nothing to send).
 
-        *deadline* (``time.monotonic()``) bounds the wait for room on the shared-memory socket.
+        The shell sends the attachments, then the frame. The request carries the stream window and,
+        if set, *timeout*: the worker bounds its own waits for this call (its reply's buffers) by it.
         """
-        big = new_out_of_band(self.worker)
-        big.deadline = deadline
+        big = OutOfBand(DEFAULT_THRESHOLD, self.inbox)
         try:
-            if self.encoding == fastcodec.NAME:
-                return fastcodec.encode_request(big, call_id, name, args, kwargs), big
-            if self.codec != "pickle":
-                return Encoder(big).request(call_id, name, args, kwargs), big
-            message: dict[str, Any] = {"id": call_id, "op": "call", "name": name}
-            message.update(messages.pack_pickle((args, kwargs)))
-            return Encoder(big).document(message), big
+            if self.encoding in fastcodec.NAMES and not _nested_buffers(args, kwargs, big.threshold):
+                frame = fastcodec.encode_request(big, call_id, name, args, kwargs)  # fast2: fast1's requests
+            elif self.codec != "pickle":
+                frame = Encoder(big).request(call_id, name, args, kwargs)
+            else:
+                message: dict[str, Any] = {"id": call_id, "op": "call", "name": name}
+                message.update(messages.pack_pickle((args, kwargs)))
+                frame = Encoder(big).document(message)
+            return _with_fields(frame, self.window, timeout), big.take()
         except PodError:
             big.discard()
             raise
@@ -169,7 +186,11 @@ class CallProtocol:
         return Encoder().document(message)
 
     def decode(self, frame: bytes) -> dict[str, Any]:
-        """Turn one frame into a message; a frame that is not one raises PodProtocolError."""
+        """Turn one frame into a message; a frame that is not one raises PodProtocolError.
+
+        Its attachments must be in the inbox already: the shell drains the socket first (the
+        sender sent them before the frame).
+        """
         try:
             message = self._decoder.document(frame)
         except MissingLibrary as exc:  # our side lacks a library for a value: that call fails, not the pipe
@@ -183,12 +204,12 @@ class CallProtocol:
     def value_of(self, message: dict[str, Any], key: str) -> Any:
         """The value a reply carries; pickled values only where this client chose codec="pickle"."""
         if "p" not in message:
-            if self.encoding != fastcodec.NAME:
-                if "j" in message or "f" in message or "k" in message:
+            if self.encoding not in fastcodec.NAMES:  # fast2: and "c" below
+                if "j" in message or "f" in message or "k" in message or "c" in message:
                     raise self.protocol_error("a fast1 value on a connection that did not choose fast1")
                 return message.get(key)
             try:
-                return fastcodec.reply_value(message, key)
+                return fastcodec.reply_value(message, key, self.encoding)  # fast2: the encoding
             except DecodeError as exc:
                 raise self.protocol_error(exc) from exc
         if self.codec != "pickle":
@@ -248,13 +269,54 @@ class CallProtocol:
         return PodWorkerError(f"pod {self.pod!r}: worker killed after a call timed out ({name!r})")
 
 
+def _nested_buffers(args: tuple[Any, ...], kwargs: dict[str, Any], threshold: int) -> bool:
+    """A buffer of *threshold* bytes or more directly inside an argument (a list, tuple or dict).
+
+    fast1 would copy it into one pickle, holding the GIL for the whole copy (an asyncio loop stalls
+    124 ms for 200 x 1 MiB); BSON names each buffer as an attachment instead, without a copy.
+    A bounded look (the first 64 values), so a long list of numbers costs next to nothing.
+    """
+    seen = 0
+    for top in (args, kwargs.values()):
+        for item in top:
+            kind = type(item)
+            if kind is not list and kind is not tuple and kind is not dict:
+                continue
+            for value in item.values() if kind is dict else item:
+                seen += 1
+                if type(value) in _BUFFERS and memoryview(value).nbytes >= threshold:
+                    return True
+                if seen > 64:
+                    return False
+    return False
+
+
+_BUFFERS = (bytes, bytearray, memoryview)
+
+
+def _with_fields(frame: bytearray, window: int, timeout: float | None) -> bytearray:
+    """Append ``window`` (when not the default) and ``timeout`` to an encoded request document."""
+    if window == STREAM_WINDOW and timeout is None:
+        return frame  # the hot path: the worker's fixed-layout decoder reads it as it is
+    del frame[-1]  # the document's terminating NUL
+    if window != STREAM_WINDOW:
+        frame += b"\x10window\x00" + _I32.pack(window)  # int32
+    if timeout is not None:
+        frame += b"\x01timeout\x00" + _F64.pack(float(timeout))  # double, seconds
+    frame += b"\x00"
+    _I32.pack_into(frame, 0, len(frame))  # bytes 0-3: the document's total length
+    return frame
+
+
 class WorkerConnection:
     """What the sync and asyncio process connections share: worker, protocol core, hello, calls, end."""
 
     def __init__(self, worker: WorkerHandle) -> None:
         self.pod = worker.pod_name
         self.worker = worker
-        self.proto = CallProtocol(self.pod, worker.codec, worker)
+        self.channel: FdChannel | None = worker.channel  # the shared-memory socket, None without one
+        self.inbox = None if self.channel is None else Inbox()
+        self.proto = CallProtocol(self.pod, worker.codec, self.inbox)
         self._calls: dict[int, Any] = {}  # call id -> where its replies go (an inbox or a queue)
         self._broken: PodError | None = None
         self.description: list[dict[str, Any]] = []

@@ -25,7 +25,7 @@ else:  # pragma: no cover - exercised on 3.9/3.10 clients
 if TYPE_CHECKING:
     from .layout import PodLayout
 
-ENCODINGS = ("fast1", "bson")  # the values of $PYPODS_ENCODING (docs/encoding.md); fast1 is the default
+ENCODINGS = ("fast2", "fast1", "bson")  # the values of $PYPODS_ENCODING (docs/encoding.md); fast2 is the default
 MAX_WORKERS = 64
 MAX_SHIP = 1000  # patterns in ``ship``
 MAX_SECONDS = 10_000_000.0  # about four months; larger values overflow some platforms' wait calls
@@ -91,7 +91,7 @@ KNOWN = tuple(field.name for field in dataclasses.fields(PodSettings))
 
 
 def encoding_from_environ() -> str:
-    """The encoding ``$PYPODS_ENCODING`` asks for: ``fast1`` (the default, also when unset or empty) or ``bson``.
+    """The encoding ``$PYPODS_ENCODING`` asks for: ``fast2`` (the default, also unset or empty), ``fast1``, ``bson``.
 
     Case and surrounding blanks do not matter (``" BSON "`` is ``bson``).
 

@@ -25,6 +25,7 @@ from itertools import chain, compress, repeat
 from operator import is_
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
 
+from . import columns
 from .codec import Encoder
 from .decoding import DecodeError, Decoder
 from .exttypes import MissingLibrary
@@ -33,7 +34,9 @@ if TYPE_CHECKING:
     from .exttypes import OutOfBand
 
 NAME = "fast1"
-ENCODINGS = ["bson", NAME]  # what a worker offers in its hello, in order of preference
+COLUMNS = "fast2"  # fast1 plus typed columns in replies (columns.py)
+NAMES = (NAME, COLUMNS)  # the encodings that use this module's requests and replies
+ENCODINGS = ["bson", NAME, COLUMNS]  # what a worker offers in its hello, in order of preference
 INT_LIMIT = 2**63  # ints in JSON stay within int64 (bigger: BSON, as two's-complement bytes)
 MAX_LEVELS = 100  # nesting a JSON reply may have; deeper values go as BSON (which refuses past the stack)
 MAX_ITEMS = 1 << 22  # containers and scalars the exactness check visits before giving up on JSON
@@ -66,7 +69,33 @@ def _json_decoder(bounded: bool) -> Callable[[str], Any]:
     return (json.JSONDecoder(parse_int=_bounded_int) if bounded else json.JSONDecoder()).decode
 
 
-_json_decode = _json_decoder(_UNLIMITED_TEXT_INTS)
+def _accelerated(decode: Callable[[str], Any]) -> Callable[[str], Any]:
+    """msgspec's C JSON decoder first, where the *client* has it (``pip install pypods[msgspec]``).
+
+    It reads every JSON text our encoder writes to the same values as ``json.loads`` (key order,
+    ints within int64 and beyond, floats correctly rounded), and refuses what it reads otherwise
+    (NaN and the infinities, lone surrogates, ints past 4300 digits, nesting past its own limit):
+    on any error the standard decoder reads the text again, so the value, or the error, is
+    ``json``'s own. Never in a pod: there this module stays standard library only.
+    """
+    if __package__ != "pypods._worker":  # the worker loads this folder as _pypods_worker
+        return decode
+    try:
+        from msgspec.json import Decoder as MsgspecDecoder
+    except ImportError:
+        return decode
+    fast = MsgspecDecoder().decode
+
+    def decode_json(text: str) -> Any:
+        try:
+            return fast(text)
+        except Exception:
+            return decode(text)
+
+    return decode_json
+
+
+_json_decode = _accelerated(_json_decoder(_UNLIMITED_TEXT_INTS))
 
 
 def _refuse(value: Any) -> Any:
@@ -232,14 +261,53 @@ def json_exact(value: Any) -> bool:
     return False
 
 
-def encode_reply(big: Optional[OutOfBand], call_id: int, value: Any, key: str = "value") -> bytearray:
+def choose(wanted: str, offered: Any) -> Optional[str]:
+    """The encoding a client asks for: *wanted* (``PYPODS_ENCODING``) if offered, fast1 for fast2 if only
+    fast1 is offered (an older worker), None for BSON (nothing to send)."""
+    if wanted not in NAMES or not isinstance(offered, list):
+        return None
+    if wanted in offered:
+        return wanted
+    return NAME if NAME in offered else None
+
+
+def chosen(name: Any) -> str:
+    """What the worker replies in after the client's ``encoding`` message: fast1, fast2 or "" (BSON)."""
+    return name if name in NAMES else ""
+
+
+def _json_column(values: Any) -> Optional[bytes]:
+    """A fast2 column no typed column carries: JSON text, under fast1's exactness rules, or None."""
+    values = list(values)
+    if not json_exact(values):
+        return None
+    try:
+        return _json_encode(values).encode("utf-8", "surrogatepass")
+    except Exception:  # recursion in the C encoder: not this way
+        return None
+
+
+def encode_reply(
+    big: Optional[OutOfBand], call_id: int, value: Any, key: str = "value", encoding: str = NAME
+) -> bytearray:
     """A result (``key="value"``) or stream item (``"yield"``): JSON text in ``j`` when exact, else BSON.
 
+    With ``encoding="fast2"``, a list of records, a list or a dict that typed columns carry exactly
+    goes as field ``c`` (``columns.py``) first.
     Raises EncodeError (only) when the value cannot be sent at all.
     """
     kind = type(value)
     if kind in _SCALARS or kind is int:  # BSON writes a scalar faster than JSON and reads it as fast
         return _bson_reply(big, call_id, value, key)
+    if encoding == COLUMNS and (kind is list or kind is dict):
+        try:
+            carrier = columns.encode(value, _json_column)
+        except Exception:  # e.g. memory: fast1's path decides, and BSON explains
+            carrier = None
+        if carrier is not None:
+            out = bytearray()
+            Encoder(big)._binary(out, b"c\x00", carrier, "bytes")  # out of band from 1 MiB
+            return _frame(call_id, key, out)
     vector = _float_vector(value, big)
     if vector is not None:
         return _frame(call_id, key, vector)
@@ -325,10 +393,31 @@ def _decode_json(text: Any) -> Any:
         raise DecodeError("bad JSON value: %s: %s" % (type(exc).__name__, exc)) from exc
 
 
-def reply_value(reply: Dict[str, Any], key: str) -> Any:
-    """The value of a reply: JSON text in ``j`` (fast1), else the BSON field *key*. Raises DecodeError."""
+def _decode_json_bytes(data: Any) -> Any:
+    """A fast2 JSON column: UTF-8 bytes (surrogates passed) read as fast1's ``j`` text is."""
+    try:
+        text = str(data, "utf-8", "surrogatepass")
+    except UnicodeDecodeError as exc:
+        raise DecodeError("JSON column is not UTF-8: %s" % exc) from exc
+    return _decode_json(text)
+
+
+def reply_value(reply: Dict[str, Any], key: str, encoding: str = NAME) -> Any:
+    """The value of a reply: JSON text in ``j`` (fast1), columns in ``c`` (fast2), else the BSON field
+    *key*. Raises DecodeError (also for a ``c`` field on a connection that chose fast1)."""
     text = reply.get("j")
     vector = reply.get("f")
+    carrier = reply.get("c")
+    if carrier is not None or "c" in reply:
+        if encoding != COLUMNS:
+            raise DecodeError("fast2 columns on a connection that chose %s" % encoding)
+        if reply.get(key) is not None or text is not None or vector is not None or "k" in reply:
+            raise DecodeError(
+                "a reply mixes its value fields (%s)" % ", ".join(sorted({key, "j", "f", "k", "c"} & set(reply)))
+            )
+        if not isinstance(carrier, bytes):
+            raise DecodeError("field 'c' is not binary")
+        return columns.decode(carrier, _decode_json_bytes)
     if text is None and vector is None:
         if "k" in reply:
             raise DecodeError("field 'k' without 'f'")

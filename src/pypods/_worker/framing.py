@@ -33,7 +33,7 @@ class PipeClosed(EOFError):
 class FrameReader:
     """Read whole frames from a file descriptor, one ``os.read`` per call when frames are small."""
 
-    __slots__ = ("_buf", "_misses", "_poll", "_rest", "_whole", "fd", "max_frame")
+    __slots__ = ("_buf", "_misses", "_poll", "_rest", "_whole", "fd", "max_frame", "ready")
 
     def __init__(self, fd: int, max_frame: int = MAX_FRAME) -> None:
         self.fd = fd
@@ -43,6 +43,7 @@ class FrameReader:
         self._poll = None  # type: Optional[select.poll]
         self._misses = 0  # spins in a row that ended without input
         self._rest = 0  # spins still to skip after MISSES misses in a row
+        self.ready = False  # the last spin saw input arrive: a read now will not wait
 
     def spin(self, seconds: float) -> None:
         """Busy-wait up to *seconds* for input before a blocking read would put us to sleep.
@@ -77,6 +78,7 @@ class FrameReader:
                 self._missed()
                 return
         self._misses = 0
+        self.ready = True
 
     def _missed(self) -> None:
         self._misses += 1
@@ -130,9 +132,19 @@ class FrameReader:
 
     def pop(self) -> Optional[bytes]:
         """Return the next whole frame if the buffer holds one, else None (never reads)."""
+        frame = self.peek()
+        self._whole = None
+        return frame
+
+    def peek(self) -> Optional[bytes]:
+        """The next whole frame, left in the reader until ``drop()`` (the same object each time), or None.
+
+        A reader that routes frames to other threads peeks, hands the frame on, then drops it: an
+        interruption between the two can repeat a hand-over (the caller notices by identity) but
+        never lose a frame.
+        """
         whole = self._whole
         if whole is not None:
-            self._whole = None
             return whole
         buf = self._buf
         if len(buf) < 4:
@@ -142,7 +154,12 @@ class FrameReader:
             return None
         frame = bytes(buf[:size]) if len(buf) > size else bytes(buf)
         del buf[:size]
+        self._whole = frame
         return frame
+
+    def drop(self) -> None:
+        """Consume the frame ``peek()`` returned."""
+        self._whole = None
 
     def _fill(self, want: int) -> None:
         data = os.read(self.fd, want)
@@ -158,8 +175,8 @@ class FrameReader:
             if _SIZE.unpack_from(data, 0)[0] == len(data):
                 self._whole = bytes(data)  # bytes(b) of a bytes object is b itself: no copy
                 return
-        if self._whole is not None:  # bytes after a kept frame: the buffer takes both, in order
-            buf += self._whole
+        if self._whole is not None:  # bytes after a kept (or peeked) frame: the buffer takes both, in order
+            buf[0:0] = self._whole
             self._whole = None
         buf += data
 

@@ -10,19 +10,21 @@ import collections
 import importlib
 import io
 import os
+import select
 import signal
+import struct
 import sys
 import threading
 import time
 import types
-from typing import Any, Callable, Deque, Dict, List, Optional, Set
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from . import fastcodec, messages, reaper
 from .codec import Encoder, register
 from .decoding import DecodeError, Decoder
 from .exttypes import MissingLibrary, OutOfBand
 from .framing import FrameError, FrameReader, PipeClosed, write_all
-from .sharedmem import FdChannel
+from .sharedmem import SHM_TAG, WORKER_PENDING, FdChannel, Inbox, SharedMemoryError, Upload
 
 SPIN = float(os.environ.get("PYPODS_SPIN_US", "100")) / 1e6
 
@@ -140,6 +142,11 @@ class Worker:
         self.reader = FrameReader(proto_in)
         self.out = proto_out
         self.big = OutOfBand()
+        self.channel: Optional[FdChannel] = None  # the shared-memory socket, once attach() gave it
+        self.waiter: Any = None
+        self.nonblocking = False  # the input is non-blocking: reads never wait, polls do
+        self.inbox = Inbox(WORKER_PENDING)
+        self.deadline: Optional[float] = None  # the running call's (its request's timeout), bounding our waits
         self.decoder = Decoder(self.big, stdlib_imports=True)  # the pod trusts its client
         self.functions: Dict[str, Callable[..., Any]] = {}
         self.queue: Deque[bytes] = collections.deque()  # requests read but not yet served
@@ -148,7 +155,18 @@ class Worker:
         self.import_error: Optional[Dict[str, Any]] = None
         self.busy = False  # True only while pod code runs: the one time a Ctrl-C may interrupt
         self.cancelled: Set[int] = set()  # ids the client cancelled before we started them
-        self.fast = False  # the client chose the fast1 encoding for replies (fastcodec.py)
+        self.fast = ""  # the encoding the client chose for replies: "fast1", "fast2" or "" (fastcodec.py)
+
+    def attach(self, channel: FdChannel) -> None:
+        """Send and receive big buffers through *channel* (the socket the client passed us)."""
+        self.channel = channel
+        self.big.attach(self.inbox)
+        self.waiter = select.poll()  # what _read_frame waits on: the pipe and the socket
+        self.waiter.register(channel.fileno(), select.POLLIN)
+        self.waiter.register(self.reader.fd, select.POLLIN)
+        if self.reader.fd != self.out:  # its own pipe (not a socket we also write on, as in tests)
+            os.set_blocking(self.reader.fd, False)
+            self.nonblocking = True
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         """The client passes Ctrl-C on: interrupt the pod function, never the protocol itself."""
@@ -164,11 +182,11 @@ class Worker:
         sent = True
         try:
             if fast and self.fast:  # fast1: JSON or packed floats when exact, else BSON
-                data = fastcodec.encode_reply(self.big, message["id"], message["value"])
+                data = fastcodec.encode_reply(self.big, message["id"], message["value"], encoding=self.fast)
             elif fast:  # a plain result: {"id", "ok": true, "value"}
                 data = Encoder(self.big).reply(message["id"], message["value"])
             elif self.fast and "yield" in message and "p" not in message:
-                data = fastcodec.encode_reply(self.big, message["id"], message["yield"], "yield")
+                data = fastcodec.encode_reply(self.big, message["id"], message["yield"], "yield", self.fast)
             else:
                 data = Encoder(self.big).document(message)
         except Exception as exc:  # EncodeError, or any failure of a value's own methods
@@ -180,9 +198,76 @@ class Worker:
             message = {"id": message.get("id", 0), "ok": False, "error": messages.error_info(exc, "serialization")}
             data = Encoder().document(message)
             sent = False
+        attachments = self.big.take()
+        if attachments and not self._upload(attachments):
+            error = TimeoutError("the client took no shared-memory buffer within the call's timeout")
+            data = Encoder().document(
+                {"id": message.get("id", 0), "ok": False, "error": messages.error_info(error, "remote")}
+            )
+            sent = False
         write_all(self.out, data)
-        self.big.sent()  # the frame is out: its buffers are the client's now
         return sent
+
+    def _upload(self, attachments: List[Any]) -> bool:
+        """Send a reply's attachments before it; False if the call's deadline passed first.
+
+        While the socket is full, read what the client sends (requests on the pipe, buffers on the
+        socket): it may be sending us many buffers at the same time.
+        """
+        assert self.channel is not None
+        upload = Upload(self.channel, attachments)
+        sock = self.channel.fileno()
+        while not upload.pump():
+            remaining = None if self.deadline is None else self.deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                upload.abort()
+                return False
+            waiter = select.poll()
+            waiter.register(sock, select.POLLOUT | select.POLLIN)
+            waiter.register(self.reader.fd, select.POLLIN)
+            events = dict(waiter.poll(None if remaining is None else max(remaining, 0.001) * 1000))
+            if events.get(sock, 0) & select.POLLIN:
+                self._take_attachments()
+            if events.get(self.reader.fd):
+                try:
+                    self.reader.fill()  # PipeClosed: the client is gone, and so are we
+                except BlockingIOError:
+                    pass
+        return True
+
+    def _take_attachments(self) -> None:
+        if self.channel is not None:
+            try:
+                self.channel.receive(self.inbox, self.inbox.limit + 1)
+            except SharedMemoryError:
+                pass  # dropped; the frame that names it is answered with the decode error
+
+    def _read_frame(self) -> bytes:
+        """The next frame; while none is whole, wait on the pipe and drain the shared-memory socket."""
+        reader = self.reader
+        frame = reader.pop()
+        if frame is None and self.channel is None:
+            return reader.read_frame()
+        while frame is None:
+            assert self.channel is not None
+            if reader.ready and self.nonblocking:  # a spin saw the bytes come: one read takes them
+                reader.ready = False
+                try:
+                    reader.fill()
+                    frame = reader.pop()
+                    continue
+                except BlockingIOError:
+                    pass
+            events = dict(self.waiter.poll())
+            if events.get(self.channel.fileno()):
+                self._take_attachments()
+            if events.get(reader.fd):
+                try:
+                    reader.fill()
+                except BlockingIOError:
+                    pass
+            frame = reader.pop()
+        return frame
 
     def load(self, module_name: str) -> None:
         # 1. Import pod.py as a module of the project (never as __main__: the seed's block stays inert).
@@ -235,18 +320,22 @@ class Worker:
                         continue
                     if runnable is None:
                         reader.spin(SPIN)  # a caller in a loop sends the next call within microseconds
-                    self._take(reader.read_frame())
+                    self._take(self._read_frame())
                 # Take what has already arrived (without waiting) before running a queued call:
                 # a cancel for it (a Ctrl-C or a cancelled task in the client) is then seen first.
                 while reader.readable(0):
-                    self._take(reader.read_frame())
+                    self._take(self._read_frame())
             except (PipeClosed, OSError):
                 return
             if not self.queue:
                 continue  # only controls came
-            frame = self.queue.popleft()
+            frame, timeout = _split_timeout(self.queue.popleft())
+            if SHM_TAG in frame:  # the client sent the frame's buffers before it
+                self._take_attachments()
             try:
                 request = self.decoder.document(frame)
+                if timeout is not None:
+                    request["timeout"] = timeout
             except (MissingLibrary, DecodeError) as exc:
                 # The frame boundary is intact, so answer this call with the error and go on.
                 self.big.discard()
@@ -261,7 +350,7 @@ class Worker:
             elif op == "register":
                 self.register(request.get("classes") or [])
             elif op == "encoding":
-                self.fast = request.get("name") == fastcodec.NAME
+                self.fast = fastcodec.chosen(request.get("name"))
             elif op == "shutdown":
                 return
 
@@ -347,6 +436,14 @@ class Worker:
             return
         name = request.get("name")
         function = self.functions.get(name) if isinstance(name, str) else None
+        timeout: Any = request.get("timeout")
+        self.deadline = time.monotonic() + float(timeout) if type(timeout) in (int, float) else None
+        try:
+            self._call(request, call_id, function, name)
+        finally:
+            self.deadline = None  # stream items wait for room only on the client's credit and liveness
+
+    def _call(self, request: Dict[str, Any], call_id: Any, function: Any, name: Any) -> None:
         try:
             if self.import_error is not None:
                 self.send({"id": call_id, "ok": False, "error": self.import_error})
@@ -380,7 +477,8 @@ class Worker:
         if isinstance(result, types.GeneratorType):
             # 4. A stream: items go out as the client grants credit (at most *window* ahead).
             self.send({"id": call_id, "ok": True, "stream": True})
-            self.streams[call_id] = [result, max(int(request.get("window", 64)), 1)]
+            window = request.get("window", 64)  # an older client sends none: the default is the same
+            self.streams[call_id] = [result, max(int(window), 1) if type(window) is int else 64]
         elif self.pickle:
             self.send(self.result(call_id, result))
         else:
@@ -397,6 +495,25 @@ class Worker:
         except (DecodeError, MissingLibrary):
             return None
         return message if message.get("op") in ("more", "cancel") else None
+
+
+_TIMEOUT = b"\x01timeout\x00"  # a double, appended last to a request by the client (core._with_fields)
+_TAIL = len(_TIMEOUT) + 9  # the key, 8 bytes of double, the document's terminating NUL
+
+
+def _split_timeout(frame: bytes) -> Tuple[bytes, Optional[float]]:
+    """Cut a small request's trailing ``timeout`` off, so the fixed-layout decoder still reads it.
+
+    Bytes 0-3 of a frame are its length (int32, little-endian); the timeout is the last element.
+    """
+    size = len(frame)
+    if size > 65536 or size < _TAIL + 5 or frame[size - _TAIL : size - 9] != _TIMEOUT or frame[-1] != 0:
+        return frame, None  # none, or a big frame: the generic decoder reads the field itself
+    (timeout,) = struct.unpack_from("<d", frame, size - 9)
+    body = bytearray(frame[: size - _TAIL])
+    body += b"\x00"
+    struct.pack_into("<i", body, 0, len(body))
+    return bytes(body), timeout
 
 
 def import_pods_package(project_root: str) -> None:
@@ -451,7 +568,7 @@ def main(argv: List[str]) -> int:
     _watch_parent(parent)
     worker = Worker(pod_name, pod_dir, proto_in, proto_out, codec)
     if channel_fd >= 0:
-        worker.big.attach(FdChannel.from_fd(channel_fd))
+        worker.attach(FdChannel.from_fd(channel_fd))
     worker.describe = describe
     signal.signal(signal.SIGINT, worker.on_sigint)
     worker.load("pods.%s.pod" % pod_name)
@@ -463,7 +580,7 @@ def main(argv: List[str]) -> int:
     except (PipeClosed, FrameError, BrokenPipeError):
         pass
     finally:
-        worker.big.discard()
+        worker.inbox.clear()
         if isinstance(sys.stdout, io.TextIOBase):
             sys.stdout.flush()
         _end_children()

@@ -125,7 +125,10 @@ class Template:
         return {"pid": pid}
 
     def child(self, request: Dict[str, Any], fds: List[int]) -> None:
-        """In the forked worker: take the fds, forget the template, serve as ``serve.main`` does."""
+        """In the forked worker: take the fds, forget the template, serve as ``serve.main`` does.
+
+        Keep the steps from ``Worker(...)`` on in step with the end of ``serve.main``.
+        """
         os.setsid()  # a session and group of our own, as a spawned worker's (start_new_session)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         template = os.getppid()
@@ -142,7 +145,7 @@ class Template:
         serve._watch_parent(template)  # the template exits when the client goes: so do we
         worker = serve.Worker(self.pod_name, self.pod_dir, proto_in, proto_out, str(request.get("codec") or "bson"))
         if channel_fd >= 0:
-            worker.big.attach(FdChannel.from_fd(channel_fd))
+            worker.attach(FdChannel.from_fd(channel_fd))
         worker.describe = bool(request.get("describe", True))
         signal.signal(signal.SIGINT, worker.on_sigint)
         worker.load("pods.%s.pod" % self.pod_name)  # imported already: sys.modules has it
@@ -152,7 +155,7 @@ class Template:
         except (PipeClosed, FrameError, BrokenPipeError):
             pass
         finally:
-            worker.big.discard()
+            worker.inbox.clear()
             try:
                 sys.stdout.flush()
             except (OSError, ValueError):
