@@ -151,3 +151,15 @@ def test_asyncio_pods_fork_from_a_template_too(make_pod, root: Path) -> None:
     pid, imported = asyncio.run(main())
     assert pid != imported
     assert _templates() == set()
+
+
+def test_the_template_keeps_none_of_the_workers_pipes(make_pod, root: Path) -> None:
+    make_pod("slow", SLOW)
+    with pypods.load("slow", root=root, template=True, workers=3, start="eager") as pod:
+        _, template, _ = pod.who()
+        fds = Path(f"/proc/{template}/fd")
+        links = {entry.name: os.readlink(entry) for entry in fds.iterdir()}
+        pipes = {target for target in links.values() if target.startswith("pipe:")}
+        assert pipes == {links["2"]}, links  # its own stderr (fd 1 is the same pipe), nothing of the workers'
+        sockets = [target for target in links.values() if target.startswith("socket:")]
+        assert len(sockets) == 1, links  # the control socket only: no worker's shared-memory socket

@@ -199,7 +199,14 @@ class Template:
             if pair is not None:
                 pair[0].close()
             raise TemplateError(str(reply.get("error") or "the template refused"))
-        return ForkedWorker(self, int(reply["pid"]), mine, None if pair is None else pair[0], codec, log, memory)
+        pid = reply["pid"]
+        if not isinstance(pid, int) or _parent(pid) != self.pid:  # never adopt (and later kill) a stranger
+            for fd in mine:
+                os.close(fd)
+            if pair is not None:
+                pair[0].close()
+            raise TemplateError(f"the template named pid {pid!r}, which is not its child")
+        return ForkedWorker(self, pid, mine, None if pair is None else pair[0], codec, log, memory)
 
     def _forget_after_fork(self) -> None:
         _live.discard(self)
@@ -231,6 +238,14 @@ class Template:
         self._drain.join(timeout=0.5)
         if self.proc.stderr is not None and not self._drain.is_alive():
             self.proc.stderr.close()
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            return int(file.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _zombie(pid: int) -> bool:
