@@ -35,7 +35,7 @@ CLIENT = """
 import sys, pypods
 debug = {"auto": None, "off": False}[sys.argv[3]]
 with pypods.load("dbg", root=sys.argv[1], progress=False, debug=debug, template=sys.argv[4] == "1") as pod:
-    print("RESULT", pod.call(sys.argv[2], 21), flush=True)
+    print(f"RESULT {pod.call(sys.argv[2], 21)}", flush=True)  # one write: a forwarded stderr line cannot split it
 """
 
 
