@@ -18,6 +18,7 @@ from .._env.settings import encoding_from_environ
 from .._errors import (
     PodCrashedError,
     PodError,
+    PodObjectLimitError,
     PodProtocolError,
     PodRemoteError,
     PodSerializationError,
@@ -31,6 +32,7 @@ from .._worker.codec import Encoder
 from .._worker.decoding import DecodeError, Decoder
 from .._worker.exttypes import DEFAULT_THRESHOLD, MissingLibrary, OutOfBand
 from .._worker.sharedmem import Inbox
+from .objects import ObjectLedger, ObjectRef
 
 if TYPE_CHECKING:
     from .._worker.sharedmem import FdChannel
@@ -124,6 +126,7 @@ class CallProtocol:
         self._registered = 0  # the class registry version the worker knows
         self._decoder = Decoder(OutOfBand(DEFAULT_THRESHOLD, inbox))
         self.encoding = "bson"  # "fast1"/"fast2" once chosen in choose_encoding (docs/encoding.md)
+        self.objects = ObjectLedger()  # ids of the live objects this worker made (objects.py)
 
     def choose_encoding(self, hello: dict[str, Any]) -> bytearray | None:
         """Pick fast2 (fast1 if PYPODS_ENCODING says so or the worker offers no more) unless codec="pickle"
@@ -224,11 +227,22 @@ class CallProtocol:
         if reply.get("stream") is True and reply.get("ok") is True:
             return Outcome(Outcome.STREAM)
         ok = reply.get("ok")
+        if ok is True and "object" in reply:  # the result stays in the pod: a handle to it
+            return Outcome(Outcome.VALUE, self._object(name, reply))
         if ok is True and ("value" in reply or "p" in reply):
             return Outcome(Outcome.VALUE, self.value_of(reply, "value"))
         if ok is False and "error" in reply:
             raise error_from_reply(self.pod, name, reply["error"])
         raise self.protocol_error(f"a malformed reply to {name!r} (keys {sorted(reply)})")
+
+    def _object(self, name: str, reply: dict[str, Any]) -> ObjectRef:
+        cls = reply.get("class")
+        if not isinstance(cls, str) or not cls.replace(".", "").replace("_", "").isalnum() or len(cls) > 200:
+            raise self.protocol_error(f"a malformed object reply to {name!r} (class {cls!r})")
+        forged = self.objects.created(reply.get("object"))
+        if forged is not None:
+            raise self.protocol_error(f"a forged object reply to {name!r}: {forged}")
+        return ObjectRef(reply["object"], cls, self.objects)
 
     def stream_item(self, name: str, reply: dict[str, Any]) -> Outcome:
         """A stream's next reply: an item or its end; raises the error it carries."""
@@ -389,6 +403,8 @@ def error_from_reply(pod: str, function: str | None, error: Any) -> Exception:
         return PodSerializationError(f"{where}: {message}")
     if kind == "interrupted":
         return PodWorkerError(f"{where}: interrupted")
+    if kind == "limit":
+        return PodObjectLimitError(f"{where}: {message}")
     if kind == "import":
         text = f"{where}: importing pod.py failed: {remote_type}: {message}"
     elif kind == "decode":

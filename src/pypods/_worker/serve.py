@@ -24,6 +24,7 @@ from .codec import Encoder, register
 from .decoding import DecodeError, Decoder
 from .exttypes import MissingLibrary, OutOfBand
 from .framing import FrameError, FrameReader, PipeClosed, write_all
+from .objects import ObjectLimit, ObjectTable, describe_class
 from .sharedmem import SHM_TAG, WORKER_PENDING, FdChannel, Inbox, SharedMemoryError, Upload
 
 SPIN = float(os.environ.get("PYPODS_SPIN_US", "100")) / 1e6
@@ -110,9 +111,10 @@ def own_path(path: Optional[str], pod_dir: str) -> Optional[str]:
 
 
 def _offerable(obj: Any) -> bool:
-    """A function, or a decorated one (``functools.wraps``, ``lru_cache``: callables with ``__wrapped__``)."""
+    """A function, a decorated one (``functools.wraps``, ``lru_cache``: callables with ``__wrapped__``), or a
+    class (its instances live in the worker: ``objects.py``)."""
     if isinstance(obj, type):
-        return False
+        return not issubclass(obj, BaseException)
     return isinstance(obj, _ROUTINES) or (callable(obj) and hasattr(obj, "__wrapped__"))
 
 
@@ -149,6 +151,7 @@ class Worker:
         self.deadline: Optional[float] = None  # the running call's (its request's timeout), bounding our waits
         self.decoder = Decoder(self.big, stdlib_imports=True)  # the pod trusts its client
         self.functions: Dict[str, Callable[..., Any]] = {}
+        self.objects = ObjectTable(pod_dir)  # live instances the client holds handles to
         self.queue: Deque[bytes] = collections.deque()  # requests read but not yet served
         self.streams: Dict[int, List[Any]] = {}  # call id -> [suspended generator, credits left]
         self.loop: Any = None  # an asyncio loop, made (and asyncio imported) for the first coroutine
@@ -294,7 +297,11 @@ class Worker:
     def _described(name: str, function: Callable[..., Any]) -> Dict[str, Any]:
         """A function's description, or just its name if describing it failed (the pod still loads)."""
         try:
-            return messages.describe(name, function)
+            info = messages.describe(name, function)
+            if isinstance(function, type):  # its instances live here: the client builds handles
+                info["class"] = True
+                info["methods"] = describe_class(function, messages.describe)
+            return info
         except Exception:
             return {"name": name, "params": None}
 
@@ -448,8 +455,11 @@ class Worker:
             if self.import_error is not None:
                 self.send({"id": call_id, "ok": False, "error": self.import_error})
                 return
-            if function is None:
-                raise AttributeError("no function %r in this pod (it offers: %s)" % (name, ", ".join(self.functions)))
+            refs = None
+            if function is None:  # a method of a live object, releases, handles among the arguments
+                if not isinstance(name, str):
+                    raise AttributeError("no function %r in this pod" % (name,))
+                function, refs = self.objects.resolve(name, self.functions)
             try:
                 args, kwargs = fastcodec.decode_request(request, self.decoder)
             except (DecodeError, MissingLibrary) as exc:  # the arguments cannot be received here
@@ -460,6 +470,12 @@ class Worker:
                 if not self.pickle:
                     raise PermissionError("pod %r does not accept pickled arguments (codec is bson)" % self.pod_name)
                 args, kwargs = messages.unpack_pickle(request)
+            if refs:
+                args = list(args)
+                self.objects.substitute(refs, args, kwargs)
+            if function is None:  # only releases
+                self.send({"id": call_id, "value": None}, fast=True)
+                return
             self.busy = True
             result = function(*args, **kwargs)
             if isinstance(result, types.CoroutineType):
@@ -479,10 +495,21 @@ class Worker:
             self.send({"id": call_id, "ok": True, "stream": True})
             window = request.get("window", 64)  # an older client sends none: the default is the same
             self.streams[call_id] = [result, max(int(window), 1) if type(window) is int else 64]
+        elif self.objects.stays(result):
+            self._send_object(call_id, result)
         elif self.pickle:
             self.send(self.result(call_id, result))
         else:
             self.send({"id": call_id, "value": result}, fast=True)
+
+    def _send_object(self, call_id: Any, value: Any) -> None:
+        """Keep *value* here and answer with its new id (the client makes a handle of it)."""
+        try:
+            oid = self.objects.add(value)
+        except ObjectLimit as exc:
+            self.send({"id": call_id, "ok": False, "error": messages.error_info(exc, "limit")})
+            return
+        self.send({"id": call_id, "ok": True, "value": None, "object": oid, "class": type(value).__qualname__})
 
     def _control(self, frame: bytes) -> Optional[Dict[str, Any]]:
         """The frame as a credit or cancel message, else None (a request to queue)."""
