@@ -300,6 +300,7 @@ class Worker:
             info = messages.describe(name, function)
             if isinstance(function, type):  # its instances live here: the client builds handles
                 info["class"] = True
+                info["returns"] = None  # calling it makes a handle, not what __init__ returns
                 info["methods"] = describe_class(function, messages.describe)
             return info
         except Exception:
