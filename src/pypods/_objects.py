@@ -73,6 +73,12 @@ class PodObject:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._ref.label()} in pod {self._pod._name!r}>"
 
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            f"{self._ref.label()} is a handle to an object in pod {self._pod._name!r}: pass it as a top-level "
+            "argument of a call on that pod (not inside a list, dict or other value)"
+        )
+
     def __dir__(self) -> list[str]:
         return sorted(set(super().__dir__()) | set(self._methods))
 

@@ -277,6 +277,15 @@ def test_a_handle_cannot_go_to_another_pod(open_pod: Callable[..., Any]) -> None
         other.call("scale_of", model)
 
 
+def test_a_nested_handle_cannot_cross(open_pod: Callable[..., Any]) -> None:
+    pod = open_pod()
+    model = pod.call("Model", "w")
+    for value in ([model], {"m": model}):
+        with pytest.raises(pypods.PodSerializationError):
+            pod.call("scale_of", value)
+    assert run(pod, model, "predict", 1) == 1
+
+
 def test_a_handle_after_its_pod_closed(open_pod: Callable[..., Any]) -> None:
     pod = open_pod()
     model = pod.call("Model", "w")
