@@ -78,16 +78,16 @@ def test_call_names_reach_methods_functions_and_refs() -> None:
     first, second = Model(), Model()
     table.add(first)
     table.add(second)
-    target, refs = table.resolve("@1.predict", {})
+    target, refs, _ = table.resolve("@1.predict", {})
     assert target == first.predict
     name, args, kwargs = with_refs("use", (second,), {"other": first}, [(0, 2), ("other", 1)])
     assert (name, args, kwargs) == ("use?0:2,=other:1", (None,), {"other": None})
-    target, refs = table.resolve("~1;" + name, {"use": use})
+    target, refs, _ = table.resolve("~1;" + name, {"use": use})
     assert target is use
     arguments: list[Any] = list(args)
     with pytest.raises(LookupError, match="object 1"):  # released by the same name's prefix
         table.substitute(refs, arguments, kwargs)
-    assert table.resolve("~2;", {}) == (None, [])
+    assert table.resolve("~2;", {}) == (None, [], [])
     with pytest.raises(LookupError):
         table.resolve("@2.predict", {})
     table.add(first)

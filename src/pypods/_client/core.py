@@ -32,6 +32,7 @@ from .._worker.codec import Encoder
 from .._worker.decoding import DecodeError, Decoder
 from .._worker.exttypes import DEFAULT_THRESHOLD, MissingLibrary, OutOfBand
 from .._worker.sharedmem import Inbox
+from .callbacks import take_callbacks
 from .objects import ObjectLedger, ObjectRef
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ class Outcome:
 
     __slots__ = ("kind", "value")
 
-    VALUE, STREAM, ITEM, END = "value", "stream", "item", "end"
+    VALUE, STREAM, ITEM, END, CALLBACK = "value", "stream", "item", "end", "callback"
 
     def __init__(self, kind: str, value: Any = None) -> None:
         self.kind = kind
@@ -127,6 +128,7 @@ class CallProtocol:
         self._decoder = Decoder(OutOfBand(DEFAULT_THRESHOLD, inbox))
         self.encoding = "bson"  # "fast1"/"fast2" once chosen in choose_encoding (docs/encoding.md)
         self.objects = ObjectLedger()  # ids of the live objects this worker made (objects.py)
+        self.callbacks: dict[int, list[Any]] = {}  # call id -> the callables it passed (callbacks.py)
 
     def choose_encoding(self, hello: dict[str, Any]) -> bytearray | None:
         """Pick fast2 (fast1 if PYPODS_ENCODING says so or the worker offers no more) unless codec="pickle"
@@ -162,6 +164,10 @@ class CallProtocol:
         The shell sends the attachments, then the frame. The request carries the stream window and,
         if set, *timeout*: the worker bounds its own waits for this call (its reply's buffers) by it.
         """
+        if args or kwargs:  # callables among the arguments cross as callbacks
+            name, args, kwargs, found = take_callbacks(name, args, kwargs)
+            if found:
+                self.callbacks[call_id] = found
         big = OutOfBand(DEFAULT_THRESHOLD, self.inbox)
         try:
             if self.encoding in fastcodec.NAMES and not _nested_buffers(args, kwargs, big.threshold):
@@ -226,6 +232,8 @@ class CallProtocol:
         """A call's first reply: its value, or the start of a stream; raises the error it carries."""
         if reply.get("stream") is True and reply.get("ok") is True:
             return Outcome(Outcome.STREAM)
+        if "callback" in reply:
+            return self._callback(name, reply)
         ok = reply.get("ok")
         if ok is True and "object" in reply:  # the result stays in the pod: a handle to it
             return Outcome(Outcome.VALUE, self._object(name, reply))
@@ -234,6 +242,20 @@ class CallProtocol:
         if ok is False and "error" in reply:
             raise error_from_reply(self.pod, name, reply["error"])
         raise self.protocol_error(f"a malformed reply to {name!r} (keys {sorted(reply)})")
+
+    def _callback(self, name: str, reply: dict[str, Any]) -> Outcome:
+        """The pod invokes a callback of call ``reply["id"]``: ``(callable, args, kwargs)`` to run here."""
+        passed = self.callbacks.get(reply["id"])
+        index, args, kwargs = reply.get("callback"), reply.get("args", []), reply.get("kwargs", {})
+        if passed is None or type(index) is not int or not 0 <= index < len(passed):
+            raise self.protocol_error(f"a callback {index!r} that call {name!r} did not pass")
+        if not isinstance(args, list) or not isinstance(kwargs, dict) or not all(type(k) is str for k in kwargs):
+            raise self.protocol_error(f"a malformed callback from {name!r}")
+        return Outcome(Outcome.CALLBACK, (passed[index], args, kwargs))
+
+    def ended(self, call_id: int) -> None:
+        """Call *call_id* returned: its callbacks can no longer be invoked."""
+        self.callbacks.pop(call_id, None)
 
     def _object(self, name: str, reply: dict[str, Any]) -> ObjectRef:
         cls = reply.get("class")

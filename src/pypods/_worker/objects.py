@@ -8,6 +8,7 @@ the id the worker gave it, inside the call's ``name`` (docs/architecture.md, "Ob
              | function              a pod function or class (as without objects)
              | ""                    nothing: the call only releases, and answers None
     ref     := position ":" oid | "=" keyword ":" oid    that argument is live object *oid*
+             | position "!" k | "=" keyword "!" k      that argument is the call's callback *k*
 
 Releases ride on the next call to the same worker, so a handle garbage-collected in any thread
 costs no round trip of its own.
@@ -79,28 +80,30 @@ class ObjectTable:
 
     def resolve(
         self, name: str, functions: Dict[str, Callable[..., Any]]
-    ) -> Tuple[Optional[Callable[..., Any]], List[Tuple[Any, int]]]:
-        """Apply *name*'s releases; return its target (None: release only) and its argument refs."""
+    ) -> Tuple[Optional[Callable[..., Any]], List[Tuple[Any, int]], List[Tuple[Any, int]]]:
+        """Apply *name*'s releases; return its target (None: release only), its object refs and callbacks."""
         if name.startswith("~"):
             head, _, name = name.partition(";")
             self.release([int(oid) for oid in head[1:].split(",") if oid])
         target, _, refs_text = name.partition("?")
         refs: List[Tuple[Any, int]] = []
+        callbacks: List[Tuple[Any, int]] = []
         for ref in refs_text.split(",") if refs_text else ():
-            where, _, oid = ref.rpartition(":")
-            refs.append((where[1:] if where.startswith("=") else int(where), int(oid)))
+            into = callbacks if "!" in ref else refs
+            where, _, number = ref.rpartition("!" if into is callbacks else ":")
+            into.append((where[1:] if where.startswith("=") else int(where), int(number)))
         if not target:
-            return None, refs
+            return None, refs, callbacks
         if target.startswith("@"):
             oid_text, _, method = target[1:].partition(".")
             obj = self.get(int(oid_text))
             if not method or (method.startswith("_") and method != "__call__"):
                 raise AttributeError("%r is not a public method of %s" % (method, type(obj).__name__))
-            return getattr(obj, method), refs
+            return getattr(obj, method), refs, callbacks
         function = functions.get(target)
         if function is None:
             raise AttributeError("no function %r in this pod (it offers: %s)" % (target, ", ".join(functions)))
-        return function, refs
+        return function, refs, callbacks
 
     def substitute(self, refs: List[Tuple[Any, int]], args: List[Any], kwargs: Dict[str, Any]) -> None:
         """Put the live objects where the client sent their handles."""

@@ -19,7 +19,7 @@ import time
 import types
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
-from . import fastcodec, messages, reaper
+from . import callbacks, fastcodec, messages, reaper
 from .codec import Encoder, register
 from .decoding import DecodeError, Decoder
 from .exttypes import MissingLibrary, OutOfBand
@@ -152,6 +152,7 @@ class Worker:
         self.decoder = Decoder(self.big, stdlib_imports=True)  # the pod trusts its client
         self.functions: Dict[str, Callable[..., Any]] = {}
         self.objects = ObjectTable(pod_dir)  # live instances the client holds handles to
+        self.callbacks: List[Any] = []  # callbacks.Callback of the calls running (nested ones too)
         self.queue: Deque[bytes] = collections.deque()  # requests read but not yet served
         self.streams: Dict[int, List[Any]] = {}  # call id -> [suspended generator, credits left]
         self.loop: Any = None  # an asyncio loop, made (and asyncio imported) for the first coroutine
@@ -450,17 +451,21 @@ class Worker:
             self._call(request, call_id, function, name)
         finally:
             self.deadline = None  # stream items wait for room only on the client's credit and liveness
+            if self.callbacks:  # the call ended: its callbacks with it
+                for callback in [c for c in self.callbacks if c.call_id == call_id]:
+                    callback.live = False
+                    self.callbacks.remove(callback)
 
     def _call(self, request: Dict[str, Any], call_id: Any, function: Any, name: Any) -> None:
         try:
             if self.import_error is not None:
                 self.send({"id": call_id, "ok": False, "error": self.import_error})
                 return
-            refs = None
-            if function is None:  # a method of a live object, releases, handles among the arguments
+            refs = passed = None
+            if function is None:  # a method of a live object, releases, handles or callbacks among the arguments
                 if not isinstance(name, str):
                     raise AttributeError("no function %r in this pod" % (name,))
-                function, refs = self.objects.resolve(name, self.functions)
+                function, refs, passed = self.objects.resolve(name, self.functions)
             try:
                 args, kwargs = fastcodec.decode_request(request, self.decoder)
             except (DecodeError, MissingLibrary) as exc:  # the arguments cannot be received here
@@ -471,9 +476,11 @@ class Worker:
                 if not self.pickle:
                     raise PermissionError("pod %r does not accept pickled arguments (codec is bson)" % self.pod_name)
                 args, kwargs = messages.unpack_pickle(request)
-            if refs:
+            if refs or passed:
                 args = list(args)
-                self.objects.substitute(refs, args, kwargs)
+                self.objects.substitute(refs or [], args, kwargs)
+                if passed:
+                    self.callbacks.extend(callbacks.bind(self, call_id, passed, args, kwargs))
             if function is None:  # only releases
                 self.send({"id": call_id, "value": None}, fast=True)
                 return
