@@ -56,3 +56,29 @@ def test_answers_carry_the_value_or_the_error() -> None:
     assert "builtins.KeyError" in failed["error"]["mro"]
     unsendable = Decoder().document(bytes(answer(3, True, object())))
     assert unsendable["error"]["type"] == "TypeError"
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"callback": 0, "args": [], "kwargs": {}},  # the call passed no callback
+        {"ok": True, "value": None, "object": 0, "class": "Model"},  # not a fresh id
+        {"ok": True, "value": None, "object": 1, "class": "Model; rm"},  # not a class name
+    ],
+)
+def test_forged_object_and_callback_frames_break_the_connection(forged: dict[str, Any]) -> None:
+    from pypods._worker.codec import Encoder
+
+    from .fakeworker import pool
+
+    workers = pool()
+    try:
+        assert workers.call("add", (1, 1), {}, 5) == 2
+        conn = workers.spawned[-1]  # type: ignore[attr-defined]
+        frame = bytes(Encoder().document({"id": 2, **forged}))  # the pod answers its own call (id 2) with it
+        with pytest.raises(pypods.PodProtocolError):
+            workers.call("forge", (frame,), {}, 5)
+        assert conn.broken is not None
+        assert workers.call("add", (3, 3), {}, 5) == 6  # a fresh worker
+    finally:
+        workers.close()

@@ -184,7 +184,7 @@ class CallProtocol:
             raise
         except Exception as exc:  # EncodeError (any failure), or pickling with the opt-in codec
             big.discard()
-            raise PodSerializationError(f"pod {self.pod!r}, function {name!r}: {exc}") from exc
+            raise PodSerializationError(f"pod {self.pod!r}, function {shown(name)!r}: {exc}") from exc
 
     @staticmethod
     def control(call_id: int, op: str, n: int | None = None) -> bytearray:
@@ -296,7 +296,7 @@ class CallProtocol:
                 f"pod {self.pod!r}: the worker did not start within {timeout}s (start_timeout); it was killed"
             )
         return PodTimeoutError(
-            f"pod {self.pod!r}, function {name!r}: no answer within {timeout}s; the worker was killed"
+            f"pod {self.pod!r}, function {shown(name)!r}: no answer within {timeout}s; the worker was killed"
         )
 
     def killed_error(self, name: str) -> PodWorkerError:
@@ -399,6 +399,15 @@ def check_hello(pod: str, hello: dict[str, Any]) -> list[dict[str, Any]]:
     return list(functions)
 
 
+def shown(name: str) -> str:
+    """A wire name as the user wrote the call: ``~1;@3.predict?0:2`` is ``object 3.predict``."""
+    if "~" not in name[:1] and "@" not in name[:1] and "?" not in name:
+        return name  # a plain function: the hot path
+    name = name.partition(";")[2] if name.startswith("~") else name
+    name = name.partition("?")[0]
+    return f"object {name[1:]}" if name.startswith("@") else name
+
+
 def _text(error: dict[str, Any], key: str, default: str, pod: str) -> str:
     value = error.get(key, default)
     if not isinstance(value, str):
@@ -420,7 +429,7 @@ def error_from_reply(pod: str, function: str | None, error: Any) -> Exception:
             raise PodProtocolError(f"pod {pod!r} sent a malformed error reply ('mro' is not a list of strings)")
     except PodProtocolError as malformed:
         return malformed
-    where = f"pod {pod!r}" + (f", function {function!r}" if function else "")
+    where = f"pod {pod!r}" + (f", function {shown(function)!r}" if function else "")
     if kind == "serialization":
         return PodSerializationError(f"{where}: {message}")
     if kind == "interrupted":
