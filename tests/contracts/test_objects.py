@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from conftest import PodFactory
 
 OBJECT_POD = '''
+import dataclasses
 import gc
 import os
 import time
@@ -65,6 +66,16 @@ class Model:
 
     def clone(self, scale):
         return Model(self.weights, scale)
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+
+
+def point():
+    return Point(1, 2)
 
 
 def make(scale):
@@ -164,6 +175,12 @@ def test_a_returned_instance_is_a_handle_and_a_handle_arrives_as_the_object(open
     model = pod.call("Model", "w", 2)
     assert run(pod, model, "scale_of", made) == 7  # so does a method
     assert run(pod, run(pod, model, "clone", 5), "predict", 2) == 10
+
+
+def test_an_instance_that_can_cross_as_a_value_does(open_pod: Callable[..., Any]) -> None:
+    point = open_pod().call("point")  # a dataclass of plain fields: its value, as before
+    assert not isinstance(point, pypods.PodObject)
+    assert point == {"x": 1, "y": 2}
 
 
 def test_release_by_close_with_and_garbage_collection(open_pod: Callable[..., Any]) -> None:

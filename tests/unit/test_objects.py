@@ -35,6 +35,16 @@ def test_forged_object_ids_are_protocol_errors(forged: dict[str, Any]) -> None:
         proto.outcome("Model", forged)
 
 
+def test_ids_may_arrive_out_of_order_but_only_once_and_near() -> None:
+    ledger = ObjectLedger()  # callers decode their own replies: a later id may be seen first
+    assert ledger.created(3) is None
+    assert ledger.created(1) is None
+    assert ledger.created(2) is None
+    assert ledger.created(2) is not None
+    assert ledger.created(10**9) is not None  # would make a billion gaps
+    assert ledger.created(4) is None
+
+
 def test_a_released_id_cannot_come_back() -> None:
     proto = CallProtocol("p")
     proto.outcome("Model", reply(4))

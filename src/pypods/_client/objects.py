@@ -13,27 +13,42 @@ from typing import Any
 
 # A worker that claims more live objects than this at once is hostile (its own limit is lower).
 MAX_LIVE = 1_000_000
+# Replies are decoded by their callers, in any order, so ids may arrive out of order: an id may be
+# at most MAX_AHEAD past the highest seen, and at most MAX_GAPS skipped ids wait to come.
+MAX_AHEAD = 1024
+MAX_GAPS = 4096
 
 
 class ObjectLedger:
     """One connection's live objects: ids seen (they only grow), ids live, releases not yet sent."""
 
-    __slots__ = ("last", "live", "lock", "pending")
+    __slots__ = ("gaps", "last", "live", "lock", "pending")
 
     def __init__(self) -> None:
         self.last = 0
+        self.gaps: set[int] = set()  # ids below ``last`` not seen yet (their replies are still being decoded)
         self.live: set[int] = set()
         self.pending: list[int] = []  # released here (close, garbage collection), not yet told
         self.lock = threading.Lock()
 
     def created(self, oid: Any) -> str | None:
         """Record a new id; return why it is forged (not an int, not fresh, too many), else None."""
-        if type(oid) is not int or oid <= self.last:
-            return f"object id {oid!r} is not a fresh id (the last was {self.last})"
-        if len(self.live) >= MAX_LIVE:
-            return f"more than {MAX_LIVE} live objects"
-        self.last = oid
-        self.live.add(oid)
+        if type(oid) is not int:
+            return f"object id {oid!r} is not an int"
+        with self.lock:
+            if len(self.live) >= MAX_LIVE:
+                return f"more than {MAX_LIVE} live objects"
+            if oid > self.last:
+                skipped = oid - self.last - 1
+                if skipped >= MAX_AHEAD or len(self.gaps) + skipped > MAX_GAPS:
+                    return f"object id {oid} is too far past the last ({self.last})"
+                self.gaps.update(range(self.last + 1, oid))
+                self.last = oid
+            elif oid in self.gaps:
+                self.gaps.discard(oid)
+            else:
+                return f"object id {oid!r} is not a fresh id (it was used before)"
+            self.live.add(oid)
         return None
 
     def release(self, oid: int) -> bool:

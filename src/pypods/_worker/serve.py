@@ -503,7 +503,7 @@ class Worker:
             self.send({"id": call_id, "ok": True, "stream": True})
             window = request.get("window", 64)  # an older client sends none: the default is the same
             self.streams[call_id] = [result, max(int(window), 1) if type(window) is int else 64]
-        elif self.objects.stays(result):
+        elif self.objects.stays(result) and not _crosses(result):
             self._send_object(call_id, result)
         elif self.pickle:
             self.send(self.result(call_id, result))
@@ -530,6 +530,17 @@ class Worker:
         except (DecodeError, MissingLibrary):
             return None
         return message if message.get("op") in ("more", "cancel") else None
+
+
+def _crosses(value: Any) -> bool:
+    """Whether *value* (an instance of the pod's own class) can cross as a value: a NamedTuple, a
+    dataclass of plain fields. Only what cannot stays in the pod as an object (the rare path: it
+    encodes once more, inline, and throws the bytes away)."""
+    try:
+        Encoder(OutOfBand()).document({"value": value})
+    except Exception:
+        return False
+    return True
 
 
 _TIMEOUT = b"\x01timeout\x00"  # a double, appended last to a request by the client (core._with_fields)
