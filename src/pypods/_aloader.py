@@ -22,9 +22,12 @@ from ._backends import (
     start_deadline,
 )
 from ._client.aconnection import AsyncProcessConnection
+from ._client.objects import ObjectRef, with_refs
 from ._client.pool import AsyncWorkerPool, PoolRetired
 from ._env import cache
+from ._errors import PodError
 from ._loader import _UNSET, PodBase
+from ._objects import find_handles
 from ._proxy import make_async_proxy
 
 if TYPE_CHECKING:
@@ -39,6 +42,8 @@ class AsyncPod(PodBase):
 
     Open it with ``await pypods.aload(name, **options)``; options and errors are those of ``Pod``.
     """
+
+    _asynchronous = True
 
     def __init__(self, ready: Prepared, reload: bool | None = None) -> None:
         self._functions = {}
@@ -122,12 +127,36 @@ class AsyncPod(PodBase):
             self._set_functions(self._pool.description or [], make_async_proxy)
             self._describe_due = False
         self._check_call(name)
+        if args or kwargs:  # handles among the arguments: the call goes to their worker
+            ref, refs = find_handles(self, args, kwargs)
+            if ref is not None:
+                wire, args, kwargs = with_refs(name, args, kwargs, refs)
+                return self._wrapped(await ref.pool.call_on(ref, wire, args, kwargs, timeout, deadline))
         while True:
             assert self._pool is not None
             try:
-                return await self._pool.call(name, args, kwargs, timeout, deadline)
+                result = await self._pool.call(name, args, kwargs, timeout, deadline)
             except PoolRetired:
                 continue  # picked just as a reload replaced it: the current pool takes the call
+            return result if type(result) is not ObjectRef else self._handle(result)
+
+    async def _call_object(
+        self, ref: ObjectRef, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> Any:
+        """Await *method* of live object *ref* in its worker (``AsyncPodObject`` methods come here)."""
+        timeout = self._timeout(timeout)
+        deadline = self._deadline(timeout)
+        name, args, kwargs = self._object_call(ref, method, args, kwargs)
+        return self._wrapped(await ref.pool.call_on(ref, name, args, kwargs, timeout, deadline))
+
+    async def _flush_releases(self, ref: ObjectRef) -> None:
+        """Tell *ref*'s worker now about the releases waiting for it (a handle's ``aclose()``)."""
+        if self._closed or ref.conn is None or ref.conn.broken is not None:
+            return
+        try:
+            await ref.pool.call_on(ref, "", (), {}, self._timeout(_UNSET))
+        except PodError:
+            pass
 
     def pids(self) -> list[int]:
         """Process ids of the running workers."""
