@@ -58,6 +58,7 @@ bench: $(DEV)
 	$(BIN)/python benchmarks/transfer.py --write docs/performance.md
 	$(BIN)/python benchmarks/concurrency.py --write docs/performance.md
 	$(BIN)/python benchmarks/envs.py --write docs/performance.md
+	$(BIN)/python benchmarks/startup.py --write docs/performance.md
 	$(BIN)/python benchmarks/ray_backend.py --write docs/performance.md
 
 clean:

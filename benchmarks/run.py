@@ -38,7 +38,10 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable
 
-POD = "def add(a, b):\n    return a + b\n\ndef echo(value):\n    return value\n"
+POD = (
+    "def add(a, b):\n    return a + b\n\ndef echo(value):\n    return value\n\n"
+    "class Adder:\n    def add(self, a, b):\n        return a + b\n"
+)
 
 
 class Floor:
@@ -186,6 +189,7 @@ def latency(args: argparse.Namespace, base: Path, others: Peers) -> str:
     bson_pod = load_with("bench", base, PYPODS_ENCODING="bson")
     unspun = load_with("bench", base, PYPODS_SPIN_US="0")
     pickled = load_with("bench", base, "pickle")
+    adder = pod.Adder()  # a live object in the pod's worker (issue #22)
     kib, hundred = b"x" * 1024, b"x" * (100 * 1024)
     contenders: dict[str, Callable[[], object]] = {
         "floor: bare os.pipe echo (16 B)": lambda: floor.call(b"x" * 16),
@@ -193,6 +197,7 @@ def latency(args: argparse.Namespace, base: Path, others: Peers) -> str:
         "floor: bare os.pipe echo (100 KiB)": lambda: floor.call(hundred),
         "floor, both sides spinning 100 µs before sleeping (16 B)": lambda: spin_floor.call(b"x" * 16),
         "pypods add(1, 2)": lambda: pod.add(1, 2),
+        "pypods adder.add(1, 2), a method of a live object": lambda: adder.add(1, 2),
         "pypods add(1, 2), spinning off (PYPODS_SPIN_US=0)": without_client_spin(lambda: unspun.add(1, 2)),
         "pypods add(1, 2), BSON encoding": lambda: bson_pod.add(1, 2),
         "pypods echo(1 KiB)": lambda: pod.echo(kib),

@@ -21,6 +21,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         "run.py",
         "transfer.py",
         "concurrency.py",
+        "startup.py",
         pytest.param("envs.py", marks=pytest.mark.network),
         pytest.param("ray_backend.py", marks=[pytest.mark.network, pytest.mark.ray]),
     ],

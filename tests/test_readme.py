@@ -1,7 +1,8 @@
 """The README runs as written: its quick start verbatim in an empty folder, and every Python example in a project.
 
 Blocks are fenced code blocks; a comment line ``<!-- readme: KEY -->`` just above a block marks it:
-``quickstart`` (run in order, shell and Python, in one empty folder), ``network`` / ``ray`` (run
+``quickstart`` (run in order, shell and Python, in one empty folder), ``pod`` (a shell block that
+makes a pod the later examples use, run in their project), ``network`` / ``ray`` (run
 under those markers), ``skip`` (not runnable as shown, such as an install command).
 """
 
@@ -98,6 +99,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("readme")
     (folder / "pods" / "geo").mkdir(parents=True)
     (folder / "pods" / "geo" / "pod.py").write_text(_quickstart_pod())
+    for block in (b for b in blocks() if "pod" in b.marks):  # the pods other examples use
+        made = subprocess.run(["bash", "-euo", "pipefail", "-c", block.code], cwd=folder, check=False)
+        assert made.returncode == 0, f"README line {block.line}"
     stubs = subprocess.run(
         [sys.executable, "-m", "pypods", "stubs"], cwd=folder, env=environ(), capture_output=True, text=True,
         timeout=300, check=False,

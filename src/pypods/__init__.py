@@ -16,6 +16,8 @@ from ._errors import (
     PodCrashLoopError,
     PodError,
     PodNotFoundError,
+    PodObjectLimitError,
+    PodObjectLostError,
     PodProtocolError,
     PodRemoteError,
     PodSerializationError,
@@ -23,6 +25,7 @@ from ._errors import (
     PodWorkerError,
 )
 from ._loader import Pod, load
+from ._objects import AsyncPodObject, PodObject
 from ._worker.codec import register
 from .pods import PodListener, PodLoader
 
@@ -30,6 +33,7 @@ __version__ = "0.5.0"
 
 __all__ = [
     "AsyncPod",
+    "AsyncPodObject",
     "Pod",
     "PodBuildError",
     "PodClosedError",
@@ -40,6 +44,9 @@ __all__ = [
     "PodListener",
     "PodLoader",
     "PodNotFoundError",
+    "PodObject",
+    "PodObjectLimitError",
+    "PodObjectLostError",
     "PodProtocolError",
     "PodRemoteError",
     "PodSerializationError",

@@ -12,11 +12,22 @@ import functools
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from ._backends import Prepared, new_worker, prepare, remember, start_deadline
+from ._backends import (
+    Prepared,
+    TemplatedAsyncPool,
+    new_worker,
+    open_template,
+    prepare,
+    remember,
+    start_deadline,
+)
 from ._client.aconnection import AsyncProcessConnection
+from ._client.objects import ObjectRef, with_refs
 from ._client.pool import AsyncWorkerPool, PoolRetired
 from ._env import cache
+from ._errors import PodError
 from ._loader import _UNSET, PodBase
+from ._objects import find_handles
 from ._proxy import make_async_proxy
 
 if TYPE_CHECKING:
@@ -31,6 +42,8 @@ class AsyncPod(PodBase):
 
     Open it with ``await pypods.aload(name, **options)``; options and errors are those of ``Pod``.
     """
+
+    _asynchronous = True
 
     def __init__(self, ready: Prepared, reload: bool | None = None) -> None:
         self._functions = {}
@@ -72,8 +85,10 @@ class AsyncPod(PodBase):
         description = None if describe or settings.backend != "local" else cache.load(layout, env_key)
         describe = description is None
 
+        source = open_template(layout, settings) if settings.template and settings.backend == "local" else None
+
         async def spawn() -> AsyncProcessConnection:
-            worker = await asyncio.to_thread(new_worker, layout, settings, describe)
+            worker = await asyncio.to_thread(new_worker, layout, settings, describe, source)
             conn = AsyncProcessConnection(worker)
             await conn.start(start_deadline(settings))
             remember(layout, env_key, conn.hello, conn.description)
@@ -84,7 +99,8 @@ class AsyncPod(PodBase):
             from ._client.rayasync import open_ray_async
 
             spawner = await open_ray_async(layout, settings)
-        pool = AsyncWorkerPool(self._name, spawner, settings.workers, settings.idle_timeout, self._brake)
+        args = (self._name, spawner, settings.workers, settings.idle_timeout, self._brake)
+        pool = AsyncWorkerPool(*args) if source is None else TemplatedAsyncPool(source, *args)
         old, self._pool = self._pool, pool
         self._held.append(pool)
         if old is not None:
@@ -111,12 +127,36 @@ class AsyncPod(PodBase):
             self._set_functions(self._pool.description or [], make_async_proxy)
             self._describe_due = False
         self._check_call(name)
+        if args or kwargs:  # handles among the arguments: the call goes to their worker
+            ref, refs = find_handles(self, args, kwargs)
+            if ref is not None:
+                wire, args, kwargs = with_refs(name, args, kwargs, refs)
+                return self._wrapped(await ref.pool.call_on(ref, wire, args, kwargs, timeout, deadline))
         while True:
             assert self._pool is not None
             try:
-                return await self._pool.call(name, args, kwargs, timeout, deadline)
+                result = await self._pool.call(name, args, kwargs, timeout, deadline)
             except PoolRetired:
                 continue  # picked just as a reload replaced it: the current pool takes the call
+            return result if type(result) is not ObjectRef else self._handle(result)
+
+    async def _call_object(
+        self, ref: ObjectRef, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> Any:
+        """Await *method* of live object *ref* in its worker (``AsyncPodObject`` methods come here)."""
+        timeout = self._timeout(timeout)
+        deadline = self._deadline(timeout)
+        name, args, kwargs = self._object_call(ref, method, args, kwargs)
+        return self._wrapped(await ref.pool.call_on(ref, name, args, kwargs, timeout, deadline))
+
+    async def _flush_releases(self, ref: ObjectRef) -> None:
+        """Tell *ref*'s worker now about the releases waiting for it (a handle's ``aclose()``)."""
+        if self._closed or ref.conn is None or ref.conn.broken is not None:
+            return
+        try:
+            await ref.pool.call_on(ref, "", (), {}, self._timeout(_UNSET))
+        except PodError:
+            pass
 
     def pids(self) -> list[int]:
         """Process ids of the running workers."""

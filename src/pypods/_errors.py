@@ -9,9 +9,11 @@
     ├── PodSerializationError(.., TypeError)  a value cannot cross the boundary
     ├── PodRemoteError                        the pod function raised (also the builtin type)
     ├── PodClosedError                        the pod was unloaded or closed
+    ├── PodObjectLimitError                   a worker already holds its limit of live objects
     └── PodWorkerError                        the worker failed the call; a retry may work
         ├── PodCrashedError                   the worker died (exit code or signal, last stderr)
         ├── PodCrashLoopError                 workers kept dying; the pod stopped restarting them
+        ├── PodObjectLostError                a live object's worker died (or was killed)
         ├── PodTimeoutError(.., TimeoutError) the call passed its deadline; worker replaced
         └── PodProtocolError                  a bad frame or protocol version
 """
@@ -32,6 +34,8 @@ __all__ = [
     "PodCrashedError",
     "PodError",
     "PodNotFoundError",
+    "PodObjectLimitError",
+    "PodObjectLostError",
     "PodProtocolError",
     "PodRemoteError",
     "PodSerializationError",
@@ -150,6 +154,23 @@ class PodCrashLoopError(PodWorkerError):
     def __init__(self, message: str, *, crashes: Any = ()) -> None:
         super().__init__(message)
         self.crashes = list(crashes)
+
+
+class PodObjectLimitError(PodError):
+    """A worker already holds ``PYPODS_MAX_OBJECTS`` live objects (default 10000), so it made no more.
+
+    The object that would have passed the limit was dropped in the pod. Unlike ``PodWorkerError``
+    the worker is fine: close (or drop) handles you no longer need, and try again.
+    """
+
+
+class PodObjectLostError(PodWorkerError):
+    """A ``PodObject``'s worker died or was killed (a crash, or a call's timeout), and the object with it.
+
+    Every later use of the handle raises this, naming the object and why its worker ended; the pool
+    replaced the worker as usual, so making the object again works. Unlike ``PodClosedError``, you
+    did not close anything.
+    """
 
 
 class PodTimeoutError(PodWorkerError, TimeoutError):

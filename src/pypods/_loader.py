@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any
 from ._backends import Prepared, open_pool, prepare
 from ._client import forking
 from ._client.brake import CrashBrake
+from ._client.objects import ObjectRef, with_refs
 from ._client.pool import PoolRetired, WorkerPool
 from ._env import cache
-from ._errors import PodClosedError
+from ._errors import PodClosedError, PodError, PodSerializationError
+from ._objects import PodObject, find_handles, handle_class
 from ._proxy import POD_TIMEOUT, FunctionTable, make_proxy
 from ._reload import SourceWatch, interactive
 
@@ -54,6 +56,39 @@ class PodBase:
 
     _name: str
     _functions: Mapping[str, Callable[..., Any]]
+    _asynchronous = False  # AsyncPod: handles are AsyncPodObject
+
+    def _handle(self, ref: ObjectRef) -> PodObject:
+        """A handle for the object *ref* names; its class is built once per pod class."""
+        classes = self.__dict__.setdefault("_handle_classes", {})
+        cls = classes.get(ref.cls)
+        if cls is None:
+            info_of = getattr(self._functions, "info", None)
+            info = info_of(ref.cls) or info_of(ref.cls.rpartition(".")[2]) if info_of is not None else None
+            cls = classes[ref.cls] = handle_class(self._name, info, ref.cls, self._asynchronous)
+        handle: PodObject = cls(self, ref)
+        return handle
+
+    def _wrapped(self, result: Any) -> Any:
+        return result if type(result) is not ObjectRef else self._handle(result)
+
+    def _object_call(
+        self, ref: ObjectRef, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+        """The wire name and arguments of a method call on *ref* (docs/architecture.md, "Objects")."""
+        if self._closed:
+            raise PodClosedError(f"pod {self._name!r} was closed")
+        if ref.oid not in ref.ledger.live:
+            raise PodClosedError(f"pod {self._name!r}: {ref.label()} was closed")
+        name = f"@{ref.oid}.{method}"
+        if args or kwargs:
+            other, refs = find_handles(self, args, kwargs)
+            if other is not None and other.conn is not ref.conn:
+                raise PodSerializationError(
+                    f"pod {self._name!r}: {other.label()} lives in another worker than {ref.label()}"
+                )
+            name, args, kwargs = with_refs(name, args, kwargs, refs)
+        return name, args, kwargs
 
     def _setup(self, ready: Prepared, reload: bool | None) -> None:
         self._layout, self._settings, self._interpreter, self._env_key = ready
@@ -164,6 +199,13 @@ class Pod(PodBase):
             own ``timeout`` parameter is passed to it untouched; set a call's deadline with
             ``pod.call(name, ..., timeout=)`` or ``pod.f.with_options(timeout=)``); ``start_timeout``
             bounds a worker's start (default 60 s).
+        memory: the most memory one worker (with every process it started) may use, in bytes or as
+            a size such as ``"2GB"``; a worker past it is killed and the call raises
+            ``PodCrashedError`` saying so (docs/heavy-pods.md). Linux only; elsewhere ``PodConfigError``.
+        template: import ``pod.py`` once in a template process and fork every worker from it
+            (default False; docs/heavy-pods.md says when it is safe and why it is off by default).
+        debug: ``breakpoint()`` or ``pdb.set_trace()`` in a pod function gives a pdb prompt at your
+            terminal (default: on when stdin and stdout are terminals); False: only a notice.
         reload: serve the next call from the new code after ``pod.py`` or a module of the pod's
             folder changed (default: on in interactive sessions, off otherwise).
 
@@ -192,6 +234,9 @@ class Pod(PodBase):
         log: str | None = None,
         backend: str | None = None,
         start_timeout: float | None = None,
+        memory: int | str | None = None,
+        template: bool | None = None,
+        debug: bool | None = None,
         progress: bool | None = None,
         reload: bool | None = None,
     ) -> None:
@@ -206,6 +251,9 @@ class Pod(PodBase):
             "log": log,
             "backend": backend,
             "start_timeout": start_timeout,
+            "memory": memory,
+            "template": template,
+            "debug": debug,
         }
         self._functions = {}
         self._setup(prepare(name, root, create, options, progress), reload)
@@ -282,11 +330,35 @@ class Pod(PodBase):
         if self._describe_due:
             self._describe(deadline)
         self._check_call(name)
+        if args or kwargs:  # handles among the arguments: the call goes to their worker
+            ref, refs = find_handles(self, args, kwargs)
+            if ref is not None:
+                wire, args, kwargs = with_refs(name, args, kwargs, refs)
+                return self._wrapped(ref.pool.call_on(ref, wire, args, kwargs, timeout, deadline))
         while True:
             try:
-                return self._pool.call(name, args, kwargs, timeout, deadline)
+                result = self._pool.call(name, args, kwargs, timeout, deadline)
             except PoolRetired:
                 continue  # picked just as a reload replaced it: the current pool takes the call
+            return result if type(result) is not ObjectRef else self._handle(result)
+
+    def _call_object(
+        self, ref: ObjectRef, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> Any:
+        """Run *method* of live object *ref* in its worker (``PodObject`` methods come here)."""
+        timeout = self._timeout(timeout)
+        deadline = self._deadline(timeout)
+        name, args, kwargs = self._object_call(ref, method, args, kwargs)
+        return self._wrapped(ref.pool.call_on(ref, name, args, kwargs, timeout, deadline))
+
+    def _flush_releases(self, ref: ObjectRef) -> None:
+        """Tell *ref*'s worker now about the releases waiting for it (a handle's ``close()``)."""
+        if self._closed or ref.conn is None or ref.conn.broken is not None:
+            return  # its worker is gone, and the object with it
+        try:
+            ref.pool.call_on(ref, "", (), {}, self._timeout(_UNSET))
+        except PodError:
+            pass  # the worker ended meanwhile: nothing left to release
 
     def _reload(self, deadline: float | None) -> None:
         """The pod's code changed: restart its workers, describe it again, refresh the proxies."""

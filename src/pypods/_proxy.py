@@ -80,6 +80,10 @@ class FunctionTable(Mapping[str, "Callable[..., Any]"]):
     def __contains__(self, name: object) -> bool:
         return name in self._infos
 
+    def info(self, name: str) -> dict[str, Any] | None:
+        """The description of *name* (a function or a class), None if the pod offers none by that name."""
+        return self._infos.get(name)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._infos)
 

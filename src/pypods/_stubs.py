@@ -129,10 +129,25 @@ def _imports() -> str:
     return f"from typing import {typing_names}\n{modules}\n"
 
 
+def _class_stub(info: dict[str, Any], name: str, constructor: bool) -> str:
+    """A pod class as a typed handle: ``class Model(pypods.PodObject)`` with its methods' signatures."""
+    out = [f"class {name}(pypods.PodObject):{_doc(info, '')}\n"]
+    if constructor:
+        out.append(_signature_lines({**info, "name": "__init__", "returns": "None", "doc": None}, "    ", True))
+    for method in info.get("methods") or []:
+        if isinstance(method, dict) and _is_name(method.get("name")) and not str(method["name"]).startswith("_"):
+            out.append(_signature_lines(method, "    ", method=True))
+    return "".join(out) + "\n"
+
+
 def module_stub(functions: list[dict[str, Any]]) -> str:
-    """``pods_typed/<pod>.pyi``: one ``def`` per pod function."""
-    body = "".join(_signature_lines(info) for info in functions if _is_name(info.get("name")))
-    return _HEADER + "# ruff: noqa\n" + _imports() + "\n" + body
+    """``pods_typed/<pod>.pyi``: one ``def`` per pod function, one handle class per pod class."""
+    named = [info for info in functions if _is_name(info.get("name"))]
+    body = "".join(
+        _class_stub(info, info["name"], True) if info.get("class") is True else _signature_lines(info) for info in named
+    )
+    classes = "import pypods\n" if any(info.get("class") is True for info in named) else ""
+    return _HEADER + "# ruff: noqa\n" + _imports() + classes + "\n" + body
 
 
 def _class_name(pod: str) -> str:
@@ -143,8 +158,19 @@ def package_stub(pods: dict[str, list[dict[str, Any]]]) -> str:
     """``pods_typed/__init__.pyi``: a Protocol per pod and a ``load()`` overload per pod name."""
     out = [_HEADER, "# ruff: noqa\n", _imports(), "from typing import Protocol, overload\n", "import pypods\n\n"]
     for pod, functions in sorted(pods.items()):
+        named = [info for info in functions if _is_name(info.get("name"))]
+        for info in named:
+            if info.get("class") is True:  # its handle class, then the pod's method that builds one
+                out.append(_class_stub(info, _class_name(pod) + info["name"], False))
         out.append(f"class {_class_name(pod)}(Protocol):\n")
-        methods = [_signature_lines(info, "    ", method=True) for info in functions if _is_name(info.get("name"))]
+        methods = [
+            _signature_lines(
+                {**info, "returns": None, "doc": None} if info.get("class") is True else info, "    ", method=True
+            ).replace(" -> Any:", f" -> {_class_name(pod)}{info['name']}:")
+            if info.get("class") is True
+            else _signature_lines(info, "    ", method=True)
+            for info in named
+        ]
         out.append("".join(methods) or "    ...\n")
         out.append("    def close(self) -> None: ...\n")
         out.append(f"    def __enter__(self) -> {_class_name(pod)}: ...\n")

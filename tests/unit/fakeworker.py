@@ -167,6 +167,9 @@ class ThreadWorker:
         self._thread.join(wait)
         return self.returncode, "fake worker ended"
 
+    def exit_note(self, code: int | None) -> str:
+        return ""
+
     def kill(self) -> None:
         self.killed = True
         self.pod.gate.set()
@@ -178,12 +181,16 @@ class ThreadWorker:
         self._thread.join(5)
 
     def crash(self) -> None:
-        """Die as a crash would: the socket closes under a call (not through kill())."""
-        self.pod.gate.set()
+        """Die as a crash would: the socket closes under a call (not through kill()).
+
+        The socket goes first, then the blocked function is released: released first, it could
+        answer before the crash and the call under it would succeed.
+        """
         try:
             self._server.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        self.pod.gate.set()
         self._thread.join(5)
 
     def stop(self, grace: float = 2.0) -> None:

@@ -78,3 +78,26 @@ def test_worker_serves_on_each_python(conn) -> None:
     names = {info["name"]: info for info in connection.description}
     assert names["echo"]["doc"] == "Give it back."
     assert names["count"]["generator"] is True
+
+
+@pytest.mark.parametrize("version", sorted(pythons()), ids=lambda v: f"py{v}")
+def test_template_forks_workers_on_each_python(version: str, tmp_path: Path) -> None:
+    from pypods._client.templates import Template
+
+    pod_dir = tmp_path / "pods" / "w"
+    pod_dir.mkdir(parents=True)
+    (pod_dir / "pod.py").write_text(
+        textwrap.dedent(POD) + "\nimport os\nTEMPLATE = os.getpid()\n\ndef who():\n    return [os.getpid(), TEMPLATE]\n"
+    )
+    template = Template(pythons()[version], "w", str(pod_dir), str(tmp_path), {}, "stderr", 30)
+    try:
+        connection = ProcessConnection(template.fork("bson", True, "stderr", None))
+        try:
+            pid, imported = connection.call("who", (), {}, 30)
+            assert imported == template.pid != pid
+            assert connection.call("version", (), {}, 30) == [int(part) for part in version.split(".")]
+            assert list(connection.call("count", (3,), {}, 30)) == [0, 1, 2]
+        finally:
+            connection.close()
+    finally:
+        template.close()

@@ -99,6 +99,11 @@ def _signature(info: dict[str, Any]) -> str:
     return f"{info['name']}{signature}" if signature is not None else f"{info['name']}(...)"
 
 
+def _first_line(info: dict[str, Any]) -> str:
+    doc = info.get("doc")
+    return doc.split("\n", 1)[0] if isinstance(doc, str) else ""
+
+
 @click.command()
 @click.argument("name")
 @json_option
@@ -107,10 +112,14 @@ def describe(name: str, as_json: bool) -> None:
     """Show pod NAME's functions with their signatures and the first line of their docstrings."""
     ctx = Context()
     functions = describe_pod(ctx, ctx.layout(name))
-    records = [
-        {"name": f["name"], "signature": _signature(f), "doc": (f.get("doc") or "").split("\n", 1)[0]}
-        for f in functions
-    ]
+    records = []
+    for f in functions:
+        kind = "class " if f.get("class") is True else ""  # its instances live in the pod (PodObject)
+        records.append({"name": f["name"], "signature": kind + _signature(f), "doc": _first_line(f)})
+        for method in (f.get("methods") or []) if kind else []:
+            if isinstance(method, dict) and isinstance(method.get("name"), str):
+                named = {**method, "name": f"{f['name']}.{method['name']}"}
+                records.append({"name": named["name"], "signature": _signature(named), "doc": _first_line(method)})
     if not records and not as_json:
         ctx.note(f"pod {name!r} offers no functions yet: define some in {ctx.layout(name).pod_py}")
         return

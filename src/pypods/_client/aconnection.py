@@ -21,7 +21,7 @@ from .._errors import PodClosedError, PodCrashedError, PodError, PodProtocolErro
 from .._worker import messages
 from .._worker.framing import FrameError, FrameReader
 from .._worker.sharedmem import SHM_TAG, SharedMemoryError, Upload
-from . import forking
+from . import callbacks, forking
 from .base import AsyncStream
 from .connection import DEFAULT_START_TIMEOUT, NotSentError, open_pidfd
 from .core import START, Outcome, StreamCursor, WorkerConnection
@@ -123,7 +123,7 @@ class AsyncProcessConnection(WorkerConnection):
                     await self._write(encoding)
                 except NotSentError:  # it died right after its hello: a crash at start, not a retry
                     code, tail = await asyncio.to_thread(self.worker.exit_report)
-                    raise self.proto.crash_error(self.worker.pid, code, tail) from None
+                    raise self.proto.crash_error(self.worker.pid, code, tail, self.worker.exit_note(code)) from None
         except BaseException:
             await self.aclose(kill=True)
             raise
@@ -212,7 +212,7 @@ class AsyncProcessConnection(WorkerConnection):
 
     async def _crashed(self) -> None:
         code, tail = await asyncio.to_thread(self.worker.exit_report)
-        self._fail(self.proto.crash_error(self.worker.pid, code, tail))
+        self._fail(self.proto.crash_error(self.worker.pid, code, tail, self.worker.exit_note(code)))
 
     def _break(self, error: PodError) -> None:
         """End the connection with *error* and kill the worker (in a thread: never block the loop)."""
@@ -412,11 +412,16 @@ class AsyncProcessConnection(WorkerConnection):
         try:
             await self._sent(data, timeout, name, deadline, attachments)
             outcome = self._checked(proto.outcome, name, await self._next(call_id, timeout, name, deadline))
+            while outcome.kind == Outcome.CALLBACK:  # the pod calls back (callbacks.py): run it on this loop
+                await self._sent(await callbacks.arun(call_id, outcome.value), timeout, name, deadline)
+                outcome = self._checked(proto.outcome, name, await self._next(call_id, timeout, name, deadline))
             stream = outcome.kind == Outcome.STREAM
         except asyncio.CancelledError:
             self.send_control(proto.control(call_id, "cancel"))  # the worker drops it if not yet started
             raise
         finally:
+            if proto.callbacks:
+                proto.ended(call_id)
             if not stream:
                 self._calls.pop(call_id, None)
         if stream:

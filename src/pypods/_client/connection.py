@@ -27,7 +27,7 @@ from .._errors import PodClosedError, PodCrashedError, PodError, PodProtocolErro
 from .._worker import messages
 from .._worker.framing import FrameError, FrameReader, PipeClosed
 from .._worker.sharedmem import SHM_TAG, SharedMemoryError, Upload
-from . import forking
+from . import callbacks, forking
 from .core import START, Outcome, StreamCursor, WorkerConnection
 from .pstream import ProcessStream
 
@@ -164,6 +164,9 @@ class ProcessConnection(WorkerConnection):
         try:
             self._write(data, deadline, name, timeout, call_id, attachments)
             outcome = self._outcome(call_id, deadline, name, timeout, proto.outcome)
+            while outcome.kind == Outcome.CALLBACK:  # the pod calls back (callbacks.py): run it on this thread
+                self._write(callbacks.run(call_id, outcome.value), deadline, name, timeout, call_id)
+                outcome = self._outcome(call_id, deadline, name, timeout, proto.outcome)
             stream = outcome.kind == Outcome.STREAM
         except KeyboardInterrupt:
             # The pod function gets the Ctrl-C too (SIGINT if it runs, cancel if not yet started);
@@ -176,6 +179,8 @@ class ProcessConnection(WorkerConnection):
                 self.worker.interrupt()
             raise
         finally:
+            if proto.callbacks:
+                proto.ended(call_id)
             if not stream:
                 self._abandon(call_id)
         if stream:
@@ -546,7 +551,7 @@ class ProcessConnection(WorkerConnection):
         """The worker died: fail every call in flight now, with its exit status and last stderr lines."""
         if self._broken is None:
             code, tail = self.worker.exit_report()
-            self._set_broken(self.proto.crash_error(self.worker.pid, code, tail))
+            self._set_broken(self.proto.crash_error(self.worker.pid, code, tail, self.worker.exit_note(code)))
         assert self._broken is not None
         return copy.copy(self._broken)
 

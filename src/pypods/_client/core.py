@@ -18,6 +18,7 @@ from .._env.settings import encoding_from_environ
 from .._errors import (
     PodCrashedError,
     PodError,
+    PodObjectLimitError,
     PodProtocolError,
     PodRemoteError,
     PodSerializationError,
@@ -31,6 +32,8 @@ from .._worker.codec import Encoder
 from .._worker.decoding import DecodeError, Decoder
 from .._worker.exttypes import DEFAULT_THRESHOLD, MissingLibrary, OutOfBand
 from .._worker.sharedmem import Inbox
+from .callbacks import take_callbacks
+from .objects import ObjectLedger, ObjectRef
 
 if TYPE_CHECKING:
     from .._worker.sharedmem import FdChannel
@@ -99,7 +102,7 @@ class Outcome:
 
     __slots__ = ("kind", "value")
 
-    VALUE, STREAM, ITEM, END = "value", "stream", "item", "end"
+    VALUE, STREAM, ITEM, END, CALLBACK = "value", "stream", "item", "end", "callback"
 
     def __init__(self, kind: str, value: Any = None) -> None:
         self.kind = kind
@@ -124,6 +127,8 @@ class CallProtocol:
         self._registered = 0  # the class registry version the worker knows
         self._decoder = Decoder(OutOfBand(DEFAULT_THRESHOLD, inbox))
         self.encoding = "bson"  # "fast1"/"fast2" once chosen in choose_encoding (docs/encoding.md)
+        self.objects = ObjectLedger()  # ids of the live objects this worker made (objects.py)
+        self.callbacks: dict[int, list[Any]] = {}  # call id -> the callables it passed (callbacks.py)
 
     def choose_encoding(self, hello: dict[str, Any]) -> bytearray | None:
         """Pick fast2 (fast1 if PYPODS_ENCODING says so or the worker offers no more) unless codec="pickle"
@@ -159,6 +164,10 @@ class CallProtocol:
         The shell sends the attachments, then the frame. The request carries the stream window and,
         if set, *timeout*: the worker bounds its own waits for this call (its reply's buffers) by it.
         """
+        if args or kwargs:  # callables among the arguments cross as callbacks
+            name, args, kwargs, found = take_callbacks(name, args, kwargs)
+            if found:
+                self.callbacks[call_id] = found
         big = OutOfBand(DEFAULT_THRESHOLD, self.inbox)
         try:
             if self.encoding in fastcodec.NAMES and not _nested_buffers(args, kwargs, big.threshold):
@@ -175,7 +184,7 @@ class CallProtocol:
             raise
         except Exception as exc:  # EncodeError (any failure), or pickling with the opt-in codec
             big.discard()
-            raise PodSerializationError(f"pod {self.pod!r}, function {name!r}: {exc}") from exc
+            raise PodSerializationError(f"pod {self.pod!r}, function {shown(name)!r}: {exc}") from exc
 
     @staticmethod
     def control(call_id: int, op: str, n: int | None = None) -> bytearray:
@@ -223,12 +232,39 @@ class CallProtocol:
         """A call's first reply: its value, or the start of a stream; raises the error it carries."""
         if reply.get("stream") is True and reply.get("ok") is True:
             return Outcome(Outcome.STREAM)
+        if "callback" in reply:
+            return self._callback(name, reply)
         ok = reply.get("ok")
+        if ok is True and "object" in reply:  # the result stays in the pod: a handle to it
+            return Outcome(Outcome.VALUE, self._object(name, reply))
         if ok is True and ("value" in reply or "p" in reply):
             return Outcome(Outcome.VALUE, self.value_of(reply, "value"))
         if ok is False and "error" in reply:
             raise error_from_reply(self.pod, name, reply["error"])
         raise self.protocol_error(f"a malformed reply to {name!r} (keys {sorted(reply)})")
+
+    def _callback(self, name: str, reply: dict[str, Any]) -> Outcome:
+        """The pod invokes a callback of call ``reply["id"]``: ``(callable, args, kwargs)`` to run here."""
+        passed = self.callbacks.get(reply["id"])
+        index, args, kwargs = reply.get("callback"), reply.get("args", []), reply.get("kwargs", {})
+        if passed is None or type(index) is not int or not 0 <= index < len(passed):
+            raise self.protocol_error(f"a callback {index!r} that call {name!r} did not pass")
+        if not isinstance(args, list) or not isinstance(kwargs, dict) or not all(type(k) is str for k in kwargs):
+            raise self.protocol_error(f"a malformed callback from {name!r}")
+        return Outcome(Outcome.CALLBACK, (passed[index], args, kwargs))
+
+    def ended(self, call_id: int) -> None:
+        """Call *call_id* returned: its callbacks can no longer be invoked."""
+        self.callbacks.pop(call_id, None)
+
+    def _object(self, name: str, reply: dict[str, Any]) -> ObjectRef:
+        cls = reply.get("class")
+        if not isinstance(cls, str) or not cls.replace(".", "").replace("_", "").isalnum() or len(cls) > 200:
+            raise self.protocol_error(f"a malformed object reply to {name!r} (class {cls!r})")
+        forged = self.objects.created(reply.get("object"))
+        if forged is not None:
+            raise self.protocol_error(f"a forged object reply to {name!r}: {forged}")
+        return ObjectRef(reply["object"], cls, self.objects)
 
     def stream_item(self, name: str, reply: dict[str, Any]) -> Outcome:
         """A stream's next reply: an item or its end; raises the error it carries."""
@@ -248,8 +284,9 @@ class CallProtocol:
     def flooded(self, call_id: int) -> PodProtocolError:
         return self.protocol_error(f"more than {MAX_PENDING} unread replies to call {call_id} (stream credit ignored)")
 
-    def crash_error(self, pid: int, code: int | None, tail: str) -> PodCrashedError:
+    def crash_error(self, pid: int, code: int | None, tail: str, note: str = "") -> PodCrashedError:
         text = f"pod {self.pod!r}: worker (pid {pid}) died: {describe_exit(code)}"
+        text += f"; {note}" if note else ""  # who ended it, the limit, the peak RSS (process.py exit_note)
         if tail:
             text += "\nLast lines it wrote to stderr:\n" + tail
         return PodCrashedError(text, returncode=code, stderr=tail)
@@ -260,7 +297,7 @@ class CallProtocol:
                 f"pod {self.pod!r}: the worker did not start within {timeout}s (start_timeout); it was killed"
             )
         return PodTimeoutError(
-            f"pod {self.pod!r}, function {name!r}: no answer within {timeout}s; the worker was killed"
+            f"pod {self.pod!r}, function {shown(name)!r}: no answer within {timeout}s; the worker was killed"
         )
 
     def killed_error(self, name: str) -> PodWorkerError:
@@ -363,6 +400,15 @@ def check_hello(pod: str, hello: dict[str, Any]) -> list[dict[str, Any]]:
     return list(functions)
 
 
+def shown(name: str) -> str:
+    """A wire name as the user wrote the call: ``~1;@3.predict?0:2`` is ``object 3.predict``."""
+    if "~" not in name[:1] and "@" not in name[:1] and "?" not in name:
+        return name  # a plain function: the hot path
+    name = name.partition(";")[2] if name.startswith("~") else name
+    name = name.partition("?")[0]
+    return f"object {name[1:]}" if name.startswith("@") else name
+
+
 def _text(error: dict[str, Any], key: str, default: str, pod: str) -> str:
     value = error.get(key, default)
     if not isinstance(value, str):
@@ -384,11 +430,13 @@ def error_from_reply(pod: str, function: str | None, error: Any) -> Exception:
             raise PodProtocolError(f"pod {pod!r} sent a malformed error reply ('mro' is not a list of strings)")
     except PodProtocolError as malformed:
         return malformed
-    where = f"pod {pod!r}" + (f", function {function!r}" if function else "")
+    where = f"pod {pod!r}" + (f", function {shown(function)!r}" if function else "")
     if kind == "serialization":
         return PodSerializationError(f"{where}: {message}")
     if kind == "interrupted":
         return PodWorkerError(f"{where}: interrupted")
+    if kind == "limit":
+        return PodObjectLimitError(f"{where}: {message}")
     if kind == "import":
         text = f"{where}: importing pod.py failed: {remote_type}: {message}"
     elif kind == "decode":

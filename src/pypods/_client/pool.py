@@ -14,10 +14,11 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from .._errors import PodClosedError, PodCrashedError, PodError
+from .._errors import PodClosedError, PodCrashedError, PodError, PodTimeoutError
 from . import forking
 from .base import AsyncConnection, Connection
 from .connection import NotSentError
+from .objects import ObjectRef
 from .slots import PoolRetired, PoolState, Slots, remaining
 
 if TYPE_CHECKING:
@@ -155,7 +156,10 @@ class WorkerPool(Slots[Connection]):
             if conn is None:
                 conn, fresh = self._ensure(index, deadline, name, timeout)
             try:
-                return conn.call(name, args, kwargs, timeout, deadline=deadline)
+                result = conn.call(_released(conn) + name, args, kwargs, timeout, deadline=deadline)
+                if type(result) is ObjectRef:  # it stays in that worker: calls on it go there
+                    result.conn, result.index, result.pool = conn, index, self
+                return result
             except NotSentError as exc:
                 self._drop(index, conn, exc)
                 if attempt == 2:
@@ -165,6 +169,38 @@ class WorkerPool(Slots[Connection]):
                 self._drop(index, conn, exc)  # counted toward the brake now, not at the next pick
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def call_on(
+        self,
+        ref: ObjectRef,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        deadline: float | None = None,
+    ) -> Any:
+        """Run *name* (a method of *ref*, or a call with handles among its arguments) in *ref*'s worker.
+
+        Raises:
+            PodObjectLostError: that worker died or was killed before this call.
+            PodTimeoutError: no answer in time; the worker was killed, and its objects with it.
+        """
+        with self._lock:
+            self._admit_object(ref)
+        conn = ref.conn
+        try:
+            result = conn.call(_released(conn) + name, args, kwargs, timeout, deadline=deadline)
+            if type(result) is ObjectRef:
+                result.conn, result.index, result.pool = conn, ref.index, self
+            return result
+        except PodCrashedError as exc:
+            self._drop(ref.index, conn, exc)
+            raise
+        except PodTimeoutError as exc:
+            raise self._took_objects(exc, ref) from exc
+        finally:
+            with self._lock:
+                self._done(ref.index)
 
     def _drop(self, index: int, conn: Connection, error: PodError) -> None:
         with self._lock:
@@ -297,7 +333,10 @@ class AsyncWorkerPool(Slots[AsyncConnection]):
                 if conn is None:
                     conn, fresh = await self._ensure(index, deadline, name, timeout)
                 try:
-                    return await conn.call(name, args, kwargs, timeout, deadline=deadline)
+                    result = await conn.call(_released(conn) + name, args, kwargs, timeout, deadline=deadline)
+                    if type(result) is ObjectRef:  # it stays in that worker: calls on it go there
+                        result.conn, result.index, result.pool = conn, index, self
+                    return result
                 except NotSentError as exc:
                     await self._drop(index, conn, exc)
                     if attempt == 2:
@@ -313,6 +352,31 @@ class AsyncWorkerPool(Slots[AsyncConnection]):
         finally:
             self._done(index)
             self._ended(probe, error)
+
+    async def call_on(
+        self,
+        ref: ObjectRef,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        deadline: float | None = None,
+    ) -> Any:
+        """Await *name* in *ref*'s worker (see ``WorkerPool.call_on``)."""
+        self._admit_object(ref)
+        conn = ref.conn
+        try:
+            result = await conn.call(_released(conn) + name, args, kwargs, timeout, deadline=deadline)
+            if type(result) is ObjectRef:
+                result.conn, result.index, result.pool = conn, ref.index, self
+            return result
+        except PodCrashedError as exc:
+            await self._drop(ref.index, conn, exc)
+            raise
+        except PodTimeoutError as exc:
+            raise self._took_objects(exc, ref) from exc
+        finally:
+            self._done(ref.index)
 
     async def _drop(self, index: int, conn: AsyncConnection, error: PodError) -> None:
         old = self._retire(index, conn, error)
@@ -353,3 +417,9 @@ class AsyncWorkerPool(Slots[AsyncConnection]):
                 if task is not current:
                     task.cancel()
         await asyncio.gather(*(conn.aclose() for conn in conns), return_exceptions=True)
+
+
+def _released(conn: Any) -> str:
+    """The releases a call to *conn* carries ahead of its name (handles closed or collected since)."""
+    ledger = getattr(getattr(conn, "proto", None), "objects", None)
+    return "" if ledger is None or not ledger.pending else ledger.prefix()

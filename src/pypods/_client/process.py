@@ -24,13 +24,16 @@ from typing import TYPE_CHECKING
 from .._env.tools import clean_environ
 from .._terminal import for_terminal
 from .._worker import BOOTSTRAP
+from .._worker.debugger import ENV as DEBUG_ENV
 from .._worker.reaper import end_tree
 from .._worker.sharedmem import FdChannel, open_pair
-from . import forking
+from . import forking, limits
 from .cgroups import WorkerCgroup
+from .debugrelay import open_relay
+from .diagnosis import explain
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 MAX_LINE = 64 * 1024  # bytes of one stderr line forwarded; the rest of a longer line is dropped
 TAIL_BYTES = 16 * 1024  # bytes of the last stderr lines kept for a crash report
@@ -47,6 +50,10 @@ def _new_output_lock() -> None:
 
 
 forking.on_fork(_new_output_lock)
+
+
+def _current_output_lock() -> threading.Lock:
+    return _output_lock
 
 
 PIPE_SIZE = 1 << 18  # bytes each protocol pipe holds (Linux; the default 64 KiB splits 100 KiB frames)
@@ -88,6 +95,8 @@ class WorkerProcess:
         log: str = "stderr",
         codec: str = "bson",
         describe: bool = True,
+        memory: int | None = None,
+        debug: bool = False,
     ) -> None:
         self.pod_name = pod_name
         self.codec = codec
@@ -98,16 +107,22 @@ class WorkerProcess:
         self.channel: FdChannel | None = None if pair is None else pair[0]
         theirs = -1 if pair is None else pair[1].fileno()
         argv = [python, "-I", "-c", BOOTSTRAP, WORKER_DIR, pod_name, pod_dir, project_root, codec, flag, str(theirs)]
+        environ = clean_environ(env)
+        debug_end = None
+        if debug:  # breakpoint() in the pod: a pdb prompt here (debugrelay.py), over a socket of its own
+            debug_end, _ = open_relay(pod_name, _current_output_lock)
+            environ[DEBUG_ENV] = str(debug_end.fileno())
+        passed = tuple(fd for fd in (theirs, -1 if debug_end is None else debug_end.fileno()) if fd >= 0)
         try:
             self.proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env=clean_environ(env),
+                env=environ,
                 bufsize=0,
                 close_fds=True,
-                pass_fds=(theirs,) if theirs >= 0 else (),
+                pass_fds=passed,
                 # A session (and process group) of its own: Ctrl-C in the client's terminal must not
                 # reach the worker, and killing the group ends every process the pod started.
                 start_new_session=True,
@@ -119,11 +134,18 @@ class WorkerProcess:
         finally:
             if pair is not None:
                 pair[1].close()  # the worker holds it now
+            if debug_end is not None:
+                debug_end.close()  # likewise; the relay ends when the worker does
+        self._adopt(log, memory)
+
+    def _adopt(self, log: str, memory: int | None) -> None:
+        """The worker runs (``self.proc``): its cgroup and limit, its pipes, the thread forwarding its stderr."""
         assert self.proc.stdin is not None
         assert self.proc.stdout is not None
         assert self.proc.stderr is not None
         self.pid = self.proc.pid
-        self._cgroup = WorkerCgroup.enter(self.pid)  # None unless this user may make cgroups
+        self._cgroup = WorkerCgroup.enter(self.pid, memory)  # None unless this user may make cgroups
+        self._init_limits(memory)
         self.write_fd = self.proc.stdin.fileno()
         self.read_fd = self.proc.stdout.fileno()
         widen_pipes(self.write_fd, self.read_fd)
@@ -131,11 +153,58 @@ class WorkerProcess:
         self._tail_bytes = 0
         self._tail_lock = threading.Lock()  # the drain thread appends while a crash report reads
         self._log_mode = log
-        self._logger = logging.getLogger(f"pypods.pod.{pod_name}")
-        self._drain = threading.Thread(target=self._forward, name=f"pypods-{pod_name}-log", daemon=True)
+        self._logger = logging.getLogger(f"pypods.pod.{self.pod_name}")
+        self._drain = threading.Thread(target=self._forward, name=f"pypods-{self.pod_name}-log", daemon=True)
         self._drain.start()
         _live.add(self)
         forking.track(self)
+
+    def _init_limits(self, memory: int | None) -> None:
+        """Cap the worker at *memory* bytes: the kernel's memory.max where its cgroup took it, else a watch."""
+        self.memory = memory
+        self._killed_by = ""  # why pypods ended the worker, if it did ("limit", "close", "kill")
+        self._peak_rss: int | None = None  # from the reaped worker's rusage
+        self._note = ""
+        self._peak: limits.Peak | None = None
+        if memory is not None and (self._cgroup is None or self._cgroup.memory is None):
+            self._peak = limits.watch(self, memory)
+
+    def over_limit(self, seen: int) -> None:
+        """Called by the memory watch (its thread) once the worker's tree passed its limit: kill it all now."""
+        if not self._killed_by:
+            self._killed_by = "limit"
+        self._kill_group()
+
+    def exit_note(self, code: int | None) -> str:
+        """After ``exit_report``: who ended the worker and why as far as known, and its peak RSS."""
+        return self._note
+
+    def _diagnose(self, code: int | None) -> str:
+        cgroup = self._cgroup
+        return explain(
+            code,
+            self._killed_by,
+            self.memory,
+            [
+                self._peak_rss,
+                None if self._peak is None else self._peak.value,
+                None if cgroup is None else cgroup.peak(),
+            ],
+            cgroup is not None and cgroup.memory is not None and cgroup.oom_killed(),
+            None if self._peak is None else self._peak.killed_at,
+        )
+
+    def _reap(self) -> int:
+        """Reap the exited worker, keeping its peak RSS from the kernel's rusage (Linux: ru_maxrss in KiB)."""
+        if self.proc.returncode is None and hasattr(os, "wait4"):
+            try:
+                _, status, usage = os.wait4(self.pid, 0)
+            except ChildProcessError:
+                pass
+            else:
+                self.proc.returncode = os.waitstatus_to_exitcode(status)
+                self._peak_rss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        return self.proc.wait()
 
     def _forget_after_fork(self) -> None:
         """In a forked child: the worker is the parent's. Close our copies of its pipes, never signal it."""
@@ -143,6 +212,7 @@ class WorkerProcess:
             return  # idempotent: the asyncio connection calls it first
         self._forgotten = os.getpid()
         _live.discard(self)
+        self._peak = None  # the parent's watch; the child has none
         self._cgroup = None  # the parent's to kill and remove
         self._tail_lock = threading.Lock()
         self.proc.returncode = 0  # as if reaped: Popen never waits for (nor warns about) a stranger's child
@@ -159,20 +229,7 @@ class WorkerProcess:
     def _forward(self) -> None:
         stream = self.proc.stderr
         assert stream is not None
-        for raw in bounded_lines(stream.fileno()):
-            line = raw.decode("utf-8", "backslashreplace")
-            if line.endswith("\r"):
-                line = line[:-1]  # a CRLF line end, not a control to show
-            self._keep(line)
-            if self._log_mode == "logging":
-                self._logger.info("%s", line)
-            else:
-                with _output_lock:
-                    try:  # escape sequences only as text: a pod must not drive the user's terminal
-                        sys.stderr.write(f"[{self.pod_name}] {for_terminal(line, sys.stderr)}\n")
-                        sys.stderr.flush()
-                    except (OSError, ValueError):
-                        pass
+        forward_lines(stream.fileno(), self.pod_name, self._log_mode, self._logger, self._keep)
 
     def _keep(self, line: str) -> None:
         """Remember *line* for a crash report, within TAIL_LINES lines and about TAIL_BYTES."""
@@ -184,7 +241,8 @@ class WorkerProcess:
                 self._tail_bytes -= len(self.tail.popleft())
 
     def alive(self) -> bool:
-        return self._owner == os.getpid() and self.proc.poll() is None
+        # Never reaps (unlike Popen.poll): exit_report reaps, and keeps the rusage that reaping gives.
+        return self._owner == os.getpid() and not self._exited(0)
 
     def interrupt(self) -> None:
         """Pass a Ctrl-C on to the pod function (the worker turns it into an error reply)."""
@@ -199,23 +257,27 @@ class WorkerProcess:
         code = None
         if self._exited(wait):
             self._kill_group()  # the worker died: what it started goes with it (and frees the pipes)
-            code = self.proc.wait()
+            code = self._reap()
+        if not self._note:
+            self._note = self._diagnose(code)
         self._drain.join(timeout=0.5)
         with self._tail_lock:
             return code, "\n".join(self.tail)
 
     def kill(self) -> None:
         """End the worker and every process of its group now (SIGKILL), and reap it."""
+        if not self._killed_by:
+            self._killed_by = "kill"
         self._kill_group()
         self._close_pipes()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # pragma: no cover - a kill that did not take
-            pass
+        if self._exited(5):  # else a kill that did not take
+            self._reap()
         self._end()
 
     def stop(self, grace: float = 2.0) -> None:
         """Ask the worker to finish (close its input), then kill its group; the worker gets *grace* s."""
+        if not self._killed_by:
+            self._killed_by = "close"
         self._close_pipes()
         self._exited(grace)
         self.kill()  # the worker, if still there, and whatever it started
@@ -271,6 +333,7 @@ class WorkerProcess:
             pass
 
     def _end(self) -> None:
+        limits.unwatch(self)
         self._end_drain()
         if self._cgroup is not None and self._owner == os.getpid():
             self._cgroup.remove()
@@ -299,6 +362,27 @@ class WorkerProcess:
                 self.proc.stdout.close()
         except OSError:
             pass
+
+
+def forward_lines(
+    fd: int, pod_name: str, log_mode: str, logger: logging.Logger, keep: Callable[[str], None] | None
+) -> None:
+    """Forward what a pod process writes to *fd*, line by line, to the client's stderr or *logger*, until EOF."""
+    for raw in bounded_lines(fd):
+        line = raw.decode("utf-8", "backslashreplace")
+        if line.endswith("\r"):
+            line = line[:-1]  # a CRLF line end, not a control to show
+        if keep is not None:
+            keep(line)
+        if log_mode == "logging":
+            logger.info("%s", line)
+        else:
+            with _output_lock:
+                try:  # escape sequences only as text: a pod must not drive the user's terminal
+                    sys.stderr.write(f"[{pod_name}] {for_terminal(line, sys.stderr)}\n")
+                    sys.stderr.flush()
+                except (OSError, ValueError):
+                    pass
 
 
 def bounded_lines(fd: int, limit: int | None = None) -> Iterator[bytes]:

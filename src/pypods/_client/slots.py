@@ -12,12 +12,20 @@ import enum
 import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union
 
-from .._errors import PodClosedError, PodCrashedError, PodCrashLoopError, PodError, PodTimeoutError
+from .._errors import (
+    PodClosedError,
+    PodCrashedError,
+    PodCrashLoopError,
+    PodError,
+    PodObjectLostError,
+    PodTimeoutError,
+)
 from .base import AsyncConnection, Connection
 from .brake import CrashBrake
 
 if TYPE_CHECKING:
     from .connection import NotSentError
+    from .objects import ObjectRef
 
 C = TypeVar("C", bound=Union[Connection, AsyncConnection])
 
@@ -185,10 +193,32 @@ class Slots(Generic[C]):
             return []
         idle = []
         for index, conn in enumerate(self._slots):
-            if conn is not None and self._busy[index] == 0 and conn.in_flight() == 0:
+            if conn is not None and self._busy[index] == 0 and conn.in_flight() == 0 and not _holds_objects(conn):
                 self._slots[index] = None
                 idle.append(conn)
         return idle
+
+    def _admit_object(self, ref: ObjectRef) -> None:
+        """Let a call on live object *ref* in (counted busy on its slot), or raise why not.
+
+        A draining pool still serves its live objects: they exist only in its workers.
+        """
+        if self._state is PoolState.CLOSED and isinstance(self._closed_by, PoolRetired):
+            raise PodObjectLostError(f"pod {self.pod!r}: {ref.label()} is lost: the pod reloaded (its code changed)")
+        if self._state is PoolState.CLOSED:
+            raise copy.copy(self._closed_by or PodClosedError(f"pod {self.pod!r} was closed"))
+        conn: Any = ref.conn
+        current: Any = self._slots[ref.index] if 0 <= ref.index < len(self._slots) else None
+        if conn is None or current is not conn or conn.broken is not None:
+            why = conn.broken if conn is not None and conn.broken is not None else "it was stopped"
+            raise PodObjectLostError(
+                f"pod {self.pod!r}: {ref.label()} is lost: its worker (pid {getattr(conn, 'pid', '?')}) ended: {why}"
+            )
+        self._busy[ref.index] += 1
+        self._last_used = time.monotonic()
+
+    def _took_objects(self, exc: PodTimeoutError, ref: ObjectRef) -> PodTimeoutError:
+        return PodTimeoutError(f"{exc}; its live objects ({ref.label()} among them) were lost with it")
 
     def _idle_step(self) -> float:
         assert self._idle_timeout is not None
@@ -204,3 +234,9 @@ class Slots(Generic[C]):
 
 def remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+
+def _holds_objects(conn: Any) -> bool:
+    """Whether *conn*'s worker holds live objects (the idle stop must not end them)."""
+    ledger = getattr(getattr(conn, "proto", None), "objects", None)
+    return ledger is not None and bool(ledger.live)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .layout import PodLayout
 
 FILE = "description.bson"  # our own codec: defaults keep their exact types (tuples, bytes, ...)
+DESCRIPTION_FORMAT = 2  # bumped when descriptions gain fields (2: classes and their methods, #22)
 MAX_FILES = 1000  # files a hello may list for the cache key
 MAX_BYTES = 64 * 1024 * 1024  # bytes read to hash them, all files together
 
@@ -33,6 +34,7 @@ def _digest(layout: PodLayout, env_key: str, files: list[Any]) -> str | None:
         return None
     base = os.path.realpath(layout.pod_dir)
     sha = hashlib.sha256(env_key.encode())
+    sha.update(b"\0description %d\0" % DESCRIPTION_FORMAT)
     budget = MAX_BYTES
     for relative in sorted(set(files) | {"pod.py"}):
         file_hash = _hash_own_file(base, relative, budget)

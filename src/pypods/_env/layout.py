@@ -86,6 +86,8 @@ SETTINGS_TEMPLATE = """\
 #                        # "auto": lazy when the cached description is valid, else eager
 # idle_timeout = 300.0   # stop an idle worker after this many seconds
 # start_timeout = 60.0   # seconds a worker may take to start
+# template = false       # true: import pod.py once, fork each worker from it (fast starts)
+# memory = "2GB"         # the most one worker may use; past it the worker is killed (Linux)
 # (codec = "pickle" can only be chosen in the client's code: pypods.load(name, codec="pickle"))
 # log = "stderr"         # where the pod's output goes: "stderr" or "logging" (the pypods logger)
 # backend = "local"      # "ray": run the workers as Ray actors (pip install 'pypods[ray]')

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,9 @@ class PodSettings:
     address: str | None = None
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     ship: tuple[str, ...] = ()  # backend "ray": data files to send besides the Python modules (rayship.py)
+    debug: bool | None = None  # None: a pdb prompt for breakpoint() when the client is at a terminal
+    template: bool = False  # fork workers from a process that imported pod.py once (docs/heavy-pods.md)
+    memory: int | None = None  # bytes one worker (with all it started) may use; killed past it (limits.py)
 
     @classmethod
     def load(cls, layout: PodLayout, overrides: dict[str, Any]) -> PodSettings:
@@ -116,6 +120,12 @@ def _checked(values: dict[str, Any], source: str, *, from_file: bool) -> dict[st
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise PodConfigError(f"{source}: unknown setting {key!r}{hint} (known: {', '.join(KNOWN)})")
     checked = {key: _check(key, value, source) for key, value in values.items()}
+    if from_file and checked.get("debug") is True:
+        raise PodConfigError(
+            f"{source}: debug = true is not allowed in pod.toml: it lets the pod read lines typed at your terminal "
+            "(only false is: never a prompt). It is on by default when your program runs at a terminal; "
+            "pypods.load(name, debug=False) turns it off"
+        )
     if from_file and checked.get("codec") == "pickle":
         raise PodConfigError(
             f'{source}: codec = "pickle" is not allowed in pod.toml: the pickle codec runs code in the client '
@@ -153,6 +163,12 @@ def _check(key: str, value: Any, source: str) -> Any:
         if not isinstance(value, str) or value not in CHOICES[key]:
             raise bad("one of " + ", ".join(repr(c) for c in CHOICES[key]))
         return value
+    if key in ("template", "debug"):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if key == "memory":
+        return _check_memory(value, _where(source, key))
     if key == "env":
         return _check_env(value, _where(source, key))
     if key == "ship":
@@ -162,6 +178,66 @@ def _check(key: str, value: Any, source: str) -> Any:
 
 def _has_control(text: str) -> bool:
     return any(ord(char) < 32 or ord(char) == 127 for char in text)
+
+
+MIN_MEMORY = 16 * 1000 * 1000  # bytes; an interpreter alone needs about 10 MB
+MAX_MEMORY = 1 << 60
+_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}  # fmt: skip
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*")
+
+
+def memory_supported() -> bool:
+    """Whether this platform can cap a worker's memory at all: Linux (a cgroup, or the /proc watch)."""
+    return sys.platform.startswith("linux") and os.path.exists("/proc/self/status")
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from *value*: a whole number of bytes or a size such as ``"2GB"``, ``"512MiB"``, ``"1.5 G"``.
+
+    KB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB (and K/M/G/T alone) powers of 1024.
+
+    Raises:
+        ValueError: not a size, or not from ``MIN_MEMORY`` (16 MB) to 2**60 bytes.
+    """
+    if isinstance(value, bool):
+        raise ValueError("a size, not a bool")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str):
+        match = _SIZE.fullmatch(value)
+        unit = _UNITS.get(match.group(2).lower()) if match else None
+        if match is None or unit is None or len(value) > 64:
+            raise ValueError("a whole number of bytes or a size such as '2GB' or '512MiB'")
+        number = float(match.group(1))
+        if not math.isfinite(number) or number * unit > MAX_MEMORY:
+            raise ValueError("too large")
+        size = int(number * unit)
+    else:
+        raise ValueError("a whole number of bytes or a size such as '2GB' or '512MiB'")
+    if not MIN_MEMORY <= size <= MAX_MEMORY:
+        raise ValueError(f"from {MIN_MEMORY // 10**6} MB to 2**60 bytes")
+    return size
+
+
+def _check_memory(value: Any, where: str) -> int:
+    """A size in bytes (``2000000000``, ``"2GB"``, ``"512MiB"``), and only where it can be enforced."""
+    try:
+        size = parse_size(value)
+    except ValueError as exc:
+        raise PodConfigError(
+            f'{where} must be a size in bytes such as 2000000000, "2GB" or "512MiB" ({exc}), not {value!r}'
+        ) from exc
+    if not memory_supported():
+        raise PodConfigError(
+            f"{where}: a memory limit needs Linux (a cgroup v2 memory.max, or a watch over /proc), "
+            f"and this platform is {sys.platform}; remove the setting to run without a limit"
+        )
+    return size
 
 
 def _check_env(table: Any, where: str) -> dict[str, str]:

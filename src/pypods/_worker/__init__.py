@@ -12,3 +12,8 @@ BOOTSTRAP = (
     "from _pypods_worker.serve import main\n"
     "sys.exit(main(sys.argv[2:]))\n"
 )
+
+# The same loading, then a template instead of a worker (``template.py``): import pod.py once, fork workers.
+TEMPLATE_BOOTSTRAP = BOOTSTRAP.replace(
+    "from _pypods_worker.serve import main", "from _pypods_worker.template import main"
+)

@@ -19,11 +19,12 @@ import time
 import types
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
-from . import fastcodec, messages, reaper
+from . import callbacks, fastcodec, messages, reaper
 from .codec import Encoder, register
 from .decoding import DecodeError, Decoder
 from .exttypes import MissingLibrary, OutOfBand
 from .framing import FrameError, FrameReader, PipeClosed, write_all
+from .objects import ObjectLimit, ObjectTable, describe_class
 from .sharedmem import SHM_TAG, WORKER_PENDING, FdChannel, Inbox, SharedMemoryError, Upload
 
 SPIN = float(os.environ.get("PYPODS_SPIN_US", "100")) / 1e6
@@ -110,9 +111,10 @@ def own_path(path: Optional[str], pod_dir: str) -> Optional[str]:
 
 
 def _offerable(obj: Any) -> bool:
-    """A function, or a decorated one (``functools.wraps``, ``lru_cache``: callables with ``__wrapped__``)."""
+    """A function, a decorated one (``functools.wraps``, ``lru_cache``: callables with ``__wrapped__``), or a
+    class (its instances live in the worker: ``objects.py``)."""
     if isinstance(obj, type):
-        return False
+        return not issubclass(obj, BaseException)
     return isinstance(obj, _ROUTINES) or (callable(obj) and hasattr(obj, "__wrapped__"))
 
 
@@ -149,6 +151,8 @@ class Worker:
         self.deadline: Optional[float] = None  # the running call's (its request's timeout), bounding our waits
         self.decoder = Decoder(self.big, stdlib_imports=True)  # the pod trusts its client
         self.functions: Dict[str, Callable[..., Any]] = {}
+        self.objects = ObjectTable(pod_dir)  # live instances the client holds handles to
+        self.callbacks: List[Any] = []  # callbacks.Callback of the calls running (nested ones too)
         self.queue: Deque[bytes] = collections.deque()  # requests read but not yet served
         self.streams: Dict[int, List[Any]] = {}  # call id -> [suspended generator, credits left]
         self.loop: Any = None  # an asyncio loop, made (and asyncio imported) for the first coroutine
@@ -294,7 +298,12 @@ class Worker:
     def _described(name: str, function: Callable[..., Any]) -> Dict[str, Any]:
         """A function's description, or just its name if describing it failed (the pod still loads)."""
         try:
-            return messages.describe(name, function)
+            info = messages.describe(name, function)
+            if isinstance(function, type):  # its instances live here: the client builds handles
+                info["class"] = True
+                info["returns"] = None  # calling it makes a handle, not what __init__ returns
+                info["methods"] = describe_class(function, messages.describe)
+            return info
         except Exception:
             return {"name": name, "params": None}
 
@@ -442,14 +451,21 @@ class Worker:
             self._call(request, call_id, function, name)
         finally:
             self.deadline = None  # stream items wait for room only on the client's credit and liveness
+            if self.callbacks:  # the call ended: its callbacks with it
+                for callback in [c for c in self.callbacks if c.call_id == call_id]:
+                    callback.live = False
+                    self.callbacks.remove(callback)
 
     def _call(self, request: Dict[str, Any], call_id: Any, function: Any, name: Any) -> None:
         try:
             if self.import_error is not None:
                 self.send({"id": call_id, "ok": False, "error": self.import_error})
                 return
-            if function is None:
-                raise AttributeError("no function %r in this pod (it offers: %s)" % (name, ", ".join(self.functions)))
+            refs = passed = None
+            if function is None:  # a method of a live object, releases, handles or callbacks among the arguments
+                if not isinstance(name, str):
+                    raise AttributeError("no function %r in this pod" % (name,))
+                function, refs, passed = self.objects.resolve(name, self.functions)
             try:
                 args, kwargs = fastcodec.decode_request(request, self.decoder)
             except (DecodeError, MissingLibrary) as exc:  # the arguments cannot be received here
@@ -460,6 +476,14 @@ class Worker:
                 if not self.pickle:
                     raise PermissionError("pod %r does not accept pickled arguments (codec is bson)" % self.pod_name)
                 args, kwargs = messages.unpack_pickle(request)
+            if refs or passed:
+                args = list(args)
+                self.objects.substitute(refs or [], args, kwargs)
+                if passed:
+                    self.callbacks.extend(callbacks.bind(self, call_id, passed, args, kwargs))
+            if function is None:  # only releases
+                self.send({"id": call_id, "value": None}, fast=True)
+                return
             self.busy = True
             result = function(*args, **kwargs)
             if isinstance(result, types.CoroutineType):
@@ -479,10 +503,21 @@ class Worker:
             self.send({"id": call_id, "ok": True, "stream": True})
             window = request.get("window", 64)  # an older client sends none: the default is the same
             self.streams[call_id] = [result, max(int(window), 1) if type(window) is int else 64]
+        elif self.objects.stays(result) and not _crosses(result):
+            self._send_object(call_id, result)
         elif self.pickle:
             self.send(self.result(call_id, result))
         else:
             self.send({"id": call_id, "value": result}, fast=True)
+
+    def _send_object(self, call_id: Any, value: Any) -> None:
+        """Keep *value* here and answer with its new id (the client makes a handle of it)."""
+        try:
+            oid = self.objects.add(value)
+        except ObjectLimit as exc:
+            self.send({"id": call_id, "ok": False, "error": messages.error_info(exc, "limit")})
+            return
+        self.send({"id": call_id, "ok": True, "value": None, "object": oid, "class": type(value).__qualname__})
 
     def _control(self, frame: bytes) -> Optional[Dict[str, Any]]:
         """The frame as a credit or cancel message, else None (a request to queue)."""
@@ -495,6 +530,17 @@ class Worker:
         except (DecodeError, MissingLibrary):
             return None
         return message if message.get("op") in ("more", "cancel") else None
+
+
+def _crosses(value: Any) -> bool:
+    """Whether *value* (an instance of the pod's own class) can cross as a value: a NamedTuple, a
+    dataclass of plain fields. Only what cannot stays in the pod as an object (the rare path: it
+    encodes once more, inline, and throws the bytes away)."""
+    try:
+        Encoder(OutOfBand()).document({"value": value})
+    except Exception:
+        return False
+    return True
 
 
 _TIMEOUT = b"\x01timeout\x00"  # a double, appended last to a request by the client (core._with_fields)
@@ -556,7 +602,9 @@ def main(argv: List[str]) -> int:
     parent = os.getppid()
     reaper.become_subreaper()  # what the pod starts stays our descendant (see _end_children)
     proto_in, proto_out = _guard_stdio()
-    sys.breakpointhook = _no_breakpoint
+    from .debugger import install  # #23: breakpoint() at the client's terminal, where it has one
+
+    sys.breakpointhook = install() or _no_breakpoint
     sys.path[:] = [p for p in sys.path if p not in ("", project_root)]
     pods_error: Optional[BaseException] = None
     try:
