@@ -263,6 +263,17 @@ def test_remote_errors_pickle_as_themselves(mro: list[str]) -> None:
     assert isinstance(info.value, ValueError) == ("builtins.ValueError" in mro)
 
 
+def test_a_remote_errors_attributes_are_set_only_on_the_builtin_that_has_them() -> None:
+    os_mro = ["builtins.FileNotFoundError", "builtins.OSError", "builtins.Exception"]
+    attrs = {"errno": 2, "strerror": "gone", "filename": "/x", "name": "not an OSError's"}
+    error = error_from_reply("p", "f", {"kind": "remote", "type": "X", "message": "m", "mro": os_mro, "attrs": attrs})
+    assert isinstance(error, FileNotFoundError)
+    assert (error.errno, error.strerror, error.filename, error.filename2) == (2, "gone", "/x", None)
+    assert "name" not in vars(error)
+    custom = error_from_reply("p", "f", {"kind": "remote", "message": "m", "mro": ["m.C"], "attrs": {"errno": 2}})
+    assert not hasattr(custom, "errno")
+
+
 def test_a_remote_error_whose_builtin_wants_more_arguments_is_still_its_nearest_builtin() -> None:
     mro = ["builtins.UnicodeDecodeError", "builtins.UnicodeError", "builtins.ValueError", "builtins.Exception"]
     error = error_from_reply("p", "f", {"kind": "remote", "type": "UnicodeDecodeError", "message": "bad", "mro": mro})
@@ -281,6 +292,12 @@ def test_a_remote_error_whose_builtin_wants_more_arguments_is_still_its_nearest_
         {"ok": False, "error": "text"},
         {"ok": False, "error": {"message": 3}},
         {"ok": False, "error": {"mro": [1, 2]}},
+        {"ok": False, "error": {"attrs": [1]}},
+        {"ok": False, "error": {"attrs": {"__class__": 1}}},
+        {"ok": False, "error": {"attrs": {"errno": 1 << 40}}},
+        {"ok": False, "error": {"attrs": {"errno": 1.5}}},
+        {"ok": False, "error": {"attrs": {"filename": "x" * 5000}}},
+        {"ok": False, "error": {"attrs": {"name": {"nested": 1}}}},
         {"stream": True},
         {},
     ],
