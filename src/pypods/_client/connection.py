@@ -505,6 +505,7 @@ class ProcessConnection(WorkerConnection):
                 return
             self._deliver(frame)
             reader.drop()
+            self._routed = None  # not pinned until the next frame (it may be a large one)
 
     def _deliver(self, frame: bytes) -> None:
         reply_id = messages.peek_id(frame)
