@@ -179,11 +179,11 @@ class ThreadWorker:
 
     def crash(self) -> None:
         """Die as a crash would: the socket closes under a call (not through kill())."""
-        self.pod.gate.set()
         try:
             self._server.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        self.pod.gate.set()  # after: a released block() must not answer before the socket is gone
         self._thread.join(5)
 
     def stop(self, grace: float = 2.0) -> None:

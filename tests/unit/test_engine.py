@@ -704,3 +704,32 @@ def test_encoding_counts_against_the_deadline_and_a_late_encoding_sends_nothing(
         assert workers.call("record", (_SlowToPickle(),), {}, 5) == 7
     finally:
         workers.close()
+
+
+@pytest.mark.parametrize("where", ["before", "inside"])
+def test_ctrl_c_while_launching_a_start_never_leaves_later_calls_waiting(
+    monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Ctrl-C between making a slot's start and its thread running: the next calls start the worker anew."""
+    import pypods._client.pool as pool_module
+
+    real = threading.Thread
+
+    class Interrupted(real):  # type: ignore[misc, valid-type]
+        def start(self) -> None:
+            if where == "inside" or not self.name.endswith("-start"):  # "inside": it runs, start() is interrupted
+                super().start()
+            if self.name.endswith("-start"):
+                raise KeyboardInterrupt
+
+    workers = pool()
+    try:
+        monkeypatch.setattr(pool_module.threading, "Thread", Interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            workers.call("add", (1, 1), {}, 5)
+        monkeypatch.setattr(pool_module.threading, "Thread", real)
+        assert workers.call("add", (2, 2), {}, 5) == 4  # before: PodTimeoutError (None: for ever)
+        assert workers.call("add", (3, 3), {}, 5) == 6
+        assert len(workers.spawned) == 1  # type: ignore[attr-defined]
+    finally:
+        workers.close()
