@@ -328,3 +328,21 @@ def test_ctrl_c_on_a_queued_call_returns_while_the_pipe_is_full() -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         conn.close()
+
+
+def test_ctrl_c_while_close_waits_for_the_worker_still_releases_the_descriptors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    worker = ThreadWorker()
+    conn = ProcessConnection(worker, start_timeout=5)
+    assert conn.call("add", (1, 2), {}, 5) == 3
+    stop = worker.stop
+
+    def interrupted_stop(grace: float = 2.0) -> None:
+        stop(grace)
+        raise KeyboardInterrupt  # Ctrl-C while it waited for the worker to exit
+
+    monkeypatch.setattr(worker, "stop", interrupted_stop)
+    with pytest.raises(KeyboardInterrupt):
+        conn.close()
+    assert worker._client.fileno() == -1  # released (before: open until garbage collected: a ResourceWarning)

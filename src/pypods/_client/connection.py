@@ -608,13 +608,15 @@ class ProcessConnection(WorkerConnection):
         with self._cv:
             if not self._writers:
                 self._close_input()  # first, so that stop() closing the worker's copy is an end of file
-        if kill or busy:
-            self.worker.kill()
-        else:
-            self.worker.stop(grace=0.5)
-        with self._cv:
-            self._closed = True
-            self._release_unused()
+        try:
+            if kill or busy:
+                self.worker.kill()
+            else:
+                self.worker.stop(grace=0.5)
+        finally:  # also after a Ctrl-C while it waited for the worker to exit: never leak the pipes
+            with self._cv:
+                self._closed = True
+                self._release_unused()
 
     def _close_input(self) -> None:
         _close_fd(self._wfd)

@@ -213,10 +213,13 @@ class WorkerPool(Slots[Connection]):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _drop(self, index: int, conn: Connection, error: PodError) -> None:
-        with self._lock:
-            old = self._retire(index, conn, error)
-        if old is not None:
-            old.close(kill=True)
+        old = None
+        try:
+            with self._lock:
+                old = self._retire(index, conn, error)
+        finally:  # a Ctrl-C here must not leave a retired connection unclosed (its pipes leak)
+            if old is not None:
+                old.close(kill=True)
 
     def _reap_idle(self) -> None:
         while not self._stopped.wait(self._idle_step()) and self._state is not PoolState.CLOSED:
