@@ -109,7 +109,13 @@ class PodRemoteError(PodError):
     def __reduce__(self) -> Any:
         # Rebuilt through remote_error_type, so the builtin-mixing subclass survives pickling
         # (multiprocessing, ProcessPoolExecutor) and unpickles as itself.
-        return (_rebuild_remote_error, (self.remote_mro, self.args), self.__dict__)
+        # The builtin's own attributes (errno, filename, name) live in slots, not in __dict__.
+        state = dict(self.__dict__)
+        for name in ("errno", "strerror", "filename", "filename2", "name", "path"):
+            value = getattr(self, name, None)
+            if value is not None:
+                state[name] = value
+        return (_rebuild_remote_error, (self.remote_mro, self.args), state)
 
     def __str__(self) -> str:
         text = str(self.args[0]) if self.args else ""

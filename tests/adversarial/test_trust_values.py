@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import io
+import pickle
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -232,19 +233,16 @@ def missing(path):
 
 def no_module():
     import no_such_module_here
+
+def rename(a, b):
+    import os
+    os.rename(a, b)
+
+def odd():
+    raise PermissionError(13, "denied", "x" * 5000, object())
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a raised error crosses as message, type and traceback only (messages.error_fields), so the client's "
-        "PodRemoteError[FileNotFoundError] has errno/filename None and [ImportError] name None. Fix: the worker "
-        "adds 'attrs' (OSError errno/strerror/filename/filename2, ImportError name/path, NameError and "
-        "AttributeError name) to the error reply, and core.remote_error sets them on the PodRemoteError "
-        "(core.py is being rewritten elsewhere)"
-    ),
-)
 def test_a_raised_builtin_error_keeps_the_attributes_code_tests(make_pod: PodFactory, root: Path) -> None:
     """`except FileNotFoundError as e: if e.errno == ENOENT` / `e.filename` is how code tells cases apart."""
     import errno
@@ -258,3 +256,11 @@ def test_a_raised_builtin_error_keeps_the_attributes_code_tests(make_pod: PodFac
         with pytest.raises(ModuleNotFoundError) as imported:
             pod.no_module()
         assert imported.value.name == "no_such_module_here"
+        again = pickle.loads(pickle.dumps(caught.value))  # multiprocessing, ProcessPoolExecutor
+        assert (again.errno, again.strerror, again.filename) == (errno.ENOENT, caught.value.strerror, "/no/such/file")
+        with pytest.raises(OSError) as renamed:
+            pod.rename(b"/no/such/a", "/no/such/b")
+        assert (renamed.value.filename, renamed.value.filename2) == (b"/no/such/a", "/no/such/b")
+        with pytest.raises(PermissionError) as odd:  # a pod's own values too large or of other types are left out
+            pod.odd()
+        assert (odd.value.errno, odd.value.filename, odd.value.filename2) == (13, None, None)

@@ -241,3 +241,108 @@ def test_buffers_inside_an_argument_are_attachments_of_their_own_with_fast1(monk
     frame, attachments = proto.encode_call(2, "f", ([1, 2, 3], {"k": "v"}), {})
     assert attachments == []
     assert Decoder().document(bytes(frame))["a"]  # small values still take the fast1 pickle
+
+
+class SignalledWorker(ThreadWorker):
+    """A thread worker whose interrupt() ends the running ``block`` (as the SIGINT ends a pod function)."""
+
+    def interrupt(self) -> None:
+        self.pod.gate.set()
+
+
+def _ctrl_c_after(seconds: float) -> Any:
+    import signal
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    return previous
+
+
+def test_ctrl_c_on_a_running_call_returns_while_another_thread_waits_to_write() -> None:
+    """The cancel after Ctrl-C waits behind a writer that waits for the worker, which runs this very
+    call: the SIGINT (interrupt) goes first, and the cancel never waits past a short bound."""
+    import signal
+
+    conn = ProcessConnection(SignalledWorker(), start_timeout=5)
+    big: dict[str, Any] = {}
+
+    def writer() -> None:
+        try:
+            big["value"] = len(conn.call("record", (b"x" * (64 * MiB),), {}, None))
+        except BaseException as exc:  # pragma: no cover - reported below
+            big["value"] = repr(exc)
+
+    thread = threading.Thread(target=writer)
+    previous = _ctrl_c_after(0.6)
+    try:
+        threading.Timer(0.2, thread.start).start()  # while "block" runs: it fills the socket and waits
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            conn.call("block", (15,), {}, None)
+        assert time.monotonic() - started < 5
+        thread.join(15)
+        assert big["value"] == 64 * MiB  # the worker went on to the next call
+        assert conn.call("add", (1, 2), {}, 5) == 3
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        conn.close()
+
+
+def test_ctrl_c_on_a_queued_call_returns_while_the_pipe_is_full() -> None:
+    """A call queued behind another thread's long call, with a third thread's request filling the
+    pipe: its cancel cannot be written until that call ends, so it goes with the next write."""
+    import signal
+
+    worker = ThreadWorker()
+    conn = ProcessConnection(worker, start_timeout=5)
+    results: dict[str, Any] = {}
+
+    def run(label: str, *args: Any) -> None:
+        try:
+            results[label] = conn.call(*args)
+        except BaseException as exc:  # pragma: no cover - reported below
+            results[label] = repr(exc)
+
+    running = threading.Thread(target=run, args=("block", "block", (15,), {}, None))
+    writer = threading.Thread(target=run, args=("big", "record", (b"x" * (64 * MiB),), {}, None))
+    running.start()
+    time.sleep(0.2)
+    threading.Timer(0.2, writer.start).start()
+    previous = _ctrl_c_after(0.6)
+    try:
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            conn.call("record", ("queued",), {}, None)
+        assert time.monotonic() - started < 5  # the cancel waited at most CANCEL_WAIT
+        worker.pod.gate.set()
+        running.join(15)
+        writer.join(15)
+        assert results["block"] == "unblocked"
+        assert len(results["big"]) == 64 * MiB
+        assert conn.call("add", (1, 2), {}, 5) == 3
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        conn.close()
+
+
+def test_ctrl_c_while_close_waits_for_the_worker_still_releases_the_descriptors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    worker = ThreadWorker()
+    conn = ProcessConnection(worker, start_timeout=5)
+    assert conn.call("add", (1, 2), {}, 5) == 3
+    stop = worker.stop
+
+    def interrupted_stop(grace: float = 2.0) -> None:
+        stop(grace)
+        raise KeyboardInterrupt  # Ctrl-C while it waited for the worker to exit
+
+    monkeypatch.setattr(worker, "stop", interrupted_stop)
+    with pytest.raises(KeyboardInterrupt):
+        conn.close()
+    assert worker._client.fileno() == -1  # released (before: open until garbage collected: a ResourceWarning)

@@ -263,6 +263,17 @@ def test_remote_errors_pickle_as_themselves(mro: list[str]) -> None:
     assert isinstance(info.value, ValueError) == ("builtins.ValueError" in mro)
 
 
+def test_a_remote_errors_attributes_are_set_only_on_the_builtin_that_has_them() -> None:
+    os_mro = ["builtins.FileNotFoundError", "builtins.OSError", "builtins.Exception"]
+    attrs = {"errno": 2, "strerror": "gone", "filename": "/x", "name": "not an OSError's"}
+    error = error_from_reply("p", "f", {"kind": "remote", "type": "X", "message": "m", "mro": os_mro, "attrs": attrs})
+    assert isinstance(error, FileNotFoundError)
+    assert (error.errno, error.strerror, error.filename, error.filename2) == (2, "gone", "/x", None)
+    assert "name" not in vars(error)
+    custom = error_from_reply("p", "f", {"kind": "remote", "message": "m", "mro": ["m.C"], "attrs": {"errno": 2}})
+    assert not hasattr(custom, "errno")
+
+
 def test_a_remote_error_whose_builtin_wants_more_arguments_is_still_its_nearest_builtin() -> None:
     mro = ["builtins.UnicodeDecodeError", "builtins.UnicodeError", "builtins.ValueError", "builtins.Exception"]
     error = error_from_reply("p", "f", {"kind": "remote", "type": "UnicodeDecodeError", "message": "bad", "mro": mro})
@@ -281,6 +292,12 @@ def test_a_remote_error_whose_builtin_wants_more_arguments_is_still_its_nearest_
         {"ok": False, "error": "text"},
         {"ok": False, "error": {"message": 3}},
         {"ok": False, "error": {"mro": [1, 2]}},
+        {"ok": False, "error": {"attrs": [1]}},
+        {"ok": False, "error": {"attrs": {"__class__": 1}}},
+        {"ok": False, "error": {"attrs": {"errno": 1 << 40}}},
+        {"ok": False, "error": {"attrs": {"errno": 1.5}}},
+        {"ok": False, "error": {"attrs": {"filename": "x" * 5000}}},
+        {"ok": False, "error": {"attrs": {"name": {"nested": 1}}}},
         {"stream": True},
         {},
     ],
@@ -685,5 +702,34 @@ def test_encoding_counts_against_the_deadline_and_a_late_encoding_sends_nothing(
         assert time.monotonic() - began < 1.5
         assert workers.pids() == pids  # nothing sent: the worker is not killed
         assert workers.call("record", (_SlowToPickle(),), {}, 5) == 7
+    finally:
+        workers.close()
+
+
+@pytest.mark.parametrize("where", ["before", "inside"])
+def test_ctrl_c_while_launching_a_start_never_leaves_later_calls_waiting(
+    monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Ctrl-C between making a slot's start and its thread running: the next calls start the worker anew."""
+    import pypods._client.pool as pool_module
+
+    real = threading.Thread
+
+    class Interrupted(real):  # type: ignore[misc, valid-type]
+        def start(self) -> None:
+            if where == "inside" or not self.name.endswith("-start"):  # "inside": it runs, start() is interrupted
+                super().start()
+            if self.name.endswith("-start"):
+                raise KeyboardInterrupt
+
+    workers = pool()
+    try:
+        monkeypatch.setattr(pool_module.threading, "Thread", Interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            workers.call("add", (1, 1), {}, 5)
+        monkeypatch.setattr(pool_module.threading, "Thread", real)
+        assert workers.call("add", (2, 2), {}, 5) == 4  # before: PodTimeoutError (None: for ever)
+        assert workers.call("add", (3, 3), {}, 5) == 6
+        assert len(workers.spawned) == 1  # type: ignore[attr-defined]
     finally:
         workers.close()

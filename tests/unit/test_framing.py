@@ -66,6 +66,23 @@ def test_bytes_fed_after_a_kept_frame_stay_in_order() -> None:
     assert [reader.pop(), reader.pop(), reader.pop()] == [first, second, None]
 
 
+def test_a_peeked_frame_stays_the_same_object_when_more_bytes_come(pipe: tuple[int, int]) -> None:
+    """The client's router hands a peeked frame over, then drops it; a leader interrupted between
+    the two leaves it peeked, and the next leader may read more first: the frame must still be the
+    same object, or it is handed over twice (a stream's item repeated)."""
+    r, w = pipe
+    reader = FrameReader(r)
+    for first, then in ((frame(1), frame(2)), (frame(1) + frame(2)[:7], frame(2)[7:])):  # kept as read; cut
+        os.write(w, first)
+        reader.fill()
+        peeked = reader.peek()
+        os.write(w, then + frame(3))
+        reader.fill()
+        assert reader.peek() is peeked
+        reader.drop()
+        assert [reader.pop(), reader.pop(), reader.pop()] == [frame(2), frame(3), None]
+
+
 def test_a_kept_frame_counts_as_readable_and_skips_the_spin(pipe: tuple[int, int]) -> None:
     r, _w = pipe
     reader = FrameReader(r)

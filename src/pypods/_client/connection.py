@@ -41,6 +41,7 @@ SPIN = float(os.environ.get("PYPODS_SPIN_US", "100")) / 1e6  # see FrameReader.s
 POLL_STEP = 0.5  # without a pidfd: how often a waiting reader checks that the worker still lives
 WRITE_STEP = 0.05  # a writer waiting for room while another thread leads: how often it looks to lead
 DEFAULT_START_TIMEOUT = 60.0
+CANCEL_WAIT = 0.5  # the cancel after Ctrl-C waits this long at most for room (then goes with the next write)
 
 
 class NotSentError(PodCrashedError):
@@ -172,11 +173,16 @@ class ProcessConnection(WorkerConnection):
             # The pod function gets the Ctrl-C too (SIGINT if it runs, cancel if not yet started);
             # the worker lives on, and the reply, if any, is dropped. A call queued behind another
             # thread's gets only the cancel: the SIGINT would stop that other call.
+            # The SIGINT first: the cancel may have to wait for room behind another thread's
+            # request, which waits for the worker, which runs this very call.
             with self._cv:
                 running = next(iter(self._unanswered), None) == call_id
-            self.send_control(proto.control(call_id, "cancel"))
             if self._broken is None and running:
                 self.worker.interrupt()
+            until = time.monotonic() + CANCEL_WAIT
+            self.send_control(
+                proto.control(call_id, "cancel"), until=until if deadline is None else min(until, deadline)
+            )
             raise
         finally:
             if proto.callbacks:
@@ -277,6 +283,10 @@ class ProcessConnection(WorkerConnection):
                 if call_id is not None:
                     with self._cv:
                         self._unanswered[call_id] = None  # under _wlock: in the order written
+                while self._deferred:  # controls deferred while we wrote (a cancel): now, if there is room
+                    if not self._write_soon(fd, self._deferred[0], None):
+                        break
+                    self._deferred.pop(0)
             except BaseException:
                 if upload is not None and not upload.finished:
                     upload.abort()  # the frame never started: the worker forgets what went
@@ -382,38 +392,58 @@ class ProcessConnection(WorkerConnection):
                     self._release_unused()
                     self._cv.notify_all()
 
-    def send_control(self, message: bytearray, deferred: bool = False) -> None:
+    def send_control(self, message: bytearray, deferred: bool = False, until: float | None = None) -> None:
         """Send a message that expects no reply (credit, cancel).
 
         With *deferred* (closing a stream, from user code or a finalizer) it never blocks: if another
         thread is writing, or the pipe is full because the worker is busy, the message goes out
-        with the next write.
+        with the next write. With *until* (the cancel after Ctrl-C) it waits for the lock and for
+        room only until that time, then defers it the same way: a worker busy with a call reads
+        nothing, and the user pressed Ctrl-C to get control back.
         """
         if self._broken is not None:
             return
-        if not self._wlock.acquire(blocking=not deferred):
+        if until is not None:
+            acquired = self._wlock.acquire(timeout=max(until - time.monotonic(), 0.0))
+        else:
+            acquired = self._wlock.acquire(blocking=not deferred)
+        if not acquired:
             self._deferred.append(message)
             return
         try:
             fd = self._enter_write()
             try:
-                view = memoryview(message)
-                if deferred:
-                    try:
-                        view = view[os.write(fd, view) :]  # a control frame is far below PIPE_BUF: all or none
-                    except BlockingIOError:
+                if deferred or until is not None:
+                    if not self._write_soon(fd, message, until):
                         self._deferred.append(message)
-                        return
-                    except OSError:
-                        return  # the worker is gone; its reader reports how
-                if len(view):
-                    self._write_frame(fd, view, None, "(control)", None)
+                else:
+                    self._write_frame(fd, memoryview(message), None, "(control)", None)
             finally:
                 self._exit_write()
         except PodError:
             pass
         finally:
             self._wlock.release()
+
+    def _write_soon(self, fd: int, message: bytearray, until: float | None) -> bool:
+        """Write a control frame whole if there is room by *until* (None: now); False if not."""
+        while True:
+            try:
+                os.write(fd, message)  # a control frame is far below PIPE_BUF: all or none
+                return True
+            except BlockingIOError:
+                pass
+            except OSError:
+                return True  # the worker is gone; its reader reports how
+            left = None if until is None else until - time.monotonic()
+            if left is None or left <= 0:
+                return False
+            waiter = select.poll()
+            waiter.register(fd, select.POLLOUT)
+            if self._pidfd is not None:
+                waiter.register(self._pidfd, select.POLLIN)
+            if any(ready == self._pidfd for ready, _ in waiter.poll(left * 1000)):
+                return True  # it died: nothing left to cancel
 
     def _abandon(self, call_id: int) -> None:
         with self._cv:
@@ -480,6 +510,7 @@ class ProcessConnection(WorkerConnection):
                 return
             self._deliver(frame)
             reader.drop()
+            self._routed = None  # not pinned until the next frame (it may be a large one)
 
     def _deliver(self, frame: bytes) -> None:
         reply_id = messages.peek_id(frame)
@@ -582,13 +613,15 @@ class ProcessConnection(WorkerConnection):
         with self._cv:
             if not self._writers:
                 self._close_input()  # first, so that stop() closing the worker's copy is an end of file
-        if kill or busy:
-            self.worker.kill()
-        else:
-            self.worker.stop(grace=0.5)
-        with self._cv:
-            self._closed = True
-            self._release_unused()
+        try:
+            if kill or busy:
+                self.worker.kill()
+            else:
+                self.worker.stop(grace=0.5)
+        finally:  # also after a Ctrl-C while it waited for the worker to exit: never leak the pipes
+            with self._cv:
+                self._closed = True
+                self._release_unused()
 
     def _close_input(self) -> None:
         _close_fd(self._wfd)

@@ -10,6 +10,7 @@ Everything a pod may send is checked here, and anything wrong becomes a typed ``
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import struct
 from typing import TYPE_CHECKING, Any
@@ -428,6 +429,7 @@ def error_from_reply(pod: str, function: str | None, error: Any) -> Exception:
         mro = error.get("mro") or []
         if not isinstance(mro, list) or not all(isinstance(name, str) for name in mro):
             raise PodProtocolError(f"pod {pod!r} sent a malformed error reply ('mro' is not a list of strings)")
+        attrs = _attrs(error.get("attrs"), pod)
     except PodProtocolError as malformed:
         return malformed
     where = f"pod {pod!r}" + (f", function {shown(function)!r}" if function else "")
@@ -452,4 +454,30 @@ def error_from_reply(pod: str, function: str | None, error: Any) -> Exception:
         exc = PodRemoteError(text, remote_type=remote_type, remote_traceback=tb, mro=mro)
     if isinstance(exc, KeyError):
         exc.args = (text,)
+    for base, names in messages.ERROR_ATTRS.items():
+        if isinstance(exc, getattr(builtins, base)):
+            for name in names:
+                if name in attrs:
+                    setattr(exc, name, attrs[name])  # slots of the builtin (e.errno), not in __dict__
     return exc
+
+
+def _attrs(attrs: Any, pod: str) -> dict[str, Any]:
+    """An error reply's ``attrs`` (``messages.ERROR_ATTRS``), checked as the pod's input: known names,
+    plain small values, else a ``PodProtocolError``."""
+    if attrs is None:
+        return {}
+    known = {name for names in messages.ERROR_ATTRS.values() for name in names}
+    if not isinstance(attrs, dict) or len(attrs) > len(known):
+        raise PodProtocolError(f"pod {pod!r} sent a malformed error reply ('attrs' is not a small dict)")
+    for name, value in attrs.items():
+        if name not in known:
+            raise PodProtocolError(f"pod {pod!r} sent a malformed error reply (unknown attribute {name[:40]!r})")
+        plain = (type(value) is int and -(1 << 31) <= value < 1 << 31) or (
+            type(value) in (str, bytes) and len(value) <= messages.ATTR_MAX
+        )
+        if not plain:
+            raise PodProtocolError(
+                f"pod {pod!r} sent a malformed error reply (attribute {name!r}: {type(value).__name__})"
+            )
+    return attrs

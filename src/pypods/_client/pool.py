@@ -14,7 +14,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from .._errors import PodClosedError, PodCrashedError, PodError, PodTimeoutError
+from .._errors import PodClosedError, PodCrashedError, PodError, PodTimeoutError, PodWorkerError
 from . import forking
 from .base import AsyncConnection, Connection
 from .connection import NotSentError
@@ -29,6 +29,18 @@ if TYPE_CHECKING:
 __all__ = ["AsyncWorkerPool", "PoolRetired", "PoolState", "WorkerPool"]
 
 DRAIN_STEP = 0.05  # seconds between two looks at a draining pool's open streams
+
+
+def _settle(future: concurrent.futures.Future[Any], outcome: Any) -> bool:
+    """Complete *future* with a value or an exception, unless it is done already (False then)."""
+    try:
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+    except concurrent.futures.InvalidStateError:
+        return False
+    return True
 
 
 class WorkerPool(Slots[Connection]):
@@ -68,28 +80,60 @@ class WorkerPool(Slots[Connection]):
     def _ensure(self, index: int, deadline: float | None, name: str, timeout: float | None) -> tuple[Connection, bool]:
         """The live connection in slot *index* and whether this call started it; a start runs in its own
         thread (bounded by ``start_timeout``), so a call's deadline ends only its wait for it."""
-        with self._lock:
-            conn, old = self._live(index)
-            if conn is not None:
-                return conn, False
-            refused = self._refused()
-            start = self._starts[index]
-            launch = start is None and refused is None
+        launched: concurrent.futures.Future[Connection] | None = None  # ours until its thread runs
+        thread: threading.Thread | None = None
+        try:
+            with self._lock:
+                conn, old = self._live(index)
+                if conn is not None:
+                    return conn, False
+                refused = self._refused()
+                start = self._starts[index]
+                launch = start is None and refused is None
+                if launch:
+                    launched = start = concurrent.futures.Future()
+                    self._starts[index] = start
+            if refused is not None:
+                if old is not None:
+                    old.close(kill=True)
+                raise refused
+            assert start is not None
             if launch:
-                start = self._starts[index] = concurrent.futures.Future()
-        if refused is not None:
-            if old is not None:
-                old.close(kill=True)
-            raise refused
-        assert start is not None
-        if launch:
-            threading.Thread(
-                target=self._start, args=(index, start, old), name=f"pypods-{self.pod}-start", daemon=True
-            ).start()
+                thread = threading.Thread(
+                    target=self._start, args=(index, start, old), name=f"pypods-{self.pod}-start", daemon=True
+                )
+                thread.start()
+                launched = None
+        except BaseException:
+            if launched is not None:  # Ctrl-C before its thread ran: every later call would wait on it for ever
+                self._unlaunched(index, launched, thread, old)
+            raise
         try:
             return start.result(remaining(deadline)), launch
         except concurrent.futures.TimeoutError:
             raise self._start_timeout(name, timeout) from None
+
+    def _unlaunched(
+        self,
+        index: int,
+        start: concurrent.futures.Future[Connection],
+        thread: threading.Thread | None,
+        old: Connection | None,
+    ) -> None:
+        """A start whose thread may never run (the caller was interrupted launching it): fail it, so
+        the next call starts the worker anew, unless the thread did start after all."""
+        if thread is not None:  # interrupted in Thread.start(): it may have started the thread
+            until = time.monotonic() + 1.0
+            while not (start.done() or thread.is_alive()) and time.monotonic() < until:
+                time.sleep(0.01)
+            if start.done() or thread.is_alive():
+                return
+        with self._lock:
+            if self._starts[index] is start:
+                self._starts[index] = None
+        _settle(start, PodWorkerError(f"pod {self.pod!r}: starting a worker was interrupted"))
+        if old is not None:
+            old.close(kill=True)
 
     def _start(self, index: int, start: concurrent.futures.Future[Connection], old: Connection | None) -> None:
         try:
@@ -98,18 +142,20 @@ class WorkerPool(Slots[Connection]):
             fresh = self._spawn()
         except BaseException as exc:
             with self._lock:
-                self._starts[index] = None
+                if self._starts[index] is start:
+                    self._starts[index] = None
                 self._start_failed(exc)
-            start.set_exception(exc)
+            _settle(start, exc)
             return
         with self._lock:
-            self._starts[index] = None
+            if self._starts[index] is start:
+                self._starts[index] = None
             installed = self._install(index, fresh)
         if not installed:
             fresh.close(kill=True)
-            start.set_exception(PodClosedError(f"pod {self.pod!r} was closed"))
+            _settle(start, PodClosedError(f"pod {self.pod!r} was closed"))
         else:
-            start.set_result(fresh)
+            _settle(start, fresh)  # False if _unlaunched gave up on it: the worker serves the next calls
 
     def call(
         self,
@@ -203,10 +249,13 @@ class WorkerPool(Slots[Connection]):
                 self._done(ref.index)
 
     def _drop(self, index: int, conn: Connection, error: PodError) -> None:
-        with self._lock:
-            old = self._retire(index, conn, error)
-        if old is not None:
-            old.close(kill=True)
+        old = None
+        try:
+            with self._lock:
+                old = self._retire(index, conn, error)
+        finally:  # a Ctrl-C here must not leave a retired connection unclosed (its pipes leak)
+            if old is not None:
+                old.close(kill=True)
 
     def _reap_idle(self) -> None:
         while not self._stopped.wait(self._idle_step()) and self._state is not PoolState.CLOSED:

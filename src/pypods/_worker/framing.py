@@ -175,9 +175,9 @@ class FrameReader:
             if _SIZE.unpack_from(data, 0)[0] == len(data):
                 self._whole = bytes(data)  # bytes(b) of a bytes object is b itself: no copy
                 return
-        if self._whole is not None:  # bytes after a kept (or peeked) frame: the buffer takes both, in order
-            buf[0:0] = self._whole
-            self._whole = None
+        # Bytes after a kept (or peeked) frame go to the buffer, behind it: the frame stays the same
+        # object until drop(), which the client's router relies on (an interrupted hand-over is
+        # noticed by identity; a copy of it would be handed over twice: a stream item repeated).
         buf += data
 
 

@@ -12,6 +12,16 @@ from typing import Any, Callable, Dict, List
 PROTOCOL = 1
 _MISSING = object()
 
+# The attributes code tests on a raised builtin error (``e.errno == ENOENT``, ``e.filename``, ``e.name``),
+# sent beside its message: each is a str, bytes, int or None of at most ATTR_MAX characters (else left out).
+ERROR_ATTRS = {
+    "OSError": ("errno", "strerror", "filename", "filename2"),
+    "ImportError": ("name", "path"),
+    "NameError": ("name",),
+    "AttributeError": ("name",),
+}
+ATTR_MAX = 4096
+
 
 def peek_id(frame: bytes) -> int:
     """Read the leading ``id`` field of a frame without decoding the rest (0 if it is not there)."""
@@ -109,13 +119,39 @@ def error_info(exc: BaseException, kind: str) -> Dict[str, Any]:
         lines = traceback.format_exception(cls, exc, tb)
     except BaseException:  # pragma: no cover - a traceback that cannot be formatted
         lines = []
-    return {
+    info: Dict[str, Any] = {
         "kind": kind,
         "type": cls.__name__,
         "mro": [_qualified(base) for base in cls.__mro__ if issubclass(base, BaseException)],
         "message": _message(exc),
         "traceback": "".join(line for line in lines if not line.startswith('  File "<frozen importlib.')),
     }
+    attrs = _error_attrs(exc)
+    if attrs:
+        info["attrs"] = attrs
+    return info
+
+
+def _error_attrs(exc: BaseException) -> Dict[str, Any]:
+    """The ``ERROR_ATTRS`` of *exc* that are plain and small; never raises (a property may)."""
+    import builtins
+
+    attrs: Dict[str, Any] = {}
+    for base, names in ERROR_ATTRS.items():
+        if not isinstance(exc, getattr(builtins, base)):
+            continue
+        for name in names:
+            try:
+                value = getattr(exc, name, None)
+            except Exception:  # a subclass's property that raises
+                continue
+            if value is None or type(value) is bool:
+                continue
+            if type(value) is int and -(1 << 31) <= value < 1 << 31:
+                attrs[name] = value
+            elif type(value) in (str, bytes) and len(value) <= ATTR_MAX:
+                attrs[name] = value
+    return attrs
 
 
 def _annotation(value: Any) -> Any:
