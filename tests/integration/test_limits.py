@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 import threading
@@ -163,3 +164,16 @@ def test_asyncio_pods_get_the_diagnosis_too(hog: Path, watch_only: None) -> None
     text, after = asyncio.run(main())
     assert "exceeded its memory limit of 200 MB" in text
     assert after == 5
+
+
+def test_a_big_client_does_not_pass_its_own_peak_off_as_the_workers(hog: Path) -> None:
+    """A new process starts with its parent's high-water mark: a 400 MB client must not report 400 MB."""
+    ballast = b"x" * (400 * 2**20)  # touched pages: the client's own peak RSS is now over 400 MB
+    with pypods.load("hog", root=hog) as pod:
+        victim = pod.pid()
+        threading.Timer(0.3, os.kill, (victim, signal.SIGKILL)).start()
+        with pytest.raises(pypods.PodCrashedError) as info:
+            pod.sleep(30)
+    assert len(ballast) == 400 * 2**20
+    shown = re.search(r"peak RSS ([\d.]+) (MB|GB)", str(info.value))
+    assert shown is None or (shown.group(2) == "MB" and float(shown.group(1)) < 300), str(info.value)

@@ -33,11 +33,13 @@ def explain(
         code: the exit status as ``Popen.returncode`` (negative: a signal), None if unknown.
         killed_by: why pypods ended the worker, if it did: ``"limit"``, ``"close"``, ``"kill"`` or "".
         memory: the worker's memory limit in bytes, if any.
-        peaks: the peak sizes known (rusage, the watch, the cgroup's memory.peak); the largest is shown.
+        peaks: the peak sizes known (rusage, the watch, the cgroup's memory.peak): the largest of the
+            last two, else rusage (which may include the parent's high-water mark at the fork).
         cgroup_oom: the kernel killed in the worker's cgroup for its memory.max (``memory.events``).
         killed_at: the size at which the memory watch killed it.
     """
-    known = [value for value in peaks if value]
+    measured = [value for value in peaks[1:] if value]  # the watch and the cgroup saw this worker itself
+    known = measured or [value for value in peaks[:1] if value]
     peak = f"peak RSS {human(max(known))}" if known else "peak RSS unknown"
     limit = human(memory)
     if cgroup_oom:

@@ -76,6 +76,15 @@ def widen_pipes(*fds: int) -> None:
             pass
 
 
+def _own_peak_rss() -> int:
+    """This process's peak RSS in bytes (0 where ``resource`` is missing)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
 class WorkerProcess:
     """One worker OS process: ``python -I -c BOOTSTRAP`` with stdin/stdout as the protocol pipes.
 
@@ -164,6 +173,9 @@ class WorkerProcess:
         self.memory = memory
         self._killed_by = ""  # why pypods ended the worker, if it did ("limit", "close", "kill")
         self._peak_rss: int | None = None  # from the reaped worker's rusage
+        # A new process starts with its parent's high-water mark (the fork copies it, and exec keeps
+        # it): a worker's ru_maxrss at or below the client's own at spawn says nothing of the worker.
+        self._spawn_rss = _own_peak_rss()
         self._note = ""
         self._peak: limits.Peak | None = None
         if memory is not None and (self._cgroup is None or self._cgroup.memory is None):
@@ -203,7 +215,8 @@ class WorkerProcess:
                 pass
             else:
                 self.proc.returncode = os.waitstatus_to_exitcode(status)
-                self._peak_rss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+                peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+                self._peak_rss = peak if peak > self._spawn_rss else None  # else perhaps inherited
         return self.proc.wait()
 
     def _forget_after_fork(self) -> None:
