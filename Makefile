@@ -1,6 +1,6 @@
 # One entry point for humans and CI. Every target creates .venv on first use and says what it does.
 #   make demo    pypods alone (about 70 MB), then examples/client.py         ~10 s on a fresh clone
-#   make test    the dev extra (about 750 MB: pytest, mypy, numpy, pandas, Ray), then the offline suite (~4 min)
+#   make test    the dev extra (about 750 MB: pytest, mypy, numpy, pandas, Ray), then the offline suite (~9 min)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -36,7 +36,7 @@ demo: $(DEMO)
 # Ctrl-C or SIGTERM stops the suite and everything it started (workers, uv, a local Ray); `exec` makes
 # the runner the process make signals.
 test: $(DEV)
-	@echo "make: running the test suite (offline; about 4 minutes on 2 cores); Ctrl-C stops everything it started"
+	@echo "make: running the test suite (offline, hermetic; about 9 minutes on 2 cores); Ctrl-C stops everything it started"
 	@exec env UV_OFFLINE=1 $(BIN)/python .ci/testrun.py -m "not network" $(PYTEST_ARGS)
 
 test-network: $(DEV)
