@@ -123,7 +123,7 @@ class ScriptedPeer:
 
 @pytest.mark.xfail(
     strict=False,
-    reason="open: in 2 of 2 full `make test` runs (never alone, 0 of 14 runs with two CPU hogs) the "
+    reason="open: in 3 of 3 full `make test` runs (never alone, 0 of 14 runs with two CPU hogs) the "
     "follower waited its whole 10 s; an interruption path of the leader still loses a routed frame",
 )
 def test_ctrl_c_in_the_leader_never_loses_another_threads_reply() -> None:
