@@ -37,6 +37,12 @@ def _guard_stdio() -> tuple[int, int]:
     writes to fd 1 lands in the pod's log, not in the middle of a reply.
     """
     proto_in, proto_out = os.dup(0), os.dup(1)
+    quiet_stdio()
+    return proto_in, proto_out
+
+
+def quiet_stdio() -> None:
+    """Point fd 0 at /dev/null and fd 1 at fd 2 (the log pipe), line-buffered (also the template's)."""
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
@@ -48,7 +54,6 @@ def _guard_stdio() -> tuple[int, int]:
                 reconfigure(line_buffering=True, errors="backslashreplace")
             except OSError:  # a stream that began on a seekable file (e.g. /dev/null)
                 pass
-    return proto_in, proto_out
 
 
 def _watch_parent(parent: int) -> None:

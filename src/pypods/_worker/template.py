@@ -190,17 +190,7 @@ def main(argv: List[str]) -> int:
     pod_name, pod_dir, project_root = argv[:3]
     control = socket.socket(fileno=int(argv[3]))
     template = Template(pod_name, pod_dir, control)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    os.dup2(2, 1)
-    for stream in (sys.stdout, sys.stderr):
-        reconfigure = getattr(stream, "reconfigure", None)
-        if reconfigure is not None:
-            try:
-                reconfigure(line_buffering=True, errors="backslashreplace")
-            except OSError:
-                pass
+    serve.quiet_stdio()
     sys.breakpointhook = serve._no_breakpoint
     sys.path[:] = [p for p in sys.path if p not in ("", project_root)]
     if not hasattr(os, "fork"):
