@@ -14,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from wheelhouse import build_wheel
 
-PYENV = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
+# The machine's interpreters, only where PYENV_ROOT names them: the suite never looks into the home folder.
+PYENV = Path(os.environ.get("PYENV_ROOT") or "/nonexistent") / "versions"
 
 
 def pythons() -> dict[str, str]:
